@@ -1,0 +1,26 @@
+"""Where the shipped YAML lives: `crds/` (the API's source of truth) and `examples/`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _find(name: str) -> Path:
+    env = os.environ.get(f"GENFORGE_{name.upper()}_DIR")
+    candidates = [Path(env)] if env else []
+    candidates += [_REPO_ROOT / name, Path(__file__).resolve().parent / name, Path("/opt/genforge") / name]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"cannot find the {name}/ folder (set GENFORGE_{name.upper()}_DIR)")
+
+
+def crd_dir() -> Path:
+    return _find("crds")
+
+
+def examples_dir() -> Path:
+    return _find("examples")
