@@ -439,6 +439,7 @@ class AccrualSegment:
     accelerators: int
     price_per_hour: Money
     end: str | None = None
+    pod: str | None = None
 
 
 @dataclass

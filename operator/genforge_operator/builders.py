@@ -1,0 +1,312 @@
+"""Pure builders: a resource and what it refers to → the complete desired child objects.
+
+No I/O. The kopf handlers and `genforge render` call the same functions, so what
+`render` prints is exactly what the operator creates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from .api import API_VERSION, Resource
+from .config import OperatorConfig
+from .naming import LABEL_KUEUE_QUEUE, LABEL_ROLE, child_name, owner_labels
+from .runspec import Placement
+
+CONFIG_MOUNT = "/etc/genforge"
+CONFIG_FILE = "run.json"
+CONTAINER = "trainer"
+TERMINATION_LOG = "/dev/termination-log"
+
+# Trainer exit codes (docs/contract.md); the Job's podFailurePolicy is built from them.
+EXIT_CONFIG_ERROR = 2
+EXIT_DATA_ERROR = 3
+EXIT_STORAGE_ERROR = 4
+EXIT_SIGTERM = 143
+PERMANENT_EXIT_CODES = (EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_STORAGE_ERROR)
+
+TPU_RESOURCE = "google.com/tpu"
+GKE_TPU_ACCELERATOR = "cloud.google.com/gke-tpu-accelerator"
+GKE_TPU_TOPOLOGY = "cloud.google.com/gke-tpu-topology"
+
+
+@dataclass(frozen=True)
+class Children:
+    """Everything one resource owns, in the order it must be created."""
+
+    config_map: dict
+    job: dict
+    service: dict | None = None
+
+    def objects(self) -> list[dict]:
+        return [o for o in (self.config_map, self.service, self.job) if o is not None]
+
+
+def owner_reference(owner: Resource) -> dict:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(owner: Resource, name: str, extra_labels: dict | None = None) -> dict:
+    labels = owner_labels(owner.kind, owner.name, owner.uid)
+    labels.update(extra_labels or {})
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def build_config_map(owner: Resource, document: dict) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(owner, child_name(owner.kind, owner.name)),
+        "data": {CONFIG_FILE: json.dumps(document, indent=2, sort_keys=True)},
+    }
+
+
+def _is_tpu(pool: Resource | None) -> bool:
+    return pool is not None and pool.spec.accelerator.resource_name == TPU_RESOURCE
+
+
+def _resources(placement: Placement, config: OperatorConfig) -> dict:
+    requests = {"cpu": config.cpu_request, "memory": config.memory_request}
+    limits: dict[str, str] = {}
+    if config.memory_limit:
+        limits["memory"] = config.memory_limit
+    pool = placement.pool
+    if pool is not None and not pool.spec.accelerator.is_cpu:
+        count = str(placement.accelerators_per_node)
+        requests[pool.spec.accelerator.resource_name] = count
+        limits[pool.spec.accelerator.resource_name] = count
+    return {"requests": requests, **({"limits": limits} if limits else {})}
+
+
+def _placement_constraints(pool: Resource | None) -> tuple[dict, list[dict]]:
+    if pool is None:
+        return {}, []
+    selector = dict(pool.spec.node_selector)
+    tolerations = [
+        {k: v for k, v in {
+            "key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect,
+            "tolerationSeconds": t.toleration_seconds,
+        }.items() if v is not None}
+        for t in pool.spec.tolerations
+    ]
+    if _is_tpu(pool):
+        selector.setdefault(GKE_TPU_ACCELERATOR, pool.spec.accelerator.type)
+        if pool.spec.tpu:
+            selector.setdefault(GKE_TPU_TOPOLOGY, pool.spec.tpu.topology)
+        if not any(t.get("key") == TPU_RESOURCE for t in tolerations):
+            tolerations.append({"key": TPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    return selector, tolerations
+
+
+def _env(owner: Resource, placement: Placement, config: OperatorConfig, job_name: str) -> list[dict]:
+    env = [
+        {"name": "GENFORGE_METRICS_HOST", "value": "0.0.0.0"},
+        {"name": "GENFORGE_METRICS_PORT", "value": str(config.metrics_port)},
+        {"name": "GENFORGE_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if _is_tpu(placement.pool):
+        env.append({"name": "PJRT_DEVICE", "value": "TPU"})
+    if placement.nodes > 1:
+        service = job_name
+        env += [
+            {"name": "MASTER_ADDR", "value": f"{job_name}-0.{service}.{owner.namespace}.svc"},
+            {"name": "MASTER_PORT", "value": str(config.rendezvous_port)},
+            {"name": "NNODES", "value": str(placement.nodes)},
+            {"name": "NPROC_PER_NODE", "value": str(placement.processes_per_node)},
+            {"name": "WORLD_SIZE", "value": str(placement.nodes * placement.processes_per_node)},
+            {"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+        ]
+    env += [{"name": k, "value": v} for k, v in config.extra_env]
+    return env
+
+
+def _command(command: str, placement: Placement, config: OperatorConfig) -> list[str]:
+    trainer = ["genforge-trainer", command, "--config", f"{CONFIG_MOUNT}/{CONFIG_FILE}"]
+    if placement.nodes == 1 and placement.processes_per_node == 1:
+        return trainer
+    # torchrun starts one process per accelerator and does the multi-node rendezvous.
+    return [
+        "torchrun",
+        "--nnodes=$(NNODES)" if placement.nodes > 1 else "--nnodes=1",
+        f"--nproc_per_node={placement.processes_per_node}",
+        *(["--node_rank=$(NODE_RANK)", "--master_addr=$(MASTER_ADDR)", "--master_port=$(MASTER_PORT)"]
+          if placement.nodes > 1 else ["--standalone"]),
+        "--no-python",
+        *trainer,
+    ]
+
+
+def _volumes(owner: Resource, config: OperatorConfig) -> tuple[list[dict], list[dict]]:
+    name = child_name(owner.kind, owner.name)
+    volumes = [
+        {"name": "run-spec", "configMap": {"name": name}},
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts = [
+        {"name": "run-spec", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "scratch", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    if config.storage.pvc:
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": config.storage.pvc}})
+        mounts.append({"name": "data", "mountPath": config.storage.mount_path})
+    return volumes, mounts
+
+
+def _env_from(secret_names: list[str]) -> list[dict]:
+    return [{"secretRef": {"name": n}} for n in dict.fromkeys(secret_names) if n]
+
+
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def active_deadline_from_duration(max_duration_seconds: float | None) -> int | None:
+    if max_duration_seconds is None:
+        return None
+    return max(1, math.ceil(max_duration_seconds))
+
+
+def build_job(
+    owner: Resource,
+    command: str,
+    placement: Placement,
+    config: OperatorConfig,
+    *,
+    secret_names: list[str] | None = None,
+    active_deadline_seconds: int | None = None,
+    queue_name: str | None = None,
+    suspend: bool = False,
+) -> dict:
+    name = child_name(owner.kind, owner.name)
+    selector, tolerations = _placement_constraints(placement.pool)
+    volumes, mounts = _volumes(owner, config)
+    container = {
+        "name": CONTAINER,
+        "image": config.trainer_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": _command(command, placement, config),
+        "env": _env(owner, placement, config, name),
+        "ports": [{"name": "metrics", "containerPort": config.metrics_port}],
+        "resources": _resources(placement, config),
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    env_from = _env_from(list(secret_names or []) + [config.storage.secret_name or ""])
+    if env_from:
+        container["envFrom"] = env_from
+    pod_spec = {
+        "restartPolicy": "Never",
+        "serviceAccountName": config.service_account,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": POD_SECURITY_CONTEXT,
+        "terminationGracePeriodSeconds": config.checkpoint_grace_seconds,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if selector:
+        pod_spec["nodeSelector"] = selector
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    extra_labels = {LABEL_ROLE: command}
+    if queue_name:
+        extra_labels[LABEL_KUEUE_QUEUE] = queue_name
+    job_spec: dict = {
+        "backoffLimit": config.backoff_limit,
+        "completions": placement.nodes,
+        "parallelism": placement.nodes,
+        "podFailurePolicy": {"rules": [
+            # Bad configuration, unreadable data, unwritable storage: retrying cannot help.
+            {"action": "FailJob", "onExitCodes": {
+                "containerName": CONTAINER, "operator": "In", "values": list(PERMANENT_EXIT_CODES)}},
+            # Preemption, node drain, eviction: retry without counting against backoffLimit.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]},
+        "template": {
+            "metadata": {"labels": owner_labels(owner.kind, owner.name, owner.uid) | extra_labels},
+            "spec": pod_spec,
+        },
+    }
+    if placement.nodes > 1:
+        job_spec["completionMode"] = "Indexed"
+        pod_spec["subdomain"] = name
+    if active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = int(active_deadline_seconds)
+    if queue_name or suspend:
+        # Kueue admits a queued Job by unsuspending it; a suspended run starts suspended.
+        job_spec["suspend"] = True
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(owner, name, extra_labels),
+        "spec": job_spec,
+    }
+
+
+def build_headless_service(owner: Resource, config: OperatorConfig) -> dict:
+    name = child_name(owner.kind, owner.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, name),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {"batch.kubernetes.io/job-name": name},
+            "ports": [{"name": "rendezvous", "port": config.rendezvous_port, "targetPort": config.rendezvous_port}],
+        },
+    }
+
+
+def build_children(
+    owner: Resource,
+    document: dict,
+    placement: Placement,
+    config: OperatorConfig,
+    *,
+    secret_names: list[str] | None = None,
+    active_deadline_seconds: int | None = None,
+    suspend: bool = False,
+) -> Children:
+    queue_name = getattr(owner.spec, "queue_name", None)
+    job = build_job(
+        owner, document["command"], placement, config,
+        secret_names=secret_names, active_deadline_seconds=active_deadline_seconds,
+        queue_name=queue_name, suspend=suspend,
+    )
+    service = build_headless_service(owner, config) if placement.nodes > 1 else None
+    return Children(config_map=build_config_map(owner, document), job=job, service=service)

@@ -1,0 +1,69 @@
+"""Names and labels of everything the operator creates — one place for each.
+
+Child names are deterministic (level-based reconcile and restarts never create a second
+Job) and always fit Kubernetes limits: a long owner name is cut and suffixed with a
+short hash of the full name, so two long names never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from .api import GROUP
+
+DNS_LABEL_MAX = 63
+LABEL_VALUE_MAX = 63
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_APP = "app.kubernetes.io/name"
+LABEL_KIND = f"{GROUP}/kind"
+LABEL_NAME = f"{GROUP}/name"
+LABEL_UID = f"{GROUP}/owner-uid"
+LABEL_ROLE = f"{GROUP}/role"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+MANAGER = "genforge"
+
+KIND_PREFIX = {"Dataset": "gf-ds", "TrainingRun": "gf-tr", "FineTune": "gf-ft"}
+
+
+def _digest(text: str, length: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def fit(name: str, limit: int = DNS_LABEL_MAX, *, reserve: int = 0) -> str:
+    """`name` cut to `limit - reserve` characters, with a hash suffix when cut."""
+    room = limit - reserve
+    if len(name) <= room:
+        return name
+    suffix = _digest(name)
+    return f"{name[: room - len(suffix) - 1].rstrip('-.')}-{suffix}"
+
+
+def child_name(kind: str, name: str) -> str:
+    """The Job / ConfigMap / Service name for a resource.
+
+    Pods of an Indexed Job are named `<job>-<index>-<random5>` and their hostnames
+    `<job>-<index>`, so the Job name keeps room for them within a DNS label.
+    """
+    return fit(f"{KIND_PREFIX[kind]}-{name}", reserve=12)
+
+
+def label_value(value: str) -> str:
+    value = re.sub(r"[^A-Za-z0-9._-]", "-", value)
+    value = fit(value, LABEL_VALUE_MAX)
+    return value.strip("-._") or "x"
+
+
+def owner_labels(kind: str, name: str, uid: str) -> dict[str, str]:
+    return {
+        LABEL_MANAGED_BY: MANAGER,
+        LABEL_APP: "genforge-trainer",
+        LABEL_KIND: kind,
+        LABEL_NAME: label_value(name),
+        LABEL_UID: uid,
+    }
+
+
+def owner_selector(uid: str) -> str:
+    return f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_UID}={uid}"

@@ -1,0 +1,128 @@
+"""The run spec document: the one contract between operator and trainer (docs/contract.md).
+
+Pure: a resource plus the objects it refers to → the JSON document the trainer reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .api import API_VERSION, DreamboothSpec, LoraSpec, Resource, to_dict
+from .config import OperatorConfig
+
+SCHEMA_VERSION = API_VERSION
+COMMANDS = {"Dataset": "prepare", "TrainingRun": "train", "FineTune": "finetune"}
+# Methods whose block is optional; `embedding` and `preference` require theirs (CRD rule).
+METHOD_DEFAULTS = {"lora": LoraSpec, "dreambooth": DreamboothSpec}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run executes: the chosen pool and how many processes it spans."""
+
+    pool: Resource | None
+    nodes: int = 1
+    accelerators_per_node: int = 1
+
+    @property
+    def accelerator_type(self) -> str:
+        return self.pool.spec.accelerator.type if self.pool else "cpu"
+
+    @property
+    def processes_per_node(self) -> int:
+        # CPU pools run one process per node; accelerator pools one per device.
+        if self.pool is None or self.pool.spec.accelerator.is_cpu:
+            return 1
+        return self.accelerators_per_node
+
+
+def storage_uri(config: OperatorConfig, *parts: str) -> str:
+    return "/".join([config.storage.uri.rstrip("/"), *parts])
+
+
+def dataset_uri(dataset: Resource, config: OperatorConfig) -> str:
+    """Where a Dataset's prepared output lives (spec.output.uri wins)."""
+    return dataset.spec.output.uri or storage_uri(config, "datasets", dataset.namespace or "", dataset.name)
+
+
+def run_output_uri(run: Resource, config: OperatorConfig) -> str:
+    return run.spec.output.uri or storage_uri(config, "runs", run.namespace or "", run.kind.lower(), run.name)
+
+
+def _identity(resource: Resource) -> dict:
+    return {"kind": resource.kind, "namespace": resource.namespace, "name": resource.name, "uid": resource.uid}
+
+
+def build_dataset_spec(dataset: Resource, config: OperatorConfig) -> dict:
+    spec = dataset.spec
+    out = dataset_uri(dataset, config)
+    source = {"uri": spec.source.uri}
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "command": "prepare",
+        "run": _identity(dataset),
+        "output": {"uri": out},
+        "prepare": {
+            "source": source,
+            "preparation": to_dict(spec.preparation),
+            "privacy": to_dict(spec.privacy),
+            "license": to_dict(spec.license),
+        },
+    }
+
+
+def _model_block(model: Resource, base_uri: str | None) -> dict:
+    spec = model.spec
+    return {
+        "name": model.name,
+        "architecture": spec.architecture,
+        "resolution": spec.resolution,
+        "config": to_dict(spec.config),
+        "baseUri": base_uri,
+    }
+
+
+def build_training_spec(
+    run: Resource,
+    model: Resource,
+    dataset: Resource,
+    placement: Placement,
+    config: OperatorConfig,
+    *,
+    base_version: tuple[str, str] | None = None,
+) -> dict:
+    """The document for a TrainingRun or a FineTune.
+
+    `base_version` is (version name, artifact uri) of the GenModel version a FineTune
+    starts from; a TrainingRun starts from `GenModel.spec.base.uri` when given.
+    """
+    spec = run.spec
+    out = run_output_uri(run, config)
+    base_uri = base_version[1] if base_version else (model.spec.base.uri if model.spec.base else None)
+    document = {
+        "schemaVersion": SCHEMA_VERSION,
+        "command": COMMANDS[run.kind],
+        "run": _identity(run),
+        "output": {"uri": out},
+        "checkpoint": {"uri": f"{out}/checkpoints", **to_dict(spec.checkpoint)},
+        "model": _model_block(model, base_uri),
+        "dataset": {"name": dataset.name, "uri": dataset.status.uri or dataset_uri(dataset, config)},
+        "training": to_dict(spec.training),
+        "evaluation": to_dict(spec.evaluation) if spec.evaluation else None,
+        "distributed": {
+            "nodes": placement.nodes,
+            "processesPerNode": placement.processes_per_node,
+            "acceleratorType": placement.accelerator_type,
+        },
+    }
+    if run.kind == "FineTune":
+        # Only the chosen method's block travels, with its defaults filled in.
+        block = getattr(spec, spec.method, None)
+        if block is None and spec.method in METHOD_DEFAULTS:
+            block = METHOD_DEFAULTS[spec.method]()
+        document["finetune"] = {
+            "method": spec.method,
+            "baseVersion": base_version[0] if base_version else None,
+            **({spec.method: to_dict(block)} if block is not None else {}),
+        }
+    return document
