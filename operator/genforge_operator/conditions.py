@@ -1,0 +1,64 @@
+"""Conditions by the Kubernetes API conventions.
+
+`lastTransitionTime` changes only when a condition's status flips; reason and message
+may be updated in place. Pure: the caller passes `now`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+# Condition types.
+READY = "Ready"
+ADMITTED = "Admitted"
+PROGRESSING = "Progressing"
+BUDGET = "WithinBudget"
+REFERENCES = "ReferencesResolved"
+
+TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+
+
+def timestamp(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def set_condition(
+    conditions: list[dict],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int | None = None,
+) -> list[dict]:
+    """A new list with `type_` set; other conditions are kept as they are."""
+    out = []
+    found = False
+    for c in conditions:
+        if c.get("type") != type_:
+            out.append(c)
+            continue
+        found = True
+        changed = c.get("status") != status
+        out.append({
+            "type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": timestamp(now) if changed else c.get("lastTransitionTime", timestamp(now)),
+            **({"observedGeneration": generation} if generation is not None else {}),
+        })
+    if not found:
+        out.append({
+            "type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": timestamp(now),
+            **({"observedGeneration": generation} if generation is not None else {}),
+        })
+    return out
+
+
+def get_condition(conditions: list[dict], type_: str) -> dict | None:
+    return next((c for c in conditions if c.get("type") == type_), None)

@@ -1,0 +1,186 @@
+"""The one module that talks to the Kubernetes API (besides kopf's own watching).
+
+Thin wrappers over the `kubernetes` client: fetch, create idempotently, patch status
+only with what changed, poll a trainer's progress endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import urllib.request
+
+import kopf
+from kubernetes import client
+from kubernetes import config as kube_config
+from kubernetes.client.rest import ApiException
+
+from .api import GROUP, KINDS, VERSION
+
+log = logging.getLogger(__name__)
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def merge_patch(old: dict, new: dict) -> dict:
+    """The RFC 7386 merge patch turning `old` into `new` (lists are replaced whole)."""
+    patch: dict = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif value != before:
+            patch[key] = value
+    return patch
+
+
+def _transient(exc: ApiException) -> bool:
+    return exc.status in (409, 429) or exc.status >= 500
+
+
+class Kube:
+    """What the handlers need from the API, with errors turned into kopf's retry signals."""
+
+    _local = threading.local()
+
+    def __init__(self, api_client: client.ApiClient):
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    @classmethod
+    def from_env(cls) -> Kube:
+        server = os.environ.get("GENFORGE_API_SERVER")
+        if server:
+            configuration = client.Configuration()
+            configuration.host = server
+            configuration.verify_ssl = False
+            configuration.api_key = {"authorization": "Bearer genforge-local"}
+            return cls(client.ApiClient(configuration))
+        try:
+            kube_config.load_incluster_config()
+        except kube_config.ConfigException:
+            kube_config.load_kube_config()
+        return cls(client.ApiClient())
+
+    # ---------------------------------------------------------------- genforge kinds
+    def get(self, kind: str, namespace: str | None, name: str) -> dict | None:
+        k = KINDS[kind]
+        try:
+            if k.namespaced:
+                return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, k.plural, name)
+            return self.custom.get_cluster_custom_object(GROUP, VERSION, k.plural, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise self._retry(exc, f"get {kind} {namespace}/{name}") from exc
+
+    def patch_status(self, kind: str, namespace: str | None, name: str, patch: dict) -> dict | None:
+        if not patch:
+            return None
+        k = KINDS[kind]
+        body = {"status": patch}
+        try:
+            if k.namespaced:
+                return self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, k.plural, name, body, _content_type=MERGE_PATCH)
+            return self.custom.patch_cluster_custom_object_status(
+                GROUP, VERSION, k.plural, name, body, _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None  # deleted meanwhile: nothing to record
+            raise self._retry(exc, f"patch status of {kind} {namespace}/{name}") from exc
+
+    def replace_status_guarded(self, kind: str, namespace: str | None, name: str,
+                               resource_version: str, patch: dict) -> bool:
+        """A status patch that fails (False) if the object changed since `resource_version`."""
+        k = KINDS[kind]
+        body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
+        try:
+            if k.namespaced:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, k.plural, name, body, _content_type=MERGE_PATCH)
+            else:
+                self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, k.plural, name, body, _content_type=MERGE_PATCH)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise self._retry(exc, f"patch status of {kind} {namespace}/{name}") from exc
+
+    # ---------------------------------------------------------------- children
+    def get_job(self, namespace: str, name: str) -> dict | None:
+        try:
+            return self.api_client.sanitize_for_serialization(self.batch.read_namespaced_job(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise self._retry(exc, f"get Job {namespace}/{name}") from exc
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict]:
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=selector)
+        except ApiException as exc:
+            raise self._retry(exc, f"list pods {selector}") from exc
+        return self.api_client.sanitize_for_serialization(pods).get("items") or []
+
+    def create(self, obj: dict) -> None:
+        """Create a child; one that already exists (a restart, a race) is fine."""
+        kind, namespace = obj["kind"], obj["metadata"]["namespace"]
+        try:
+            if kind == "Job":
+                self.batch.create_namespaced_job(namespace, obj)
+            elif kind == "ConfigMap":
+                self.core.create_namespaced_config_map(namespace, obj)
+            elif kind == "Service":
+                self.core.create_namespaced_service(namespace, obj)
+            else:  # pragma: no cover - the builders make nothing else
+                raise ValueError(f"unexpected child kind {kind}")
+        except ApiException as exc:
+            if exc.status == 409:
+                return
+            raise self._retry(exc, f"create {kind} {namespace}/{obj['metadata']['name']}") from exc
+
+    def patch_job(self, namespace: str, name: str, patch: dict) -> None:
+        try:
+            self.batch.patch_namespaced_job(name, namespace, patch, _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise self._retry(exc, f"patch Job {namespace}/{name}") from exc
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(
+                name, namespace, body=client.V1DeleteOptions(propagation_policy="Background"))
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise self._retry(exc, f"delete Job {namespace}/{name}") from exc
+
+    # ---------------------------------------------------------------- trainer
+    @staticmethod
+    def fetch_progress(ip: str | None, port: int, timeout: float) -> dict | None:
+        """The trainer's /progress JSON, or None while it is not reachable (starting, gone)."""
+        if not ip:
+            return None
+        host = f"[{ip}]" if ":" in ip else ip
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/progress", timeout=timeout) as response:
+                data = json.loads(response.read(65536))
+                return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _retry(exc: ApiException, what: str) -> Exception:
+        if _transient(exc):
+            return kopf.TemporaryError(f"{what}: HTTP {exc.status}; retrying", delay=2)
+        return kopf.TemporaryError(f"{what}: HTTP {exc.status} {exc.reason}", delay=15)

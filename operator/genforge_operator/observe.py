@@ -1,0 +1,106 @@
+"""Reading what the cluster reports about a run's Job and pods. Pure functions of dicts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .builders import CONTAINER
+
+
+@dataclass(frozen=True)
+class JobState:
+    exists: bool
+    suspended: bool = False
+    active: int = 0
+    succeeded: bool = False
+    failed: bool = False
+    reason: str = ""
+    message: str = ""
+    active_deadline_seconds: int | None = None
+
+
+def job_state(job: dict | None) -> JobState:
+    if not job:
+        return JobState(exists=False)
+    spec = job.get("spec") or {}
+    status = job.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    failed = conditions.get("Failed")
+    return JobState(
+        exists=True,
+        suspended=bool(spec.get("suspend")),
+        active=int(status.get("active") or 0),
+        succeeded="Complete" in conditions,
+        failed=failed is not None,
+        reason=(failed or {}).get("reason", ""),
+        message=(failed or {}).get("message", ""),
+        active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+    )
+
+
+@dataclass(frozen=True)
+class PodRun:
+    """One pod's stretch of running time, as the kubelet reported it."""
+
+    name: str
+    index: int
+    start: str | None
+    end: str | None
+    phase: str
+    exit_code: int | None = None
+    termination: dict = field(default_factory=dict)
+    ip: str | None = None
+
+
+def _container_status(pod: dict) -> dict:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == CONTAINER:
+            return cs
+    return {}
+
+
+def _termination_message(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        # FallbackToLogsOnError: the tail of the log, not our JSON.
+        return {"message": text[-1024:]}
+    return data if isinstance(data, dict) else {}
+
+
+def pod_run(pod: dict) -> PodRun:
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    state = _container_status(pod).get("state") or {}
+    running = state.get("running") or {}
+    terminated = state.get("terminated") or {}
+    index = (meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "0")
+    return PodRun(
+        name=meta.get("name", ""),
+        index=int(index) if str(index).isdigit() else 0,
+        start=terminated.get("startedAt") or running.get("startedAt") or
+        (status.get("startTime") if status.get("phase") == "Running" else None),
+        end=terminated.get("finishedAt"),
+        phase=status.get("phase", "Pending"),
+        exit_code=terminated.get("exitCode"),
+        termination=_termination_message(terminated.get("message")),
+        ip=status.get("podIP"),
+    )
+
+
+def rank_zero(pods: list[PodRun]) -> PodRun | None:
+    """The most recent pod of completion index 0 (the one that reports progress)."""
+    candidates = [p for p in pods if p.index == 0]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p.start or "", p.name))
+
+
+def last_words(pods: list[PodRun]) -> dict:
+    """The termination message of the latest finished rank-0 pod, else of any pod."""
+    finished = sorted((p for p in pods if p.end and p.termination),
+                      key=lambda p: (p.index == 0, p.end), reverse=True)
+    return finished[0].termination if finished else {}

@@ -1,0 +1,162 @@
+"""From a resource and the catalogue of what it refers to, to the children it needs.
+
+Pure. Shared by the operator's reconcile and by `genforge render`, so the two can never
+disagree. What cannot be planned yet (a missing Dataset, a model version that does not
+exist) comes back as a `Blocked` with a CamelCase reason and a message for the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .api import Resource
+from .builders import Children, active_deadline_from_duration, build_children
+from .config import OperatorConfig
+from .runspec import Placement, build_dataset_spec, build_training_spec
+
+# Reasons a run cannot start (yet) — the condition reasons users see.
+REASON_DATASET_NOT_FOUND = "DatasetNotFound"
+REASON_DATASET_NOT_READY = "DatasetNotReady"
+REASON_DATASET_FAILED = "DatasetFailed"
+REASON_MODEL_NOT_FOUND = "ModelNotFound"
+REASON_BASE_VERSION_NOT_FOUND = "BaseVersionNotFound"
+REASON_POOL_NOT_FOUND = "PoolNotFound"
+REASON_NO_POOL = "NoPoolAvailable"
+REASON_BASE_REQUIRED = "BaseWeightsRequired"
+
+
+@dataclass
+class Catalog:
+    """The objects a resource may refer to, keyed by name (one namespace's view)."""
+
+    pools: dict[str, Resource] = field(default_factory=dict)
+    models: dict[str, Resource] = field(default_factory=dict)
+    datasets: dict[str, Resource] = field(default_factory=dict)
+    budgets: list[Resource] = field(default_factory=list)
+    runs: list[Resource] = field(default_factory=list)  # TrainingRuns and FineTunes (Budget spending)
+
+    @classmethod
+    def from_resources(cls, resources: list[Resource], namespace: str | None) -> Catalog:
+        catalog = cls()
+        for r in resources:
+            if r.kind == "AcceleratorPool":
+                catalog.pools[r.name] = r
+            elif r.namespace != namespace:
+                continue  # references never cross namespaces
+            elif r.kind == "GenModel":
+                catalog.models[r.name] = r
+            elif r.kind == "Dataset":
+                catalog.datasets[r.name] = r
+            elif r.kind == "Budget":
+                catalog.budgets.append(r)
+            elif r.kind in ("TrainingRun", "FineTune"):
+                catalog.runs.append(r)
+        return catalog
+
+
+@dataclass(frozen=True)
+class Blocked:
+    reason: str
+    message: str
+    permanent: bool = False  # True: waiting cannot help (the run fails)
+
+
+@dataclass(frozen=True)
+class Planned:
+    children: Children
+    placement: Placement
+    document: dict
+    base_version: str | None = None
+
+
+def resolve_base_version(run: Resource, model: Resource) -> tuple[str, str] | Blocked:
+    """A FineTune's starting point: the named version, else the promoted, else the latest."""
+    versions = {v.name: v for v in model.status.versions}
+    wanted = run.spec.base_model.version or model.status.promoted or model.status.latest
+    if not wanted:
+        return Blocked(REASON_BASE_VERSION_NOT_FOUND,
+                       f"GenModel {model.name} has no versions yet; a FineTune needs a trained version")
+    if wanted not in versions:
+        known = ", ".join(versions) or "none"
+        return Blocked(REASON_BASE_VERSION_NOT_FOUND,
+                       f"GenModel {model.name} has no version {wanted!r} (versions: {known})")
+    return wanted, versions[wanted].uri
+
+
+def resolve_references(run: Resource, catalog: Catalog) -> tuple[Resource, Resource] | Blocked:
+    """The GenModel and the Ready Dataset a TrainingRun/FineTune refers to."""
+    model_name = run.spec.base_model.name if run.kind == "FineTune" else run.spec.model_ref.name
+    model = catalog.models.get(model_name)
+    if model is None:
+        return Blocked(REASON_MODEL_NOT_FOUND, f"GenModel {model_name!r} not found in namespace {run.namespace}")
+    if model.spec.architecture == "stable-diffusion" and not model.spec.base and run.kind == "TrainingRun":
+        return Blocked(REASON_BASE_REQUIRED,
+                       f"GenModel {model_name} is stable-diffusion and needs spec.base.uri", permanent=True)
+    dataset_name = run.spec.dataset_ref.name
+    dataset = catalog.datasets.get(dataset_name)
+    if dataset is None:
+        return Blocked(REASON_DATASET_NOT_FOUND, f"Dataset {dataset_name!r} not found in namespace {run.namespace}")
+    if dataset.status.phase == "Failed":
+        return Blocked(REASON_DATASET_FAILED, f"Dataset {dataset_name} failed to prepare")
+    if dataset.status.phase != "Ready":
+        return Blocked(REASON_DATASET_NOT_READY,
+                       f"Dataset {dataset_name} is {dataset.status.phase or 'Pending'}; waiting until it is Ready")
+    return model, dataset
+
+
+def fixed_pool(run: Resource, catalog: Catalog) -> Resource | Blocked:
+    name = run.spec.hardware.pool
+    pool = catalog.pools.get(name)
+    if pool is None:
+        known = ", ".join(sorted(catalog.pools)) or "none"
+        return Blocked(REASON_POOL_NOT_FOUND, f"AcceleratorPool {name!r} not found (pools: {known})")
+    return pool
+
+
+def placement_for(run: Resource, pool: Resource | None) -> Placement:
+    hardware = run.spec.hardware
+    return Placement(pool=pool, nodes=hardware.nodes, accelerators_per_node=hardware.accelerators_per_node)
+
+
+def plan_dataset(dataset: Resource, catalog: Catalog, config: OperatorConfig) -> Planned | Blocked:
+    pool = None
+    if dataset.spec.hardware.pool:
+        pool = catalog.pools.get(dataset.spec.hardware.pool)
+        if pool is None:
+            return Blocked(REASON_POOL_NOT_FOUND, f"AcceleratorPool {dataset.spec.hardware.pool!r} not found")
+    placement = Placement(pool=pool)
+    document = build_dataset_spec(dataset, config)
+    secrets = [dataset.spec.source.secret_ref.name] if dataset.spec.source.secret_ref else []
+    children = build_children(dataset, document, placement, config, secret_names=secrets)
+    return Planned(children=children, placement=placement, document=document)
+
+
+def plan_run(
+    run: Resource,
+    pool: Resource,
+    catalog: Catalog,
+    config: OperatorConfig,
+    *,
+    active_deadline_seconds: int | None = None,
+    suspend: bool = False,
+) -> Planned | Blocked:
+    """Children of a TrainingRun/FineTune on a chosen pool."""
+    refs = resolve_references(run, catalog)
+    if isinstance(refs, Blocked):
+        return refs
+    model, dataset = refs
+    base = None
+    if run.kind == "FineTune":
+        base = resolve_base_version(run, model)
+        if isinstance(base, Blocked):
+            return base
+    placement = placement_for(run, pool)
+    document = build_training_spec(run, model, dataset, placement, config, base_version=base)
+    if active_deadline_seconds is None:
+        active_deadline_seconds = active_deadline_from_duration(run.spec.budget.max_duration_seconds)
+    children = build_children(
+        run, document, placement, config,
+        active_deadline_seconds=active_deadline_seconds, suspend=suspend or run.spec.suspend,
+    )
+    return Planned(children=children, placement=placement, document=document,
+                   base_version=base[0] if base else None)

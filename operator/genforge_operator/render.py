@@ -1,0 +1,97 @@
+"""`genforge render -f FILE…` — the objects the operator would create, offline.
+
+Like `helm template`: for review, GitOps diffs and debugging. It calls the very builders
+the operator calls (`plan.plan_dataset` / `plan.plan_run`); nothing is re-implemented
+here. Assumptions that only a live cluster could settle are printed as YAML comments:
+referenced Datasets are taken as Ready, and a FineTune whose GenModel has no versions yet
+starts from a placeholder version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from datetime import UTC, datetime
+
+import yaml
+
+from .api import ModelVersion, Resource, SourceRef
+from .config import OperatorConfig
+from .manifests import ManifestError, load_resources
+from .plan import Blocked, Catalog, fixed_pool, plan_dataset, plan_run
+from .runspec import dataset_uri, storage_uri
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--filename", action="append", required=True,
+                        help="YAML file or folder with genforge resources (repeatable)")
+    parser.add_argument("-n", "--namespace", default="default", help="namespace for resources without one")
+
+
+def _assume_ready(resources: list[Resource], config: OperatorConfig) -> list[Resource]:
+    """Datasets as if prepared, GenModels with a version, so every run can be planned."""
+    out = []
+    for r in resources:
+        if r.kind == "Dataset" and r.status.phase != "Ready":
+            r = dataclasses.replace(r, status=dataclasses.replace(r.status, phase="Ready",
+                                                                  uri=dataset_uri(r, config)))
+        elif r.kind == "GenModel" and not r.status.versions:
+            placeholder = ModelVersion(
+                name="latest", source=SourceRef(kind="TrainingRun", name="(not yet trained)"),
+                uri=storage_uri(config, "models", r.namespace or "", r.name, "latest"),
+                created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            r = dataclasses.replace(r, status=dataclasses.replace(r.status, versions=[placeholder], latest="latest"))
+        out.append(r)
+    return out
+
+
+def choose_pool(run: Resource, catalog: Catalog) -> Resource | Blocked:
+    if run.spec.hardware.pool != "auto":
+        return fixed_pool(run, catalog)
+    from .estimate import choose_pool_for_run  # the one cost model decides `auto`
+
+    return choose_pool_for_run(run, catalog)
+
+
+def render(resources: list[Resource], config: OperatorConfig) -> tuple[list[tuple[str, dict]], list[str]]:
+    """(source, object) pairs to print, and the problems found."""
+    resources = _assume_ready(resources, config)
+    objects: list[tuple[str, dict]] = []
+    problems: list[str] = []
+    for r in resources:
+        if r.kind not in ("Dataset", "TrainingRun", "FineTune"):
+            continue
+        catalog = Catalog.from_resources(resources, r.namespace)
+        if r.kind == "Dataset":
+            planned = plan_dataset(r, catalog, config)
+        else:
+            pool = choose_pool(r, catalog)
+            planned = pool if isinstance(pool, Blocked) else plan_run(r, pool, catalog, config)
+        source = f"{r.kind} {r.namespace}/{r.name}"
+        if isinstance(planned, Blocked):
+            problems.append(f"{source}: {planned.reason}: {planned.message}")
+            continue
+        objects += [(source, o) for o in planned.children.objects()]
+    return objects, problems
+
+
+def run(args: argparse.Namespace) -> int:
+    config = OperatorConfig.from_env()
+    try:
+        resources = load_resources(args.filename, args.namespace)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    objects, problems = render(resources, config)
+    chunks = []
+    for source, obj in objects:
+        header = f"# Source: {source}\n"
+        chunks.append(header + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
+    sys.stdout.write("---\n".join(chunks))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not objects and not problems:
+        print("error: no Dataset, TrainingRun or FineTune found in the files", file=sys.stderr)
+        return 2
+    return 1 if problems else 0
