@@ -1,0 +1,419 @@
+"""The reconcile decisions for Datasets, TrainingRuns and FineTunes. Pure.
+
+`reconcile_*` take what was observed (the resource, the catalogue of what it refers
+to, its Job and pods, the trainer's progress, `now`) and return an `Outcome`: the status
+to write, the objects to create, the Job patch, the Events, when to look again. The
+kopf handlers in `main.py` only fetch, call these, and apply the outcome.
+
+Phases — Dataset: Pending → Running → Ready | Failed.
+TrainingRun/FineTune: Pending → Waiting → Running → Succeeded | Failed | BudgetExceeded |
+Suspended. `BudgetExceeded` and `Suspended` are not final: raising the budget or
+unsuspending resumes the run from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from . import conditions as cond
+from . import economics
+from .api import Resource, to_dict
+from .config import OperatorConfig
+from .observe import JobState, PodRun, job_state, last_words, pod_run
+from .plan import Blocked, Catalog, Planned, plan_dataset, plan_run
+from .units import money_str
+
+# Phases.
+PENDING, WAITING, RUNNING = "Pending", "Waiting", "Running"
+SUCCEEDED, FAILED, READY = "Succeeded", "Failed", "Ready"
+BUDGET_EXCEEDED, SUSPENDED = "BudgetExceeded", "Suspended"
+FINAL_PHASES = (SUCCEEDED, FAILED, READY)
+
+# Reasons (condition reasons and Event reasons).
+REASON_JOB_CREATED = "JobCreated"
+REASON_RUNNING = "Running"
+REASON_SUCCEEDED = "Succeeded"
+REASON_PREPARED = "Prepared"
+REASON_JOB_FAILED = "JobFailed"
+REASON_SUSPENDED = "Suspended"
+REASON_RESUMED = "Resumed"
+REASON_KUEUE = "AwaitingKueueAdmission"
+REASON_BUDGET_RAISED = "BudgetRaised"
+REASON_SPEC_CHANGED = "SpecChanged"
+
+ANNOTATION_GENERATION = "genforge.dev/owner-generation"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: dict
+    create: list[dict] = field(default_factory=list)
+    job_patch: dict | None = None
+    delete_job: bool = False
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    new_version: dict | None = None
+    measured: dict | None = None  # a throughput sample for the pool's status
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+
+@dataclass(frozen=True)
+class Observed:
+    resource: Resource
+    body_status: dict
+    catalog: Catalog
+    job: dict | None
+    pods: list[dict]
+    now: datetime
+    progress: dict | None = None
+
+    @property
+    def pod_runs(self) -> list[PodRun]:
+        return [pod_run(p) for p in self.pods]
+
+
+def _start(obs: Observed) -> Outcome:
+    status = copy.deepcopy(obs.body_status)
+    status["observedGeneration"] = obs.resource.generation
+    return Outcome(status=status)
+
+
+def _set(out: Outcome, obs: Observed, type_: str, status: str, reason: str, message: str) -> None:
+    out.status["conditions"] = cond.set_condition(
+        out.status.get("conditions") or [], type_, status, reason, message, obs.now, obs.resource.generation)
+
+
+def _phase(out: Outcome, obs: Observed, phase: str, reason: str, message: str, *, warning: bool = False) -> None:
+    """Set the phase and the Ready condition; an Event only when something changed."""
+    before = out.status.get("phase")
+    ready = cond.get_condition(out.status.get("conditions") or [], cond.READY) or {}
+    out.status["phase"] = phase
+    ready_status = cond.TRUE if phase in (READY, SUCCEEDED) else cond.FALSE
+    _set(out, obs, cond.READY, ready_status, reason, message)
+    if before != phase or ready.get("reason") != reason:
+        out.event(reason, message, warning)
+
+
+def _job_generation(job: dict | None) -> int | None:
+    value = ((job or {}).get("metadata") or {}).get("annotations", {}).get(ANNOTATION_GENERATION)
+    return int(value) if value and str(value).isdigit() else None
+
+
+def _stamp_generation(objects: list[dict], generation: int) -> list[dict]:
+    for o in objects:
+        o["metadata"].setdefault("annotations", {})[ANNOTATION_GENERATION] = str(generation)
+    return objects
+
+
+# ------------------------------------------------------------------ Dataset
+def reconcile_dataset(obs: Observed, config: OperatorConfig) -> Outcome:
+    ds = obs.resource
+    out = _start(obs)
+    phase = out.status.get("phase")
+    job = job_state(obs.job)
+
+    if job.exists and _job_generation(obs.job) not in (None, ds.generation):
+        # The preparation settings changed: prepare again from scratch.
+        out.delete_job = True
+        out.status.update({"phase": PENDING, "items": None, "contentHash": None})
+        _phase(out, obs, PENDING, REASON_SPEC_CHANGED, "the Dataset spec changed; preparing it again")
+        out.requeue_after = 1.0
+        return out
+    if not job.exists:
+        if phase in (READY, FAILED) and out.status.get("job"):
+            return out  # done; the Job was cleaned up (TTL or by hand)
+        planned = plan_dataset(ds, obs.catalog, config)
+        if isinstance(planned, Blocked):
+            _phase(out, obs, FAILED if planned.permanent else PENDING, planned.reason, planned.message, warning=True)
+            return out
+        out.create = _stamp_generation(planned.children.objects(), ds.generation)
+        out.status.update({"job": planned.children.job["metadata"]["name"], "startTime": cond.timestamp(obs.now)})
+        _phase(out, obs, RUNNING, REASON_JOB_CREATED,
+               f"preparing {ds.spec.source.uri} into {planned.document['output']['uri']}")
+        return out
+
+    words = last_words(obs.pod_runs)
+    if job.succeeded:
+        if phase != READY:
+            _apply_manifest(out, words)
+            out.status["completionTime"] = cond.timestamp(obs.now)
+            items = out.status.get("items") or {}
+            _phase(out, obs, READY, REASON_PREPARED,
+                   f"kept {items.get('kept', 0)} of {items.get('total', 0)} items "
+                   f"(dropped {out.status.get('droppedTotal', 0)}: "
+                   f"{_dropped_summary(items.get('dropped') or {})})")
+        return out
+    if job.failed:
+        if phase != FAILED:
+            out.status["completionTime"] = cond.timestamp(obs.now)
+            _phase(out, obs, FAILED, words.get("reason") or job.reason or REASON_JOB_FAILED,
+                   words.get("message") or job.message or "the preparation Job failed", warning=True)
+        return out
+    if phase != RUNNING:
+        _phase(out, obs, RUNNING, REASON_RUNNING, "preparing")
+    return out
+
+
+def _dropped_summary(dropped: dict) -> str:
+    parts = [f"{k} {v}" for k, v in dropped.items() if v]
+    return ", ".join(parts) or "none"
+
+
+def _apply_manifest(out: Outcome, words: dict) -> None:
+    items = words.get("items") or {}
+    dropped = items.get("dropped") or {}
+    out.status["items"] = {"total": int(items.get("total", 0)), "kept": int(items.get("kept", 0)),
+                           "dropped": {k: int(v) for k, v in dropped.items()}}
+    out.status["droppedTotal"] = sum(int(v) for v in dropped.values())
+    for key in ("bytes", "contentHash", "uri"):
+        if words.get(key) is not None:
+            out.status[key] = words[key]
+    if words.get("redactions"):
+        out.status["redactions"] = {k: int(v) for k, v in words["redactions"].items()}
+
+
+# ------------------------------------------------------------------ TrainingRun / FineTune
+def _blocked(out: Outcome, obs: Observed, blocked: Blocked) -> Outcome:
+    _set(out, obs, cond.ADMITTED, cond.FALSE, blocked.reason, blocked.message)
+    _phase(out, obs, FAILED if blocked.permanent else WAITING, blocked.reason, blocked.message, warning=True)
+    return out
+
+
+def _accrue(out: Outcome, obs: Observed, pool: Resource | None) -> None:
+    run = obs.resource
+    segments = economics.sync_segments(
+        out.status.get("segments") or [], obs.pod_runs, pool, run.spec.hardware, obs.now)
+    out.status["segments"] = segments
+    totals = economics.totals(segments, obs.now)
+    cost = dict(out.status.get("cost") or {})
+    cost["accrued"] = money_str(totals.cost)
+    if run.spec.budget.max_cost is not None:
+        cost["limit"] = money_str(run.spec.budget.max_cost)
+    else:
+        cost.pop("limit", None)
+    out.status["cost"] = cost
+    out.status["acceleratorSeconds"] = round(totals.accelerator_seconds, 3)
+    out.status["runningSeconds"] = round(totals.running_seconds, 3)
+    starts = [s["start"] for s in segments if s.get("start")]
+    if starts and not out.status.get("startTime"):
+        out.status["startTime"] = min(starts)
+
+
+def _progress(out: Outcome, run: Resource, progress: dict | None) -> None:
+    if not progress:
+        return
+    total = int(progress.get("totalSteps") or run.spec.training.steps)
+    step = int(progress.get("step") or 0)
+    out.status["progress"] = {k: v for k, v in {
+        "step": step,
+        "totalSteps": total,
+        "percent": round(100.0 * step / total, 1) if total else 0.0,
+        "loss": progress.get("loss"),
+        "samplesPerSecond": progress.get("samplesPerSecond"),
+        "etaSeconds": progress.get("etaSeconds"),
+    }.items() if v is not None}
+    if progress.get("checkpoint"):
+        out.status["checkpoint"] = progress["checkpoint"]
+
+
+def _current_pool(obs: Observed) -> Resource | None:
+    name = obs.body_status.get("pool")
+    return obs.catalog.pools.get(name) if name else None
+
+
+def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
+    run = obs.resource
+    if run.spec.suspend:
+        _phase(out, obs, SUSPENDED, REASON_SUSPENDED, "spec.suspend is true; no Job is running")
+        return out
+    choice = economics.choose_pool(run, obs.catalog, obs.now)
+    if isinstance(choice, Blocked):
+        return _blocked(out, obs, choice)
+    pool, estimate, note = choice
+    cost = dict(out.status.get("cost") or {})
+    cost.update({"estimated": money_str(estimate.cost), "estimatedSeconds": round(estimate.seconds, 1),
+                 "currency": pool.spec.currency})
+    if run.spec.budget.max_cost is not None:
+        cost["limit"] = money_str(run.spec.budget.max_cost)
+    out.status["cost"] = cost
+    out.status["pool"] = pool.name
+    if note:
+        out.event("PoolChosen", note)
+    admission = economics.admit(run, pool, estimate, out.status, obs.catalog, obs.now)
+    if isinstance(admission, Blocked):
+        return _blocked(out, obs, admission)
+    planned = plan_run(run, pool, obs.catalog, config,
+                       active_deadline_seconds=economics.active_deadline(run, pool, out.status, obs.catalog, obs.now))
+    if isinstance(planned, Blocked):
+        return _blocked(out, obs, planned)
+    return _create_children(out, obs, planned, estimate)
+
+
+def _create_children(out: Outcome, obs: Observed, planned: Planned, estimate) -> Outcome:
+    run = obs.resource
+    out.create = _stamp_generation(planned.children.objects(), run.generation)
+    job_name = planned.children.job["metadata"]["name"]
+    out.status["job"] = job_name
+    if planned.base_version:
+        out.status.setdefault("metrics", {})
+    _set(out, obs, cond.ADMITTED, cond.TRUE, REASON_JOB_CREATED,
+         f"estimated {estimate.seconds:.0f}s and {money_str(estimate.cost)} on pool {planned.placement.pool.name}")
+    if run.spec.queue_name:
+        _phase(out, obs, WAITING, REASON_KUEUE, f"Job {job_name} queued in Kueue LocalQueue {run.spec.queue_name}")
+    else:
+        _phase(out, obs, RUNNING, REASON_JOB_CREATED,
+               f"Job {job_name} created on pool {planned.placement.pool.name} "
+               f"({planned.placement.nodes} node(s) × {planned.placement.accelerators_per_node} "
+               f"{planned.placement.accelerator_type})")
+    out.requeue_after = 1.0
+    return out
+
+
+def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
+    run = obs.resource
+    out = _start(obs)
+    phase = out.status.get("phase")
+    job = job_state(obs.job)
+
+    if phase == SUCCEEDED:
+        return out
+    if not job.exists:
+        if phase == FAILED and out.status.get("observedGeneration") == run.generation and obs.body_status.get(
+                "observedGeneration") == run.generation:
+            return out
+        return _start_run(out, obs, config)
+
+    pool = _current_pool(obs)
+    _accrue(out, obs, pool)
+    words = last_words(obs.pod_runs)
+
+    if job.succeeded:
+        return _succeeded(out, obs, words, pool)
+    if job.failed:
+        return _job_failed(out, obs, job, words, pool)
+    return _running(out, obs, job, pool)
+
+
+def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) -> Outcome:
+    run = obs.resource
+    out.status["completionTime"] = cond.timestamp(obs.now)
+    for key in ("artifact", "checkpoint", "samples"):
+        if words.get(key):
+            out.status[key] = words[key]
+    metrics = {k: float(v) for k, v in (words.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    out.status["metrics"] = metrics
+    total = run.spec.training.steps
+    out.status["progress"] = {**(out.status.get("progress") or {}), "step": int(words.get("step", total)),
+                              "totalSteps": total, "percent": 100.0, "etaSeconds": 0}
+    if words.get("loss") is not None:
+        out.status["progress"]["loss"] = words["loss"]
+    review = economics.review(run, pool, out.status, words)
+    if review is not None:
+        out.status.setdefault("cost", {})["estimateError"] = review.estimate_error
+        out.measured = review.measured
+    if out.status.get("artifact"):
+        out.new_version = {
+            "source": {"kind": run.kind, "name": run.name},
+            "uri": out.status["artifact"],
+            "metrics": metrics,
+            "createdAt": cond.timestamp(obs.now),
+            **({"method": run.spec.method} if run.kind == "FineTune" else {}),
+        }
+    cost = (out.status.get("cost") or {}).get("accrued", "0")
+    _phase(out, obs, SUCCEEDED, REASON_SUCCEEDED,
+           f"finished {total} steps in {out.status.get('runningSeconds', 0):.0f}s for {cost}"
+           + (f"; metrics {', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}" if metrics else ""))
+    return out
+
+
+def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: Resource | None) -> Outcome:
+    run = obs.resource
+    if job.reason == "DeadlineExceeded":
+        # activeDeadlineSeconds is the budget's backstop: the run hit its money or time limit
+        # while the operator was not looking. Resumable like any BudgetExceeded run.
+        verdict = economics.enforce(run, pool, out.status, obs.catalog, obs.now, config_interval=None)
+        if out.status.get("phase") == BUDGET_EXCEEDED and verdict.allowed:
+            out.delete_job = True  # recreated on the next pass; the trainer resumes from its checkpoint
+            _phase(out, obs, PENDING, REASON_BUDGET_RAISED, "the budget now allows more; resuming from the checkpoint")
+            out.requeue_after = 1.0
+            return out
+        if out.status.get("phase") != BUDGET_EXCEEDED:
+            if words.get("checkpoint"):
+                out.status["checkpoint"] = words["checkpoint"]
+            _phase(out, obs, BUDGET_EXCEEDED, verdict.reason or "DeadlineExceeded",
+                   verdict.message or f"the Job reached its activeDeadlineSeconds ({job.active_deadline_seconds}s)",
+                   warning=True)
+        out.requeue_after = 30.0
+        return out
+    if out.status.get("phase") != FAILED:
+        out.status["completionTime"] = cond.timestamp(obs.now)
+        reason = words.get("reason") or job.reason or REASON_JOB_FAILED
+        message = words.get("message") or job.message or "the trainer Job failed"
+        _phase(out, obs, FAILED, reason, message, warning=True)
+    return out
+
+
+def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None) -> Outcome:
+    run = obs.resource
+    phase = out.status.get("phase")
+    _progress(out, run, obs.progress)
+    out.status["restarts"] = sum(1 for p in obs.pod_runs if p.phase == "Failed")
+
+    if run.spec.suspend:
+        if not job.suspended:
+            out.job_patch = {"spec": {"suspend": True}}
+        if phase != SUSPENDED:
+            _phase(out, obs, SUSPENDED, REASON_SUSPENDED,
+                   "spec.suspend is true: the trainer checkpoints and stops; set it to false to resume")
+        return out
+
+    verdict = economics.enforce(run, pool, out.status, obs.catalog, obs.now,
+                                config_interval=economics.DEFAULT_INTERVAL)
+    if phase in (BUDGET_EXCEEDED, SUSPENDED) and job.suspended:
+        if not verdict.allowed:
+            out.requeue_after = 30.0
+            return out
+        deadline = economics.active_deadline(run, pool, out.status, obs.catalog, obs.now)
+        out.job_patch = {"spec": {"suspend": False, "activeDeadlineSeconds": deadline}}
+        reason = REASON_BUDGET_RAISED if phase == BUDGET_EXCEEDED else REASON_RESUMED
+        _phase(out, obs, RUNNING, reason, f"resuming from checkpoint {out.status.get('checkpoint') or '(latest)'}")
+        out.requeue_after = 1.0
+        return out
+
+    if job.suspended and run.spec.queue_name and not job.active:
+        if phase != WAITING:
+            _phase(out, obs, WAITING, REASON_KUEUE, f"waiting for Kueue to admit the Job ({run.spec.queue_name})")
+        out.requeue_after = 30.0
+        return out
+
+    if not verdict.allowed:
+        out.job_patch = {"spec": {"suspend": True}}
+        phase_to = SUSPENDED if verdict.action == "Suspend" else BUDGET_EXCEEDED
+        _set(out, obs, cond.BUDGET, cond.FALSE, verdict.reason, verdict.message)
+        _phase(out, obs, phase_to, verdict.reason,
+               verdict.message + "; the trainer checkpoints and stops. Raise the budget to resume.", warning=True)
+        out.requeue_after = 30.0
+        return out
+
+    _set(out, obs, cond.BUDGET, cond.TRUE, "WithinBudget", verdict.message)
+    if phase != RUNNING:
+        _phase(out, obs, RUNNING, REASON_RUNNING, f"Job {out.status.get('job')} is running")
+    out.requeue_after = verdict.requeue_after
+    return out
+
+
+def status_view(resource: Resource) -> dict:
+    """The status of a parsed resource as the camelCase dict the API stores."""
+    return to_dict(dataclasses.replace(resource.status)) if resource.status else {}
