@@ -23,6 +23,18 @@ from .plan import Blocked, Catalog, fixed_pool, plan_dataset, plan_run
 from .runspec import dataset_uri, storage_uri
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the run spec document) as readable literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", action="append", required=True,
                         help="YAML file or folder with genforge resources (repeatable)")
@@ -87,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     chunks = []
     for source, obj in objects:
         header = f"# Source: {source}\n"
-        chunks.append(header + yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
+        chunks.append(header + yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False))
     sys.stdout.write("---\n".join(chunks))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
