@@ -30,7 +30,7 @@ DISPATCH: dict[str, str] = {
     "prepare": "genforge_trainer.data.prepare:run",
     "train": "genforge_trainer.train:run",
     "finetune": "genforge_trainer.train:run",
-    "evaluate": "genforge_trainer.evaluate:run",
+    "evaluate": "genforge_trainer.evaluation:run",
 }
 
 #: Commands that check the SIGTERM flag, checkpoint and stop by themselves; the others

@@ -1,0 +1,334 @@
+"""The diffusion models genforge trains, apart from the loop.
+
+A ``DiffusionModel`` holds what a training method needs: the trainable ``denoiser`` (a
+UNet), the DDPM ``noise_scheduler`` and, for latent models, the frozen VAE and text
+encoder. Two architectures:
+
+* ``unet2d-ddpm`` — ``UNet2DModel`` + ``DDPMScheduler`` in pixel space, built from the
+  GenModel's config; class-conditional (one class-embedding row per label) when the
+  dataset has labels. Saved as a ``DDPMPipeline`` folder plus ``genforge.json`` (labels).
+* ``stable-diffusion`` — ``UNet2DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel`` and
+  tokenizer from a ``save_pretrained`` folder at ``model.baseUri`` (any fsspec URI; never a
+  hub id). Saved as a ``StableDiffusionPipeline`` folder (no safety checker).
+
+Everything loads with ``local_files_only=True``: ``HF_HUB_OFFLINE=1`` always works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from genforge_trainer import storage
+from genforge_trainer.config import ModelSpec
+from genforge_trainer.exitcodes import ConfigError, DataError, StorageError
+
+log = logging.getLogger(__name__)
+
+GENFORGE_FILE = "genforge.json"
+
+
+# --------------------------------------------------------------------------- local copies of URIs
+
+
+@contextlib.contextmanager
+def local_dir(uri: str) -> Iterator[str]:
+    """A local directory with the contents of ``uri`` (itself when local, else a download)."""
+    path = storage.local_path(uri)
+    if path is not None:
+        if not os.path.isdir(path):
+            raise DataError(f"model folder not found: {uri}")
+        yield path
+        return
+    tmp = tempfile.mkdtemp(prefix="genforge-model-")
+    try:
+        fs, remote = storage.filesystem(uri)
+        if not fs.isdir(remote):
+            raise DataError(f"model folder not found: {storage.redact_url(uri)}")
+        fs.get(remote.rstrip("/") + "/", tmp, recursive=True)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def publish_dir(uri: str) -> Iterator[str]:
+    """Yield a local directory to fill; on success it replaces ``uri`` atomically
+    (staging + rename locally; upload then swap on object stores)."""
+    with storage.StagedDirectory(uri) as stage:
+        path = storage.local_path(stage.url)
+        if path is not None:
+            yield path
+        else:
+            tmp = tempfile.mkdtemp(prefix="genforge-out-")
+            try:
+                yield tmp
+                fs, remote = storage.filesystem(stage.url)
+                fs.put(tmp.rstrip("/") + "/", remote, recursive=True)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        stage.commit()
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class DiffusionModel:
+    architecture: str
+    resolution: int
+    denoiser: nn.Module
+    noise_scheduler: Any  # diffusers.DDPMScheduler
+    labels: list[str] = field(default_factory=list)  # class-conditional unet2d: row i = labels[i]
+    vae: nn.Module | None = None
+    text_encoder: nn.Module | None = None
+    tokenizer: Any = None
+
+    @property
+    def latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def class_conditional(self) -> bool:
+        return self.architecture == "unet2d-ddpm" and bool(self.labels)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [m for m in (self.vae, self.text_encoder) if m is not None]
+
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> DiffusionModel:
+        """Move the frozen parts (the denoiser is moved by accelerate)."""
+        for module in self.frozen_modules():
+            module.to(device, dtype=dtype)
+        return self
+
+    # ------------------------------------------------------------------ training-time helpers
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Model-space inputs from pixels in [-1, 1]: pixels themselves, or VAE latents."""
+        if self.vae is None:
+            return pixels
+        with torch.no_grad():
+            dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+            return dist.mean * self.vae.config.scaling_factor
+
+    def label_ids(self, labels: list[str | None], device: torch.device) -> torch.Tensor:
+        index = {name: i for i, name in enumerate(self.labels)}
+        try:
+            return torch.tensor([index[label] for label in labels], device=device, dtype=torch.long)
+        except KeyError as exc:
+            raise DataError(f"label {exc.args[0]!r} is not one of the model's labels {self.labels}") from exc
+
+    def encode_prompts(self, prompts: list[str], device: torch.device) -> torch.Tensor:
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        return self.text_encoder(tokens)[0]
+
+    def conditioning(
+        self, captions: list[str], labels: list[str | None], device: torch.device
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``denoiser(x, t, **kwargs)`` for a batch."""
+        if self.architecture == "stable-diffusion":
+            with torch.no_grad():
+                return {"encoder_hidden_states": self.encode_prompts(captions, device)}
+        if self.class_conditional:
+            return {"class_labels": self.label_ids(labels, device)}
+        return {}
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        raise ConfigError(f"unsupported prediction type {kind!r}")
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        count: int,
+        *,
+        steps: int,
+        generator: torch.Generator,
+        labels: list[str] | None = None,
+        prompts: list[str] | None = None,
+        denoiser: nn.Module | None = None,
+        batch_size: int = 32,
+    ) -> torch.Tensor:
+        """``count`` images as float [-1, 1] (N×3×H×W, on the CPU), DDIM-sampled."""
+        from diffusers import DDIMScheduler
+
+        net = denoiser or self.denoiser
+        device = next(net.parameters()).device
+        dtype = next(net.parameters()).dtype
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        out = []
+        was_training = net.training
+        net.eval()
+        try:
+            for start in range(0, count, batch_size):
+                n = min(batch_size, count - start)
+                channels = net.config.in_channels
+                size = self.resolution // 8 if self.latent else self.resolution
+                x = torch.randn((n, channels, size, size), generator=generator, device="cpu").to(
+                    device, dtype
+                )
+                batch_labels = (labels or [None] * count)[start : start + n]
+                batch_prompts = (prompts or [""] * count)[start : start + n]
+                cond = self.conditioning(batch_prompts, batch_labels, device)
+                cond = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in cond.items()}
+                scheduler.set_timesteps(steps, device=device)
+                for t in scheduler.timesteps:
+                    model_out = net(x, t, **cond).sample
+                    x = scheduler.step(model_out, t, x).prev_sample
+                if self.vae is not None:
+                    x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+                out.append(x.float().clamp(-1, 1).cpu())
+        finally:
+            net.train(was_training)
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str, denoiser: nn.Module | None = None) -> None:
+        """A pipeline folder (safetensors) loadable with ``from_pretrained`` offline."""
+        from diffusers import DDPMPipeline, StableDiffusionPipeline
+
+        net = denoiser or self.denoiser
+        if self.architecture == "stable-diffusion":
+            pipe = StableDiffusionPipeline(
+                vae=self.vae,
+                text_encoder=self.text_encoder,
+                tokenizer=self.tokenizer,
+                unet=net,
+                scheduler=self.noise_scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+        else:
+            pipe = DDPMPipeline(unet=net, scheduler=self.noise_scheduler)
+        pipe.save_pretrained(directory, safe_serialization=True)
+        meta = {"architecture": self.architecture, "resolution": self.resolution, "labels": self.labels}
+        with open(os.path.join(directory, GENFORGE_FILE), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2)
+
+
+# --------------------------------------------------------------------------- building and loading
+
+
+def _block_types(levels: tuple[bool, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    down = tuple("AttnDownBlock2D" if attn else "DownBlock2D" for attn in levels)
+    up = tuple("AttnUpBlock2D" if attn else "UpBlock2D" for attn in reversed(levels))
+    return down, up
+
+
+def build_unet2d(spec: ModelSpec, labels: list[str]) -> DiffusionModel:
+    """A fresh ``unet2d-ddpm`` from the GenModel's config."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    cfg = spec.config
+    down, up = _block_types(cfg.attention_levels)
+    unet = UNet2DModel(
+        sample_size=spec.resolution,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=cfg.layers_per_block,
+        block_out_channels=cfg.block_out_channels,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=cfg.groups,
+        attention_head_dim=cfg.attention_head_dim,
+        dropout=cfg.dropout,
+        num_class_embeds=len(labels) or None,
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+    )
+    return DiffusionModel("unet2d-ddpm", spec.resolution, unet, scheduler, labels=list(labels))
+
+
+def load_pretrained(uri: str, spec: ModelSpec) -> DiffusionModel:
+    """Load a pipeline folder written by ``save_pretrained`` (ours or diffusers')."""
+    with local_dir(uri) as path:
+        meta = {}
+        if os.path.exists(os.path.join(path, GENFORGE_FILE)):
+            with open(os.path.join(path, GENFORGE_FILE), encoding="utf-8") as f:
+                meta = json.load(f)
+        try:
+            if spec.architecture == "stable-diffusion":
+                return _load_stable_diffusion(path, spec)
+            from diffusers import DDPMScheduler, UNet2DModel
+
+            unet = UNet2DModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+            scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"cannot load a {spec.architecture} model from {storage.redact_url(uri)}: {exc}"
+            ) from exc
+    labels = list(meta.get("labels") or [])
+    if unet.config.num_class_embeds and len(labels) != unet.config.num_class_embeds:
+        labels = [str(i) for i in range(unet.config.num_class_embeds)]
+    if unet.config.sample_size != spec.resolution:
+        log.warning(
+            "base model was trained at %spx, this run uses %dpx", unet.config.sample_size, spec.resolution
+        )
+    return DiffusionModel("unet2d-ddpm", spec.resolution, unet, scheduler, labels=labels)
+
+
+def _load_stable_diffusion(path: str, spec: ModelSpec) -> DiffusionModel:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"), local_files_only=True)
+    scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", local_files_only=True)
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    vae.eval()
+    text_encoder.eval()
+    return DiffusionModel(
+        "stable-diffusion",
+        spec.resolution,
+        unet,
+        scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+    )
+
+
+def load_or_build(spec: ModelSpec, labels: list[str]) -> DiffusionModel:
+    """The model a run starts from: the base at ``baseUri`` when given, else a fresh one."""
+    if spec.base_uri:
+        return load_pretrained(spec.base_uri, spec)
+    if spec.architecture == "stable-diffusion":  # pragma: no cover - config validation forbids it
+        raise ConfigError("stable-diffusion needs model.baseUri")
+    return build_unet2d(spec, labels)
+
+
+def save_model(model: DiffusionModel, uri: str, denoiser: nn.Module | None = None) -> str:
+    """Write the model's pipeline folder to ``uri`` atomically; returns ``uri``."""
+    try:
+        with publish_dir(uri) as path:
+            model.save_pretrained(path, denoiser=denoiser)
+    except OSError as exc:
+        raise StorageError(f"cannot write the model to {storage.redact_url(uri)}: {exc}") from exc
+    return uri
