@@ -1,0 +1,524 @@
+"""The CRDs in `crds/` as an admission check: what the API server would default, accept or reject.
+
+`crds/*.yaml` is the single source of truth for the wire schema. This module loads those
+files and applies them to objects the way kube-apiserver does for custom resources, so
+that code without a cluster — the offline tests, `genforge local`'s emulated API server,
+`genforge render`/`estimate` — rejects exactly what a cluster would:
+
+- `apply_defaults(obj)`: drop nulls of non-nullable fields, then fill schema defaults
+  top-down (a defaulted `{}` gets its nested defaults too), like structural defaulting.
+- `validate(obj, old=None)`: defaults, then the OpenAPI v3 schema (converted to JSON
+  Schema by `to_json_schema`: int-or-string, nullable, unknown fields rejected as
+  `kubectl --validate=strict` / `fieldValidation=Strict` would, list-type set/map
+  uniqueness), then the CEL rules (`evaluate_validations`). Returns `FieldError`s —
+  `(path, message)` tuples with Kubernetes-style paths such as `spec.warnAt[1]`.
+- `admit(obj, old=None)`: the defaulted object and its errors, for an API server.
+
+CEL: `evaluate_validations` walks the schema and the object together and runs every
+`x-kubernetes-validations` rule with `self` bound to the node's value and, for transition
+rules, `oldSelf` bound to the correlated old value (object properties, map values, and
+items of `x-kubernetes-list-type: map` lists by key; a rule that uses `oldSelf` is skipped
+when there is no old value, as on create). `fieldPath`, `reason`, `message` and
+`messageExpression` are honoured. Evaluation uses the `common-expression-language`
+package (cel-rust) plus its cel-go–style extension functions.
+
+Kubernetes CEL library functions that needed a shim (registered in `_SHIMS`):
+
+- `isSorted()` (Kubernetes list library) — used by Budget `spec.warnAt`.
+
+Everything else the CRDs use is core CEL (`has`, `all`, `exists_one`, `size`, `in`,
+`string()`, list indexing, `%`, object and list equality), evaluated natively. Not
+modelled: the API server's CEL cost estimation (the CRDs bound every list and string
+that CEL iterates instead; `tests/api` checks that) and validation ratcheting.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jsonschema
+import yaml
+
+from .api import API_VERSION, KINDS, VERSION
+from .resources import crd_dir
+
+_NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class FieldError(NamedTuple):
+    """One rejected field: a Kubernetes-style path (`spec.training.steps`) and why."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+# ---------------------------------------------------------------- loading
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a number, as Kubernetes' YAML parser does."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml_documents(path: str | Path) -> list[dict]:
+    """The non-empty documents of a YAML file (`---`-separated), Kubernetes-style numbers."""
+    text = Path(path).read_text()
+    return [doc for doc in yaml.load_all(text, Loader=_YamlLoader) if doc]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_crds(directory: str) -> dict[str, dict]:
+    crds: dict[str, dict] = {}
+    for path in sorted(Path(directory).glob("*.yaml")):
+        for doc in load_yaml_documents(path):
+            if doc.get("kind") == "CustomResourceDefinition":
+                crds[doc["spec"]["names"]["kind"]] = doc
+    return crds
+
+
+def load_crds(directory: str | Path | None = None) -> dict[str, dict]:
+    """CRD objects by kind (`"TrainingRun"` → the CustomResourceDefinition), cached; do not mutate."""
+    return _load_crds(str(directory or crd_dir()))
+
+
+def crd_for(kind: str, directory: str | Path | None = None) -> dict:
+    crds = load_crds(directory)
+    if kind not in crds:
+        raise KeyError(f"no CRD for kind {kind!r} in {directory or crd_dir()}")
+    return crds[kind]
+
+
+def openapi_schema(crd: dict, version: str = VERSION) -> dict:
+    for entry in crd["spec"]["versions"]:
+        if entry["name"] == version:
+            return entry["schema"]["openAPIV3Schema"]
+    raise KeyError(f"{crd['metadata']['name']} has no version {version}")
+
+
+# ---------------------------------------------------------------- OpenAPI v3 → JSON Schema
+def to_json_schema(schema: dict) -> dict:
+    """A JSON Schema (draft 4: boolean `exclusiveMinimum`, like OpenAPI v3.0) for a CRD schema.
+
+    Objects with `properties` (and no `x-kubernetes-preserve-unknown-fields`) get
+    `additionalProperties: false`, so unknown fields are rejected as strict field validation
+    does; `nullable` adds `null` to the type; `x-kubernetes-int-or-string` becomes
+    integer-or-string; `x-kubernetes-list-type: set` becomes `uniqueItems`. Defaults and
+    CEL rules are not JSON Schema: see `apply_defaults` and `evaluate_validations`.
+    """
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key.startswith("x-kubernetes-") or key in ("default", "nullable"):
+            continue
+        if key == "properties":
+            out["properties"] = {name: to_json_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "not"):
+            out[key] = to_json_schema(value)
+        elif key == "additionalProperties":
+            out[key] = to_json_schema(value) if isinstance(value, dict) else value
+        elif key in ("anyOf", "allOf", "oneOf"):
+            out[key] = [to_json_schema(sub) for sub in value]
+        else:
+            out[key] = value
+    nullable = bool(schema.get("nullable"))
+    if schema.get("x-kubernetes-int-or-string"):
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}] + ([{"type": "null"}] if nullable else [])
+    elif nullable and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if schema.get("x-kubernetes-list-type") == "set":
+        out["uniqueItems"] = True
+    if schema.get("x-kubernetes-embedded-resource"):
+        out.setdefault("properties", {})
+        out["properties"].setdefault("apiVersion", {"type": "string"})
+        out["properties"].setdefault("kind", {"type": "string"})
+        out["properties"].setdefault("metadata", {"type": "object"})
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _validator(kind: str, directory: str) -> jsonschema.protocols.Validator:
+    schema = to_json_schema(openapi_schema(_load_crds(directory)[kind]))
+    jsonschema.Draft4Validator.check_schema(schema)
+    return jsonschema.Draft4Validator(schema, format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER)
+
+
+# ---------------------------------------------------------------- defaulting
+def apply_defaults(obj: dict, directory: str | Path | None = None) -> dict:
+    """A copy of `obj` with nulls of non-nullable fields pruned and schema defaults filled in."""
+    out = copy.deepcopy(obj)
+    kind = out.get("kind")
+    if kind not in load_crds(directory):
+        return out
+    return _default(openapi_schema(crd_for(kind, directory)), out)
+
+
+def _default(schema: dict, value: Any) -> Any:
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        if props:
+            for name in list(value):
+                if value[name] is None and name in props and not props[name].get("nullable"):
+                    del value[name]
+            for name, sub in props.items():
+                if name not in value and "default" in sub:
+                    value[name] = copy.deepcopy(sub["default"])
+                if name in value:
+                    value[name] = _default(sub, value[name])
+        elif isinstance(schema.get("additionalProperties"), dict):
+            sub = schema["additionalProperties"]
+            for name in list(value):
+                if value[name] is None and not sub.get("nullable"):
+                    del value[name]
+                else:
+                    value[name] = _default(sub, value[name])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_default(schema["items"], item) for item in value]
+    return value
+
+
+# ---------------------------------------------------------------- validation
+def validate(obj: dict, old: dict | None = None, directory: str | Path | None = None) -> list[FieldError]:
+    """Everything the API server would reject in `obj` (an update of `old`, if given), after defaulting."""
+    return admit(obj, old, directory)[1]
+
+
+def admit(
+    obj: dict, old: dict | None = None, directory: str | Path | None = None
+) -> tuple[dict, list[FieldError]]:
+    """Default `obj` and validate it (schema, then CEL rules); returns the defaulted object and errors."""
+    kind = obj.get("kind")
+    if kind not in load_crds(directory):
+        return obj, [FieldError("kind", f"no CRD for kind {kind!r} (known: {', '.join(sorted(KINDS))})")]
+    defaulted = apply_defaults(obj, directory)
+    errors = _identity_errors(defaulted)
+    errors += validate_schema(defaulted, directory)
+    if not errors:
+        old_defaulted = apply_defaults(old, directory) if old is not None else None
+        errors += evaluate_validations(crd_for(kind, directory), defaulted, old_defaulted)
+    return defaulted, errors
+
+
+def _identity_errors(obj: dict) -> list[FieldError]:
+    errors = []
+    if obj.get("apiVersion") != API_VERSION:
+        errors.append(FieldError("apiVersion", f"must be {API_VERSION}, got {obj.get('apiVersion')!r}"))
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return errors + [FieldError("metadata", "Required value")]
+    name = meta.get("name")
+    if name is None and not meta.get("generateName"):
+        errors.append(FieldError("metadata.name", "Required value: name or generateName is required"))
+    elif name is not None and (not isinstance(name, str) or len(name) > 253 or not _NAME_PATTERN.match(name)):
+        errors.append(
+            FieldError(
+                "metadata.name",
+                f"Invalid value: {name!r}: a lowercase RFC 1123 subdomain must consist of lower case "
+                "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+            )
+        )
+    return errors
+
+
+def validate_schema(obj: dict, directory: str | Path | None = None) -> list[FieldError]:
+    """OpenAPI schema errors only (no defaulting, no CEL), sorted by path."""
+    kind = obj.get("kind")
+    directory = str(directory or crd_dir())
+    validator = _validator(kind, directory)
+    errors = [err for error in validator.iter_errors(obj) for err in _translate(error)]
+    errors += _list_map_duplicates(openapi_schema(_load_crds(directory)[kind]), obj, "")
+    return sorted(set(errors))
+
+
+def _join(path: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    return f"{path}.{part}" if path else part
+
+
+def _path(parts) -> str:
+    path = ""
+    for part in parts:
+        path = _join(path, part)
+    return path
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _translate(error: jsonschema.ValidationError) -> Iterator[FieldError]:
+    path = _path(error.absolute_path)
+    value = error.instance
+    kind = error.validator
+    if kind == "required":
+        for name in error.validator_value:
+            if isinstance(value, dict) and name not in value:
+                yield FieldError(_join(path, name), "Required value")
+    elif kind == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        for name in sorted(set(value) - allowed):
+            yield FieldError(_join(path, name), f'unknown field "{_join(path, name)}"')
+    elif kind == "type":
+        yield FieldError(
+            path,
+            f"Invalid value: {value!r}: must be of type {error.validator_value}, got {_type_name(value)}",
+        )
+    elif kind == "anyOf" and _is_int_or_string(error):
+        yield FieldError(
+            path, f"Invalid value: {value!r}: must be an integer or a string, got {_type_name(value)}"
+        )
+    elif kind == "enum":
+        allowed = ", ".join(f'"{v}"' for v in error.validator_value)
+        yield FieldError(path, f"Unsupported value: {value!r}: supported values: {allowed}")
+    elif kind == "pattern":
+        yield FieldError(path, f"Invalid value: {value!r}: should match '{error.validator_value}'")
+    elif kind == "minimum":
+        exclusive = error.schema.get("exclusiveMinimum")
+        relation = "greater than" if exclusive else "greater than or equal to"
+        yield FieldError(path, f"Invalid value: {value!r}: should be {relation} {error.validator_value}")
+    elif kind == "maximum":
+        exclusive = error.schema.get("exclusiveMaximum")
+        relation = "less than" if exclusive else "less than or equal to"
+        yield FieldError(path, f"Invalid value: {value!r}: should be {relation} {error.validator_value}")
+    elif kind in ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"):
+        what = {"Length": "characters", "Items": "items", "Properties": "properties"}[kind[3:]]
+        bound = "at least" if kind.startswith("min") else "at most"
+        yield FieldError(path, f"Invalid value: must have {bound} {error.validator_value} {what}")
+    elif kind == "format":
+        yield FieldError(
+            path,
+            f"Invalid value: {value!r}: must be a {error.validator_value} (RFC 3339)"
+            if error.validator_value == "date-time"
+            else error.message,
+        )
+    elif kind == "uniqueItems":
+        yield FieldError(path, "Duplicate value: items must be unique")
+    else:
+        yield FieldError(path, error.message)
+
+
+def _is_int_or_string(error: jsonschema.ValidationError) -> bool:
+    return error.validator_value[:2] == [{"type": "integer"}, {"type": "string"}]
+
+
+def _list_map_duplicates(schema: dict, value: Any, path: str) -> list[FieldError]:
+    """`x-kubernetes-list-type: map` lists must not repeat a key (JSON Schema cannot say that)."""
+    errors: list[FieldError] = []
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for name, sub_value in value.items():
+            sub = props.get(name) or (extra if isinstance(extra, dict) else None)
+            if sub:
+                errors += _list_map_duplicates(sub, sub_value, _join(path, name))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        if schema.get("x-kubernetes-list-type") == "map":
+            keys = schema.get("x-kubernetes-list-map-keys", [])
+            seen: set = set()
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    key = tuple(item.get(k) for k in keys)
+                    if key in seen:
+                        shown = ", ".join(f"{k}={v!r}" for k, v in zip(keys, key, strict=True))
+                        errors.append(FieldError(_join(path, index), f"Duplicate value: {shown}"))
+                    seen.add(key)
+        for index, item in enumerate(value):
+            errors += _list_map_duplicates(schema["items"], item, _join(path, index))
+    return errors
+
+
+# ---------------------------------------------------------------- CEL
+def _is_sorted(items: list) -> bool:
+    return all(a <= b for a, b in zip(items, items[1:], strict=False))
+
+
+# Kubernetes CEL library functions missing from the `cel` package (see the module docstring).
+_SHIMS = {"isSorted": _is_sorted}
+
+
+class Rule(NamedTuple):
+    """One `x-kubernetes-validations` entry, at the schema node reached by `path`."""
+
+    path: str  # schema path, e.g. "spec.hardware" or "spec.tolerations[]"
+    rule: str
+    message: str | None
+    message_expression: str | None
+    field_path: str | None
+    reason: str | None
+    optional_old_self: bool
+
+    @property
+    def is_transition(self) -> bool:
+        return "oldSelf" in _program(self.rule).variables()
+
+
+def iter_rules(crd: dict, version: str = VERSION) -> Iterator[Rule]:
+    """Every CEL rule in a CRD's schema, with the schema path of the node that carries it."""
+    yield from _iter_rules(openapi_schema(crd, version), "")
+
+
+def _own_rules(schema: dict, path: str) -> list[Rule]:
+    return [
+        Rule(
+            path=path,
+            rule=entry["rule"],
+            message=entry.get("message"),
+            message_expression=entry.get("messageExpression"),
+            field_path=entry.get("fieldPath"),
+            reason=entry.get("reason"),
+            optional_old_self=bool(entry.get("optionalOldSelf")),
+        )
+        for entry in schema.get("x-kubernetes-validations", [])
+    ]
+
+
+def _iter_rules(schema: dict, path: str) -> Iterator[Rule]:
+    yield from _own_rules(schema, path)
+    for name, sub in (schema.get("properties") or {}).items():
+        yield from _iter_rules(sub, _join(path, name))
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _iter_rules(schema["additionalProperties"], f"{path}[*]")
+    if isinstance(schema.get("items"), dict):
+        yield from _iter_rules(schema["items"], f"{path}[]")
+
+
+@functools.lru_cache(maxsize=512)
+def _program(expression: str):
+    import cel  # the `common-expression-language` package; imported lazily (a dev/local dependency)
+
+    return cel.compile(expression)
+
+
+@functools.lru_cache(maxsize=1)
+def _functions() -> dict:
+    import cel
+    from cel import stdlib
+
+    context = cel.Context()
+    stdlib.add_stdlib_to_context(context)
+    functions = dict(context.functions)
+    functions.update(_SHIMS)
+    return functions
+
+
+def evaluate_rule(
+    expression: str, self_value: Any, old_value: Any = None, *, optional_old_self: bool = False
+) -> Any:
+    """Evaluate one CEL expression with `self` (and `oldSelf`) bound, Kubernetes-style."""
+    import cel
+
+    variables = {"self": self_value}
+    if optional_old_self:
+        variables["oldSelf"] = (
+            cel.OptionalValue.of(old_value) if old_value is not None else cel.OptionalValue.none()
+        )
+    elif old_value is not None:
+        variables["oldSelf"] = old_value
+    return _program(expression).execute(cel.Context(variables=variables, functions=_functions()))
+
+
+def evaluate_validations(crd: dict, obj: dict, old: dict | None = None) -> list[FieldError]:
+    """Run every `x-kubernetes-validations` rule of `crd` on `obj` (an update of `old`, if given).
+
+    Call it on defaulted objects (see `admit`), as the API server does: rules assume that
+    defaulted fields are present.
+    """
+    return [error for _, error in check_rules(crd, obj, old) if error is not None]
+
+
+def check_rules(crd: dict, obj: dict, old: dict | None = None) -> list[tuple[Rule, FieldError | None]]:
+    """Each rule evaluated on `obj` (once per value it applies to) with its error, or None if it held.
+
+    Transition rules without an old value are not evaluated and so not listed.
+    """
+    results: list[tuple[Rule, FieldError | None]] = []
+    for schema_path, schema, value, old_value, path in _walk(openapi_schema(crd), obj, old, "", ""):
+        for rule in _own_rules(schema, schema_path):
+            if rule.is_transition and old_value is None and not rule.optional_old_self:
+                continue  # nothing to compare with: a create, or a value without a correlated old one
+            results.append((rule, _check_rule(rule, value, old_value, path)))
+    return results
+
+
+def _check_rule(rule: Rule, value: Any, old_value: Any, path: str) -> FieldError | None:
+    where = (path + (rule.field_path or "")) or "<root>"
+    try:
+        ok = evaluate_rule(rule.rule, value, old_value, optional_old_self=rule.optional_old_self)
+    except Exception as exc:  # a rule that cannot be evaluated rejects the object, as in Kubernetes
+        return FieldError(where, f"Invalid value: rule {rule.rule!r} could not be evaluated: {exc}")
+    if ok is True:
+        return None
+    message = rule.message or f"failed rule: {rule.rule}"
+    if rule.message_expression:
+        try:
+            rendered = evaluate_rule(
+                rule.message_expression, value, old_value, optional_old_self=rule.optional_old_self
+            )
+            if isinstance(rendered, str) and rendered.strip():
+                message = rendered
+        except Exception:  # Kubernetes falls back to `message` when messageExpression fails
+            pass
+    return FieldError(where, f"{_REASON_PREFIX.get(rule.reason or '', 'Invalid value')}: {message}")
+
+
+_REASON_PREFIX = {
+    "FieldValueRequired": "Required value",
+    "FieldValueForbidden": "Forbidden",
+    "FieldValueDuplicate": "Duplicate value",
+}
+
+
+def _walk(
+    schema: dict, value: Any, old: Any, path: str, schema_path: str
+) -> Iterator[tuple[str, dict, Any, Any, str]]:
+    """(schema path, schema node, value, correlated old value or None, path) for every present value."""
+    yield schema_path, schema, value, old, path
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for name, sub_value in value.items():
+            if props:
+                sub, sub_schema_path = props.get(name), _join(schema_path, name)
+            else:
+                sub, sub_schema_path = (extra if isinstance(extra, dict) else None), f"{schema_path}[*]"
+            if sub is None:
+                continue
+            sub_old = old.get(name) if isinstance(old, dict) else None
+            yield from _walk(sub, sub_value, sub_old, _join(path, name), sub_schema_path)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        olds: dict = {}
+        keys = schema.get("x-kubernetes-list-map-keys") or []
+        if schema.get("x-kubernetes-list-type") == "map" and isinstance(old, list):
+            olds = {tuple(item.get(k) for k in keys): item for item in old if isinstance(item, dict)}
+        for index, item in enumerate(value):
+            item_old = olds.get(tuple(item.get(k) for k in keys)) if olds and isinstance(item, dict) else None
+            yield from _walk(schema["items"], item, item_old, _join(path, index), f"{schema_path}[]")

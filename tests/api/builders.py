@@ -1,0 +1,70 @@
+"""Small builders for API tests: start from a shipped example, change a few fields."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from genforge_operator import resources, schema
+
+DELETE = object()  # `with_fields(obj, {"spec.budget": DELETE})` removes the field
+
+_EXAMPLE_FILES = {
+    "AcceleratorPool": "pools.yaml",
+    "Budget": "budget.yaml",
+    "Dataset": "dataset.yaml",
+    "GenModel": "model.yaml",
+    "TrainingRun": "trainingrun.yaml",
+    "FineTune": "finetune-lora.yaml",
+}
+
+
+def example_documents() -> list[tuple[str, dict]]:
+    """(file name, document) for every document in examples/*.yaml."""
+    return [
+        (path.name, doc)
+        for path in sorted(resources.examples_dir().glob("*.yaml"))
+        for doc in schema.load_yaml_documents(path)
+    ]
+
+
+def example(kind: str, name: str | None = None) -> dict:
+    """A fresh copy of the shipped example of `kind` (the first one, or the one called `name`)."""
+    for file_name, doc in example_documents():
+        if file_name == _EXAMPLE_FILES[kind] and doc["kind"] == kind:
+            if name is None or doc["metadata"]["name"] == name:
+                return copy.deepcopy(doc)
+    raise LookupError(f"no example {kind} {name or ''}")
+
+
+_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _parts(path: str) -> list[str | int]:
+    return [name if name else int(index) for name, index in _PART.findall(path)]
+
+
+def with_fields(obj: dict, changes: dict[str, Any]) -> dict:
+    """A copy of `obj` with `{"spec.training.steps": 0, "spec.tolerations[0].value": "x"}` applied.
+
+    Missing intermediate objects are created; the value `DELETE` removes a field.
+    """
+    out = copy.deepcopy(obj)
+    for path, value in changes.items():
+        *parents, last = _parts(path)
+        node: Any = out
+        for part in parents:
+            if isinstance(part, str) and part not in node:
+                node[part] = {}
+            node = node[part]
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = copy.deepcopy(value)
+    return out
+
+
+def make(kind: str, changes: dict[str, Any] | None = None, *, name: str | None = None) -> dict:
+    """The example of `kind` with `changes` applied (see `with_fields`)."""
+    return with_fields(example(kind, name), changes or {})
