@@ -7,15 +7,23 @@ budget core — `cost` (the one cost model), `estimate` (durations, pool choice)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from . import cost
-from .api import AccrualSegment, HardwareSpec, Resource, from_dict, to_dict
+from . import budget, cost, estimate
+from .api import AccrualSegment, BudgetStatus, HardwareSpec, Resource, from_dict, to_dict
 from .observe import PodRun
+from .plan import REASON_MODEL_NOT_FOUND, Blocked, Catalog
 
-DEFAULT_INTERVAL = 5.0
+DEFAULT_INTERVAL = budget.DEFAULT_INTERVAL
+#: The Job's activeDeadlineSeconds is the backstop for when the operator is down; it counts
+#: from the Job's start (image pull and scheduling included), so it gets this much slack
+#: to let the operator's own, exact enforcement act first.
+BACKSTOP_SLACK_SECONDS = 30
+#: A stopped run resumes by itself only when the budget leaves at least this much room.
+RESUME_MIN_SECONDS = 30.0
 
 
 # ------------------------------------------------------------------ accrual from pods
@@ -79,6 +87,134 @@ def totals(raw: list[dict], now: datetime) -> Totals:
     accrual = cost.accrue(_segments(raw), now)
     return Totals(cost=accrual.cost, accelerator_seconds=float(accrual.accelerator_seconds),
                   running_seconds=float(accrual.running_seconds), rate_per_second=accrual.rate_per_second)
+
+
+# ------------------------------------------------------------------ admission and enforcement
+@dataclass(frozen=True)
+class Admitted:
+    pool: Resource
+    estimate: estimate.PoolEstimate
+    active_deadline_seconds: int | None
+    note: str
+    budget_message: str
+
+
+def _model(run: Resource, catalog: Catalog) -> Resource | None:
+    return catalog.models.get(estimate.model_name(run))
+
+
+def _completed_steps(status: dict) -> int:
+    return int(((status.get("progress") or {}).get("step")) or 0)
+
+
+def admit(run: Resource, catalog: Catalog, status: dict, now: datetime) -> Admitted | Blocked:
+    """Where the run goes and whether its budget and the namespace Budgets allow it now.
+
+    A resumed run (it has accrued segments and a checkpoint) is estimated for the steps
+    it still has to do, against what is left of its maxCost.
+    """
+    model = _model(run, catalog)
+    if model is None:
+        return Blocked(REASON_MODEL_NOT_FOUND,
+                       f"GenModel {estimate.model_name(run)!r} not found in namespace {run.namespace}")
+    run = _with_status(run, status)
+    admission = budget.admit(run, model.spec, list(catalog.pools.values()), catalog.budgets, now,
+                             runs=_others(catalog, run), completed_steps=_completed_steps(status))
+    if not admission.admitted:
+        return Blocked(admission.reason, admission.message, permanent=admission.decision == "Failed")
+    deadline = admission.active_deadline_seconds
+    if deadline is not None:
+        deadline += BACKSTOP_SLACK_SECONDS
+    note = ""
+    if run.spec.hardware.pool == estimate.AUTO:
+        note = f"{admission.message}. Alternatives: " + "; ".join(
+            f"{e.pool}: {estimate._money(e.cost, e.currency)} in {estimate.human_duration(e.duration_seconds)} "
+            f"({e.note})" for e in admission.estimates)
+    return Admitted(pool=catalog.pools[admission.pool], estimate=admission.estimate,
+                    active_deadline_seconds=deadline, note=note, budget_message=admission.message)
+
+
+def _with_status(run: Resource, status: dict) -> Resource:
+    """`run` with the status being written (segments of this very reconcile included)."""
+    parsed = from_dict(type(run.status), status, "status", strict=False)
+    return dataclasses.replace(run, status=parsed)
+
+
+def _others(catalog: Catalog, run: Resource) -> list[Resource]:
+    return [r for r in catalog.runs if (r.kind, r.name) != (run.kind, run.name)] + [run]
+
+
+def enforce(run: Resource, catalog: Catalog, status: dict, now: datetime) -> budget.Enforcement:
+    run = _with_status(run, status)
+    return budget.enforce(run, catalog.budgets, now, runs=_others(catalog, run), interval=DEFAULT_INTERVAL)
+
+
+def resumable(verdict: budget.Enforcement) -> bool:
+    """Allowed again, with real room — not a limit about to be hit again at once."""
+    return verdict.allowed and (verdict.seconds_to_limit is None or verdict.seconds_to_limit >= RESUME_MIN_SECONDS)
+
+
+def active_deadline(run: Resource, catalog: Catalog, status: dict, now: datetime, pool: Resource | None,
+                    job_start: str | None = None) -> int | None:
+    """The Job's backstop when resuming a stopped run."""
+    run = _with_status(run, status)
+    rate = None
+    if pool is not None:
+        rate = cost.rate_per_second(cost.accelerators_on(pool.spec, run.spec.hardware), pool.spec.price_per_hour)
+    deadline = budget.active_deadline_seconds(run, catalog.budgets, now, runs=_others(catalog, run),
+                                              rate_per_second=rate, job_start=job_start)
+    return None if deadline is None else deadline + BACKSTOP_SLACK_SECONDS
+
+
+# ------------------------------------------------------------------ after a run
+@dataclass(frozen=True)
+class Review:
+    estimate_error: float | None
+    measured: list[dict] | None  # the pool's new status.measured
+
+
+def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict, words: dict) -> Review:
+    """The estimate's error, and the pool's measured throughput updated with this run."""
+    error = estimate.estimate_error((status.get("cost") or {}).get("estimatedSeconds"),
+                                    status.get("runningSeconds"))
+    model = _model(run, catalog)
+    measured = None
+    speed = words.get("samplesPerSecond")
+    if pool is not None and model is not None and isinstance(speed, (int, float)) and speed > 0:
+        # The trainer reports one process's throughput; the run's is that × processes.
+        processes = estimate.processes_per_node(pool.spec, run.spec.hardware.accelerators_per_node) \
+            * run.spec.hardware.nodes
+        measured = [to_dict(m) for m in estimate.update_measured(
+            pool.status.measured, pool=pool.spec, spec=run.spec, model=model.spec,
+            samples_per_second=float(speed) * processes)]
+    return Review(estimate_error=error, measured=measured)
+
+
+# ------------------------------------------------------------------ Budgets
+@dataclass(frozen=True)
+class BudgetEvent:
+    type: str
+    reason: str
+    message: str
+
+
+def budget_status(budget_resource: Resource, catalog: Catalog, now: datetime) -> tuple[dict, list[BudgetEvent]]:
+    report = budget.budget_report(budget_resource, catalog.runs, now)
+    previous = budget_resource.status or BudgetStatus()
+    status = to_dict(report.status(previous))
+    status["observedGeneration"] = budget_resource.generation
+    from . import conditions as cond
+    status["conditions"] = cond.set_condition(
+        [to_dict(c) for c in previous.conditions], "Exhausted", "True" if report.exhausted else "False",
+        report.reason, report.message, now, budget_resource.generation)
+    events = [BudgetEvent("Warning", budget.REASON_BUDGET_WARNING, budget.warning_message(report.view, t))
+              for t in report.new_warnings]
+    if report.newly_exhausted:
+        events.append(BudgetEvent("Warning", budget.REASON_BUDGET_EXHAUSTED, report.message))
+    if report.rolled_over:
+        events.append(BudgetEvent("Normal", budget.REASON_PERIOD_ROLLED_OVER,
+                                  f"a new {budget_resource.spec.period} period began at {report.period_start}"))
+    return status, events
 
 
 def observe_reconcile(kind: str, seconds: float) -> None:

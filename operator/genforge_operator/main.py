@@ -1,16 +1,38 @@
-"""The kopf operator: handler registration and settings only.
+"""The kopf operator: settings, indexes and thin handlers.
 
-Handlers are thin: they read, call the pure core, apply, patch status. Settings are
-changed only in `@kopf.on.startup` (kopf's own advice).
+Every handler ends in `Reconciler.reconcile(kind, namespace, name)`: fetch the object,
+build the observation from kopf's in-memory indexes (pools, models, datasets, budgets,
+runs, Jobs, pods — no per-reconcile list calls, so a thousand runs stay cheap), call the
+pure decisions in `reconcile.py`, apply the outcome. Level-based: any trigger, any
+number of times, converges to the same state.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
 
 import kopf
 
-from .api import GROUP, VERSION
+from . import economics
+from .api import GROUP, VERSION, SpecError, parse_resource
+from .config import OperatorConfig
+from .kube import Kube, merge_patch
+from .naming import LABEL_MANAGED_BY, LABEL_UID, MANAGER
+from .observe import pod_run, rank_zero
+from .plan import Catalog
+from .reconcile import FINAL_PHASES, Observed, Outcome, reconcile_dataset, reconcile_run
+from .registry import add_version
+
+log = logging.getLogger("genforge")
+CONFIG = OperatorConfig.from_env()
+MANAGED = {LABEL_MANAGED_BY: MANAGER}
+RUN_PLURALS = {"TrainingRun": "trainingruns", "FineTune": "finetunes"}
+OWNED_PLURALS = {"Dataset": "datasets", **RUN_PLURALS}
 
 
 @kopf.on.startup()
@@ -25,7 +47,13 @@ def configure(settings: kopf.OperatorSettings, **_):
     settings.watching.server_timeout = int(os.environ.get("GENFORGE_WATCH_SERVER_TIMEOUT", "300"))
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.watching.connect_timeout = 30
-    settings.posting.level = 20  # INFO and above become Events
+    settings.execution.max_workers = int(os.environ.get("GENFORGE_WORKERS", "8"))
+    settings.posting.level = logging.INFO
+    if os.environ.get("GENFORGE_PEERING"):
+        settings.peering.name = os.environ["GENFORGE_PEERING"]
+        settings.peering.mandatory = True
+    else:
+        settings.peering.standalone = True
 
 
 @kopf.on.login()
@@ -36,7 +64,246 @@ def login(**kwargs):
     return kopf.login_via_client(**kwargs)
 
 
-@kopf.on.create(GROUP, VERSION, "trainingruns")
-def trainingrun_created(meta, patch, **_):
-    patch.status["phase"] = "Pending"
-    patch.status["observedGeneration"] = meta.get("generation", 1)
+# ---------------------------------------------------------------------- indexes
+def _parsed(body):
+    try:
+        return parse_resource(dict(body))
+    except SpecError as exc:
+        log.warning("ignoring %s %s: %s", body.get("kind"), body.get("metadata", {}).get("name"), exc)
+        return None
+
+
+@kopf.index(GROUP, VERSION, "acceleratorpools")
+def pool_index(body, name, **_):
+    parsed = _parsed(body)
+    return {name: parsed} if parsed else None
+
+
+@kopf.index(GROUP, VERSION, "genmodels")
+def model_index(body, namespace, **_):
+    parsed = _parsed(body)
+    return {namespace: parsed} if parsed else None
+
+
+@kopf.index(GROUP, VERSION, "datasets")
+def dataset_index(body, namespace, **_):
+    parsed = _parsed(body)
+    return {namespace: parsed} if parsed else None
+
+
+@kopf.index(GROUP, VERSION, "budgets")
+def budget_index(body, namespace, **_):
+    parsed = _parsed(body)
+    return {namespace: parsed} if parsed else None
+
+
+@kopf.index(GROUP, VERSION, "trainingruns")
+def trainingrun_index(body, namespace, **_):
+    parsed = _parsed(body)
+    return {namespace: parsed} if parsed else None
+
+
+@kopf.index(GROUP, VERSION, "finetunes")
+def finetune_index(body, namespace, **_):
+    parsed = _parsed(body)
+    return {namespace: parsed} if parsed else None
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def job_index(body, labels, **_):
+    uid = labels.get(LABEL_UID)
+    return {uid: dict(body)} if uid else None
+
+
+@kopf.index("", "v1", "pods", labels=MANAGED)
+def pod_index(body, labels, **_):
+    uid = labels.get(LABEL_UID)
+    return {uid: dict(body)} if uid else None
+
+
+def _values(index, key) -> list:
+    return list(index.get(key, ())) if index is not None else []
+
+
+# ---------------------------------------------------------------------- reconciler
+class Reconciler:
+    def __init__(self, kube: Kube, config: OperatorConfig):
+        self.kube = kube
+        self.config = config
+        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks[key]
+
+    def catalog(self, namespace: str, idx: dict) -> Catalog:
+        runs = _values(idx["trainingrun_index"], namespace) + _values(idx["finetune_index"], namespace)
+        return Catalog(
+            pools={p.name: p for values in idx["pool_index"].values() for p in values},
+            models={m.name: m for m in _values(idx["model_index"], namespace)},
+            datasets={d.name: d for d in _values(idx["dataset_index"], namespace)},
+            budgets=_values(idx["budget_index"], namespace),
+            runs=runs,
+        )
+
+    def reconcile(self, kind: str, namespace: str, name: str, idx: dict, logger=log) -> float | None:
+        started = time.monotonic()
+        body = self.kube.get(kind, namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        uid = body["metadata"]["uid"]
+        with self._lock(uid):
+            body = self.kube.get(kind, namespace, name) or body
+            try:
+                resource = parse_resource(body)
+            except SpecError as exc:
+                # The schema should have caught it: say so on the object, never crash.
+                self.kube.patch_status(kind, namespace, name, {"phase": "Failed", "conditions": [{
+                    "type": "Ready", "status": "False", "reason": "InvalidSpec", "message": str(exc),
+                    "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}]})
+                kopf.warn(body, reason="InvalidSpec", message=str(exc))
+                return None
+            job = next(iter(_values(idx["job_index"], uid)), None)
+            pods = _values(idx["pod_index"], uid)
+            job_name = (body.get("status") or {}).get("job")
+            if job is None and job_name:  # the index may not have caught up with our own create
+                job = self.kube.get_job(namespace, job_name)
+            catalog = self.catalog(namespace, idx)
+            progress = None
+            if kind in RUN_PLURALS and job is not None and (body.get("status") or {}).get("phase") == "Running":
+                zero = rank_zero([pod_run(p) for p in pods])
+                if zero is not None and zero.phase == "Running":
+                    progress = self.kube.fetch_progress(zero.ip, self.config.metrics_port,
+                                                        self.config.progress_timeout)
+            observed = Observed(resource=resource, body_status=dict(body.get("status") or {}),
+                                catalog=catalog, job=job, pods=pods, progress=progress,
+                                now=datetime.now(UTC))
+            decide = reconcile_dataset if kind == "Dataset" else reconcile_run
+            outcome = decide(observed, self.config)
+            self.apply(kind, body, outcome)
+            economics.observe_reconcile(kind, time.monotonic() - started)
+            return outcome.requeue_after
+
+    def apply(self, kind: str, body: dict, outcome: Outcome) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        for obj in outcome.create:
+            self.kube.create(obj)
+        job_name = outcome.status.get("job")
+        if outcome.job_patch and job_name:
+            self.kube.patch_job(namespace, job_name, outcome.job_patch)
+        if outcome.delete_job and job_name:
+            self.kube.delete_job(namespace, job_name)
+        if outcome.new_version is not None:
+            version = add_version(self.kube, namespace, body, outcome.new_version)
+            if version:
+                outcome.status["version"] = version
+        if outcome.measured is not None and outcome.status.get("pool"):
+            economics.record_measurement(self.kube, outcome.status["pool"], outcome.measured)
+        patch = merge_patch(dict(body.get("status") or {}), outcome.status)
+        self.kube.patch_status(kind, namespace, name, patch)
+        for event in outcome.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+
+
+_RECONCILER: Reconciler | None = None
+
+
+def reconciler() -> Reconciler:
+    global _RECONCILER
+    if _RECONCILER is None:
+        _RECONCILER = Reconciler(Kube.from_env(), CONFIG)
+    return _RECONCILER
+
+
+def _indexes(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k.endswith("_index")}
+
+
+# ---------------------------------------------------------------------- handlers
+def _register_owned(kind: str, plural: str) -> None:
+    @kopf.on.resume(GROUP, VERSION, plural, id=f"{plural}-resume")
+    @kopf.on.create(GROUP, VERSION, plural, id=f"{plural}-create")
+    @kopf.on.update(GROUP, VERSION, plural, id=f"{plural}-update")
+    def _changed(namespace, name, logger, **kwargs):
+        reconciler().reconcile(kind, namespace, name, _indexes(kwargs), logger)
+
+    def _active(status, **_):
+        return (status or {}).get("phase") not in FINAL_PHASES
+
+    @kopf.timer(GROUP, VERSION, plural, interval=CONFIG.enforcement_interval, initial_delay=1.0,
+                when=_active, id=f"{plural}-tick")
+    def _tick(namespace, name, logger, **kwargs):
+        reconciler().reconcile(kind, namespace, name, _indexes(kwargs), logger)
+
+
+for _kind, _plural in OWNED_PLURALS.items():
+    _register_owned(_kind, _plural)
+
+
+def _owner_of(labels: dict, idx: dict) -> tuple[str, str, str] | None:
+    uid = labels.get(LABEL_UID)
+    for index_name, kind in (("trainingrun_index", "TrainingRun"), ("finetune_index", "FineTune"),
+                             ("dataset_index", "Dataset")):
+        for values in idx[index_name].values():
+            for r in values:
+                if r.uid == uid:
+                    return kind, r.namespace, r.name
+    return None
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event("", "v1", "pods", labels=MANAGED)
+def child_changed(labels, logger, **kwargs):
+    idx = _indexes(kwargs)
+    owner = _owner_of(labels, idx)
+    if owner:
+        reconciler().reconcile(*owner, idx, logger)
+
+
+def _dependents(namespace: str, idx: dict, predicate) -> list[tuple[str, str, str]]:
+    out = []
+    for index_name, kind in (("trainingrun_index", "TrainingRun"), ("finetune_index", "FineTune")):
+        for r in _values(idx[index_name], namespace):
+            if r.status.phase not in ("Succeeded", "Failed") and predicate(r):
+                out.append((kind, r.namespace, r.name))
+    return out
+
+
+@kopf.on.field(GROUP, VERSION, "datasets", field="status.phase")
+def dataset_phase_changed(namespace, name, new, logger, **kwargs):
+    """Runs waiting for this Dataset start as soon as it is Ready — no polling."""
+    if new != "Ready":
+        return
+    idx = _indexes(kwargs)
+    for owner in _dependents(namespace, idx, lambda r: r.spec.dataset_ref.name == name):
+        reconciler().reconcile(*owner, idx, logger)
+
+
+@kopf.on.field(GROUP, VERSION, "genmodels", field="status.latest")
+def model_version_added(namespace, name, logger, **kwargs):
+    idx = _indexes(kwargs)
+    for owner in _dependents(namespace, idx, lambda r: r.kind == "FineTune" and r.spec.base_model.name == name):
+        reconciler().reconcile(*owner, idx, logger)
+
+
+@kopf.on.create(GROUP, VERSION, "budgets", id="budgets-create")
+@kopf.on.update(GROUP, VERSION, "budgets", id="budgets-update", field="spec")
+def budget_changed(namespace, logger, **kwargs):
+    """A raised or new Budget: re-admit the runs it covers."""
+    idx = _indexes(kwargs)
+    for owner in _dependents(namespace, idx, lambda r: r.status.phase in ("Waiting", "BudgetExceeded")):
+        reconciler().reconcile(*owner, idx, logger)
+
+
+@kopf.timer(GROUP, VERSION, "budgets", interval=10.0, initial_delay=1.0, id="budgets-tick")
+def budget_tick(body, namespace, **kwargs):
+    """A Budget's status: spent in the current period, remaining, warnings."""
+    idx = _indexes(kwargs)
+    catalog = reconciler().catalog(namespace, idx)
+    status, events = economics.budget_status(parse_resource(dict(body)), catalog, datetime.now(UTC))
+    patch = merge_patch(dict(body.get("status") or {}), status)
+    reconciler().kube.patch_status("Budget", namespace, body["metadata"]["name"], patch)
+    for event in events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)

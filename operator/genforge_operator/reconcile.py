@@ -23,8 +23,8 @@ from . import economics
 from .api import Resource, to_dict
 from .config import OperatorConfig
 from .observe import JobState, PodRun, job_state, last_words, pod_run
-from .plan import Blocked, Catalog, Planned, plan_dataset, plan_run
-from .units import money_str
+from .plan import Blocked, Catalog, Planned, plan_dataset, plan_run, resolve_base_version, resolve_references
+from .units import format_money, money_str
 
 # Phases.
 PENDING, WAITING, RUNNING = "Pending", "Waiting", "Running"
@@ -238,26 +238,31 @@ def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
     if run.spec.suspend:
         _phase(out, obs, SUSPENDED, REASON_SUSPENDED, "spec.suspend is true; no Job is running")
         return out
-    choice = economics.choose_pool(run, obs.catalog, obs.now)
-    if isinstance(choice, Blocked):
-        return _blocked(out, obs, choice)
-    pool, estimate, note = choice
+    # References first: a run waiting for its Dataset should say so, not talk about money.
+    refs = resolve_references(run, obs.catalog)
+    if not isinstance(refs, Blocked) and run.kind == "FineTune":
+        refs = resolve_base_version(run, refs[0])
+    if isinstance(refs, Blocked):
+        return _blocked(out, obs, refs)
+    admitted = economics.admit(run, obs.catalog, out.status, obs.now)
+    if isinstance(admitted, Blocked):
+        if not admitted.permanent:
+            out.requeue_after = 60.0  # a Budget period may roll over, runs may finish
+        return _blocked(out, obs, admitted)
+    pool, estimate = admitted.pool, admitted.estimate
     cost = dict(out.status.get("cost") or {})
-    cost.update({"estimated": money_str(estimate.cost), "estimatedSeconds": round(estimate.seconds, 1),
+    cost.update({"estimated": money_str(estimate.cost), "estimatedSeconds": float(estimate.duration_seconds),
                  "currency": pool.spec.currency})
     if run.spec.budget.max_cost is not None:
         cost["limit"] = money_str(run.spec.budget.max_cost)
     out.status["cost"] = cost
     out.status["pool"] = pool.name
-    if note:
-        out.event("PoolChosen", note)
-    admission = economics.admit(run, pool, estimate, out.status, obs.catalog, obs.now)
-    if isinstance(admission, Blocked):
-        return _blocked(out, obs, admission)
-    planned = plan_run(run, pool, obs.catalog, config,
-                       active_deadline_seconds=economics.active_deadline(run, pool, out.status, obs.catalog, obs.now))
+    if admitted.note:
+        out.event("PoolChosen", admitted.note)
+    planned = plan_run(run, pool, obs.catalog, config, active_deadline_seconds=admitted.active_deadline_seconds)
     if isinstance(planned, Blocked):
         return _blocked(out, obs, planned)
+    _set(out, obs, cond.BUDGET, cond.TRUE, "WithinBudget", admitted.budget_message)
     return _create_children(out, obs, planned, estimate)
 
 
@@ -269,7 +274,8 @@ def _create_children(out: Outcome, obs: Observed, planned: Planned, estimate) ->
     if planned.base_version:
         out.status.setdefault("metrics", {})
     _set(out, obs, cond.ADMITTED, cond.TRUE, REASON_JOB_CREATED,
-         f"estimated {estimate.seconds:.0f}s and {money_str(estimate.cost)} on pool {planned.placement.pool.name}")
+         f"estimated {estimate.duration_seconds}s and {format_money(estimate.cost)} on pool "
+         f"{planned.placement.pool.name}")
     if run.spec.queue_name:
         _phase(out, obs, WAITING, REASON_KUEUE, f"Job {job_name} queued in Kueue LocalQueue {run.spec.queue_name}")
     else:
@@ -319,10 +325,10 @@ def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) 
                               "totalSteps": total, "percent": 100.0, "etaSeconds": 0}
     if words.get("loss") is not None:
         out.status["progress"]["loss"] = words["loss"]
-    review = economics.review(run, pool, out.status, words)
-    if review is not None:
+    review = economics.review(run, pool, obs.catalog, out.status, words)
+    if review.estimate_error is not None:
         out.status.setdefault("cost", {})["estimateError"] = review.estimate_error
-        out.measured = review.measured
+    out.measured = review.measured
     if out.status.get("artifact"):
         out.new_version = {
             "source": {"kind": run.kind, "name": run.name},
@@ -343,19 +349,21 @@ def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: R
     if job.reason == "DeadlineExceeded":
         # activeDeadlineSeconds is the budget's backstop: the run hit its money or time limit
         # while the operator was not looking. Resumable like any BudgetExceeded run.
-        verdict = economics.enforce(run, pool, out.status, obs.catalog, obs.now, config_interval=None)
-        if out.status.get("phase") == BUDGET_EXCEEDED and verdict.allowed:
-            out.delete_job = True  # recreated on the next pass; the trainer resumes from its checkpoint
-            _phase(out, obs, PENDING, REASON_BUDGET_RAISED, "the budget now allows more; resuming from the checkpoint")
-            out.requeue_after = 1.0
+        verdict = economics.enforce(run, obs.catalog, out.status, obs.now)
+        if out.status.get("phase") == BUDGET_EXCEEDED:
+            if economics.resumable(verdict):
+                out.delete_job = True  # recreated on the next pass; the trainer resumes from its checkpoint
+                _phase(out, obs, PENDING, REASON_BUDGET_RAISED,
+                       "the budget allows more now; resuming from the checkpoint")
+                out.requeue_after = 1.0
             return out
-        if out.status.get("phase") != BUDGET_EXCEEDED:
-            if words.get("checkpoint"):
-                out.status["checkpoint"] = words["checkpoint"]
-            _phase(out, obs, BUDGET_EXCEEDED, verdict.reason or "DeadlineExceeded",
-                   verdict.message or f"the Job reached its activeDeadlineSeconds ({job.active_deadline_seconds}s)",
-                   warning=True)
-        out.requeue_after = 30.0
+        if words.get("checkpoint"):
+            out.status["checkpoint"] = words["checkpoint"]
+        reason = verdict.reason if not verdict.allowed else "DeadlineExceeded"
+        message = (verdict.message if not verdict.allowed else
+                   f"the Job reached its activeDeadlineSeconds ({job.active_deadline_seconds}s), "
+                   "the budget's backstop")
+        _phase(out, obs, BUDGET_EXCEEDED, reason, message + ". Raise the budget to resume.", warning=True)
         return out
     if out.status.get("phase") != FAILED:
         out.status["completionTime"] = cond.timestamp(obs.now)
@@ -379,13 +387,12 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None) 
                    "spec.suspend is true: the trainer checkpoints and stops; set it to false to resume")
         return out
 
-    verdict = economics.enforce(run, pool, out.status, obs.catalog, obs.now,
-                                config_interval=economics.DEFAULT_INTERVAL)
+    verdict = economics.enforce(run, obs.catalog, out.status, obs.now)
     if phase in (BUDGET_EXCEEDED, SUSPENDED) and job.suspended:
-        if not verdict.allowed:
+        if not economics.resumable(verdict):
             out.requeue_after = 30.0
             return out
-        deadline = economics.active_deadline(run, pool, out.status, obs.catalog, obs.now)
+        deadline = economics.active_deadline(run, obs.catalog, out.status, obs.now, pool)
         out.job_patch = {"spec": {"suspend": False, "activeDeadlineSeconds": deadline}}
         reason = REASON_BUDGET_RAISED if phase == BUDGET_EXCEEDED else REASON_RESUMED
         _phase(out, obs, RUNNING, reason, f"resuming from checkpoint {out.status.get('checkpoint') or '(latest)'}")

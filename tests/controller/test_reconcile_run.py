@@ -1,0 +1,222 @@
+"""TrainingRun/FineTune lifecycle decisions, as a user would see them in status and Events."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from genforge_operator.config import OperatorConfig
+from genforge_operator.plan import Catalog
+from genforge_operator.reconcile import Observed, reconcile_run
+
+from .factories import make_budget, make_dataset, make_finetune, make_model, make_pool, make_run
+
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+CONFIG = OperatorConfig()
+VERSIONED = {"versions": [{"name": "v1", "source": {"kind": "TrainingRun", "name": "r"},
+                           "uri": "file:///data/m", "createdAt": "2026-01-01T00:00:00Z"}], "latest": "v1"}
+# $1 per second on one CPU node: money moves fast enough to see in a test.
+DEAR = make_pool("cpu", pricePerHour="3600", relativeThroughput=1000.0)
+
+
+def ts(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def catalog(pool=DEAR, dataset=None, budgets=(), runs=(), model=None) -> Catalog:
+    return Catalog(pools={pool.name: pool}, models={"shapes": model or make_model(status=VERSIONED)},
+                   datasets={"shapes": dataset or make_dataset()}, budgets=list(budgets), runs=list(runs))
+
+
+def job(suspend=False, conditions=(), deadline=None, active=1):
+    return {"metadata": {"name": "gf-tr-run-1"},
+            "spec": {"suspend": suspend, **({"activeDeadlineSeconds": deadline} if deadline else {})},
+            "status": {"active": active, "conditions": [
+                {"type": t, "status": "True", "reason": r, "message": r} for t, r in conditions]}}
+
+
+def pod(start=0.0, end=None, exit_code=None, message=None, name="gf-tr-run-1-abcde"):
+    if end is None:
+        state, phase = {"running": {"startedAt": ts(start)}}, "Running"
+    else:
+        state = {"terminated": {"startedAt": ts(start), "finishedAt": ts(end), "exitCode": exit_code,
+                                "message": json.dumps(message) if message else None}}
+        phase = "Succeeded" if exit_code == 0 else "Failed"
+    return {"metadata": {"name": name, "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+            "status": {"phase": phase, "podIP": "10.0.0.5",
+                       "containerStatuses": [{"name": "trainer", "state": state}]}}
+
+
+def observe(run, status=None, job_obj=None, pods=(), at=0.0, cat=None, progress=None):
+    return Observed(resource=run, body_status=status or {}, catalog=cat or catalog(), job=job_obj,
+                    pods=list(pods), now=T0 + timedelta(seconds=at), progress=progress)
+
+
+def condition(out, type_):
+    return next(c for c in out.status["conditions"] if c["type"] == type_)
+
+
+RUNNING = {"phase": "Running", "job": "gf-tr-run-1", "pool": "cpu",
+           "cost": {"estimated": "10", "estimatedSeconds": 10.0, "limit": "5"}}
+
+
+def test_admitted_run_gets_children_and_estimate():
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"})), CONFIG)
+    assert [o["kind"] for o in out.create] == ["ConfigMap", "Job"]
+    assert out.status["phase"] == "Running" and out.status["pool"] == "cpu"
+    assert float(out.status["cost"]["estimated"]) > 0 and out.status["cost"]["limit"] == "1000"
+    assert condition(out, "Admitted")["status"] == "True"
+    job_obj = next(o for o in out.create if o["kind"] == "Job")
+    assert job_obj["spec"]["activeDeadlineSeconds"] > 0
+
+
+@pytest.mark.parametrize("cat,reason", [
+    (catalog(dataset=make_dataset(phase="Running")), "DatasetNotReady"),
+    (catalog(dataset=make_dataset(phase=None)), "DatasetNotReady"),
+    (Catalog(pools={"cpu": DEAR}, models={}, datasets={"shapes": make_dataset()}), "ModelNotFound"),
+], ids=["dataset-preparing", "dataset-pending", "model-missing"])
+def test_waits_for_references_without_a_job(cat, reason):
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), cat=cat), CONFIG)
+    assert not out.create
+    assert out.status["phase"] == "Waiting"
+    assert condition(out, "Ready")["reason"] == reason
+    assert out.events[-1].type == "Warning"
+
+
+def test_estimate_over_max_cost_fails_and_never_gets_a_job():
+    run = make_run(training={"steps": 100000, "batchSize": 64}, budget={"maxCost": "0.01"})
+    out = reconcile_run(observe(run), CONFIG)
+    assert not out.create
+    assert out.status["phase"] == "Failed"
+    ready = condition(out, "Ready")
+    assert ready["reason"] == "EstimateExceedsMaxCost"
+    assert "$0.01" in ready["message"]
+
+
+def test_exhausted_namespace_budget_makes_run_wait():
+    spender = make_run(name="spender", status={"phase": "Succeeded", "segments": [
+        {"start": ts(-100), "end": ts(-50), "pool": "cpu", "accelerators": 1, "pricePerHour": "3600"}]})
+    cat = catalog(budgets=[make_budget(limit="40", period="Monthly")], runs=[spender])
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), cat=cat), CONFIG)
+    assert not out.create and out.status["phase"] == "Waiting"
+    assert condition(out, "Ready")["reason"] in ("BudgetExhausted", "InsufficientBudget")
+
+
+def test_running_run_accrues_from_pod_time_and_shows_progress():
+    progress = {"step": 40, "totalSteps": 100, "loss": 0.5, "samplesPerSecond": 12.0, "etaSeconds": 6}
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), RUNNING, job(), [pod(0)], at=3,
+                                progress=progress), CONFIG)
+    assert out.status["cost"]["accrued"] == "3"
+    assert out.status["acceleratorSeconds"] == 3 and out.status["runningSeconds"] == 3
+    assert out.status["progress"] == {"step": 40, "totalSteps": 100, "percent": 40.0, "loss": 0.5,
+                                      "samplesPerSecond": 12.0, "etaSeconds": 6}
+    assert out.job_patch is None and out.status["phase"] == "Running"
+    assert 0 < out.requeue_after <= 5
+
+
+def test_reaching_max_cost_stops_the_run_gracefully():
+    run = make_run(budget={"maxCost": "5"})
+    out = reconcile_run(observe(run, RUNNING, job(), [pod(0)], at=5), CONFIG)
+    assert out.job_patch == {"spec": {"suspend": True}}
+    assert out.status["phase"] == "BudgetExceeded"
+    assert condition(out, "Ready")["reason"] == "MaxCostReached"
+    assert "$5.00" in condition(out, "Ready")["message"]
+
+
+def test_requeue_lands_on_the_limit():
+    out = reconcile_run(observe(make_run(budget={"maxCost": "5"}), RUNNING, job(), [pod(0)], at=3), CONFIG)
+    assert out.job_patch is None and out.requeue_after == pytest.approx(2.0)
+
+
+def test_raising_max_cost_resumes_a_stopped_run():
+    stopped = {**RUNNING, "phase": "BudgetExceeded", "checkpoint": "file:///data/ckpt/step-40"}
+    pods = [pod(0, 5, exit_code=143)]
+    still = reconcile_run(observe(make_run(budget={"maxCost": "5"}), stopped, job(suspend=True, active=0), pods,
+                                  at=20), CONFIG)
+    assert still.job_patch is None and still.status["phase"] == "BudgetExceeded"
+    raised = make_run(budget={"maxCost": "500"}, generation=2)
+    out = reconcile_run(observe(raised, stopped, job(suspend=True, active=0), pods, at=20), CONFIG)
+    assert out.job_patch["spec"]["suspend"] is False
+    assert out.job_patch["spec"]["activeDeadlineSeconds"] > 0
+    assert out.status["phase"] == "Running"
+    assert condition(out, "Ready")["reason"] == "BudgetRaised"
+    assert out.status["cost"]["accrued"] == "5"  # the stopped time is not billed
+
+
+def test_deadline_backstop_marks_budget_exceeded():
+    run = make_run(budget={"maxCost": "5"})
+    out = reconcile_run(observe(run, RUNNING, job(conditions=[("Failed", "DeadlineExceeded")], deadline=35),
+                                [pod(0, 6, exit_code=143)], at=40), CONFIG)
+    assert out.status["phase"] == "BudgetExceeded"
+    assert condition(out, "Ready")["reason"] == "MaxCostReached"
+
+
+def test_success_records_artifact_metrics_and_registry_version():
+    words = {"outcome": "Succeeded", "step": 100, "loss": 0.04, "artifact": "file:///data/runs/x/model",
+             "metrics": {"loss": 0.04, "fid": 80.5, "featureExtractor": "random"}, "samplesPerSecond": 20.0}
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), RUNNING, job(conditions=[("Complete", "")]),
+                                [pod(0, 8, exit_code=0, message=words)], at=10), CONFIG)
+    assert out.status["phase"] == "Succeeded"
+    assert out.status["artifact"] == "file:///data/runs/x/model"
+    assert out.status["metrics"] == {"loss": 0.04, "fid": 80.5}
+    assert out.status["cost"]["accrued"] == "8"
+    assert out.status["cost"]["estimateError"] == pytest.approx(-0.2)
+    assert out.new_version["uri"] == "file:///data/runs/x/model"
+    assert out.new_version["source"] == {"kind": "TrainingRun", "name": "run-1"}
+    assert out.measured and out.measured[0]["architecture"] == "unet2d-ddpm"
+
+
+def test_failure_carries_the_trainers_last_words():
+    words = {"outcome": "Failed", "reason": "ConfigError", "message": "unknown schemaVersion"}
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), RUNNING,
+                                job(conditions=[("Failed", "PodFailurePolicy")]),
+                                [pod(0, 2, exit_code=2, message=words)], at=3), CONFIG)
+    assert out.status["phase"] == "Failed"
+    assert condition(out, "Ready")["reason"] == "ConfigError"
+    assert "schemaVersion" in condition(out, "Ready")["message"]
+
+
+def test_suspend_and_resume():
+    run = make_run(budget={"maxCost": "1000"}, suspend=True)
+    out = reconcile_run(observe(run, RUNNING, job(), [pod(0)], at=3), CONFIG)
+    assert out.job_patch == {"spec": {"suspend": True}} and out.status["phase"] == "Suspended"
+    suspended = {**RUNNING, "phase": "Suspended"}
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), suspended, job(suspend=True, active=0),
+                                [pod(0, 3, exit_code=143)], at=30), CONFIG)
+    assert out.job_patch["spec"]["suspend"] is False and out.status["phase"] == "Running"
+    assert condition(out, "Ready")["reason"] == "Resumed"
+
+
+def test_suspended_at_creation_gets_no_job():
+    out = reconcile_run(observe(make_run(suspend=True)), CONFIG)
+    assert not out.create and out.status["phase"] == "Suspended"
+
+
+def test_kueue_run_waits_for_admission():
+    run = make_run(budget={"maxCost": "1000"}, queueName="team-a")
+    out = reconcile_run(observe(run), CONFIG)
+    job_obj = next(o for o in out.create if o["kind"] == "Job")
+    assert job_obj["spec"]["suspend"] is True and out.status["phase"] == "Waiting"
+    assert condition(out, "Ready")["reason"] == "AwaitingKueueAdmission"
+
+
+def test_finetune_without_versions_waits_for_a_trained_model():
+    out = reconcile_run(observe(make_finetune(), cat=catalog(model=make_model())), CONFIG)
+    assert not out.create and out.status["phase"] == "Waiting"
+    assert condition(out, "Ready")["reason"] == "BaseVersionNotFound"
+
+
+def test_succeeded_run_is_final():
+    out = reconcile_run(observe(make_run(), {"phase": "Succeeded"}), CONFIG)
+    assert out.status == {"phase": "Succeeded", "observedGeneration": 1} and not out.create and not out.events
+
+
+def test_repeated_reconcile_is_quiet():
+    """The same observation twice: same status, no second Event."""
+    first = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), RUNNING, job(), [pod(0)], at=3), CONFIG)
+    second = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), first.status, job(), [pod(0)], at=3),
+                           CONFIG)
+    assert second.status == first.status
+    assert not second.events
