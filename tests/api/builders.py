@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from typing import Any
 
@@ -21,7 +22,12 @@ _EXAMPLE_FILES = {
 
 
 def example_documents() -> list[tuple[str, dict]]:
-    """(file name, document) for every document in examples/*.yaml."""
+    """(file name, document) for every document in examples/*.yaml (fresh copies)."""
+    return copy.deepcopy(_example_documents())
+
+
+@functools.lru_cache(maxsize=1)
+def _example_documents() -> list[tuple[str, dict]]:
     return [
         (path.name, doc)
         for path in sorted(resources.examples_dir().glob("*.yaml"))
@@ -31,7 +37,7 @@ def example_documents() -> list[tuple[str, dict]]:
 
 def example(kind: str, name: str | None = None) -> dict:
     """A fresh copy of the shipped example of `kind` (the first one, or the one called `name`)."""
-    for file_name, doc in example_documents():
+    for file_name, doc in _example_documents():
         if file_name == _EXAMPLE_FILES[kind] and doc["kind"] == kind:
             if name is None or doc["metadata"]["name"] == name:
                 return copy.deepcopy(doc)

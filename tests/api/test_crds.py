@@ -9,6 +9,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from genforge_operator import api, resources, schema
 
 KUBERNETES_VERSION = "1.32"  # the kubectl shipped on the development machines; CEL and fieldPath need >= 1.28

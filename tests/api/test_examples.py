@@ -5,9 +5,10 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from genforge_operator import api, resources, schema, units
 from hypothesis import given
 from hypothesis import strategies as st
+
+from genforge_operator import api, resources, schema, units
 
 from .builders import example_documents
 

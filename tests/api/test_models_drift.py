@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import pytest
+
 from genforge_operator import api, schema, units
 
 from .builders import example_documents
