@@ -8,6 +8,7 @@ budget core — `cost` (the one cost model), `estimate` (durations, pool choice)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -170,24 +171,28 @@ def active_deadline(run: Resource, catalog: Catalog, status: dict, now: datetime
 @dataclass(frozen=True)
 class Review:
     estimate_error: float | None
-    measured: list[dict] | None  # the pool's new status.measured
+    #: pool (as stored now) → its new status.measured; applied with an optimistic lock
+    measure: Callable[[Resource], list[dict]] | None
 
 
 def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict, words: dict) -> Review:
-    """The estimate's error, and the pool's measured throughput updated with this run."""
+    """The estimate's error, and how this run updates the pool's measured throughput."""
     error = estimate.estimate_error((status.get("cost") or {}).get("estimatedSeconds"),
                                     status.get("runningSeconds"))
     model = _model(run, catalog)
-    measured = None
     speed = words.get("samplesPerSecond")
-    if pool is not None and model is not None and isinstance(speed, (int, float)) and speed > 0:
-        # The trainer reports one process's throughput; the run's is that × processes.
-        processes = estimate.processes_per_node(pool.spec, run.spec.hardware.accelerators_per_node) \
-            * run.spec.hardware.nodes
-        measured = [to_dict(m) for m in estimate.update_measured(
-            pool.status.measured, pool=pool.spec, spec=run.spec, model=model.spec,
+    if pool is None or model is None or not isinstance(speed, (int, float)) or speed <= 0:
+        return Review(estimate_error=error, measure=None)
+    # The trainer reports one process's throughput; the run's is that × processes.
+    processes = estimate.processes_per_node(pool.spec, run.spec.hardware.accelerators_per_node) \
+        * run.spec.hardware.nodes
+
+    def measure(current: Resource) -> list[dict]:
+        return [to_dict(m) for m in estimate.update_measured(
+            current.status.measured, pool=current.spec, spec=run.spec, model=model.spec,
             samples_per_second=float(speed) * processes)]
-    return Review(estimate_error=error, measured=measured)
+
+    return Review(estimate_error=error, measure=measure)
 
 
 # ------------------------------------------------------------------ Budgets

@@ -199,12 +199,24 @@ class Reconciler:
             version = add_version(self.kube, namespace, body, outcome.new_version)
             if version:
                 outcome.status["version"] = version
-        if outcome.measured is not None and outcome.status.get("pool"):
-            economics.record_measurement(self.kube, outcome.status["pool"], outcome.measured)
+        if outcome.measure is not None and outcome.status.get("pool"):
+            self.record_measurement(outcome.status["pool"], outcome.measure)
         patch = merge_patch(dict(body.get("status") or {}), outcome.status)
         self.kube.patch_status(kind, namespace, name, patch)
         for event in outcome.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+
+
+    def record_measurement(self, pool_name: str, measure, attempts: int = 5) -> None:
+        """Fold a run's throughput into the pool's status, under an optimistic lock."""
+        for _ in range(attempts):
+            body = self.kube.get("AcceleratorPool", None, pool_name)
+            if body is None:
+                return
+            measured = measure(parse_resource(body))
+            if self.kube.replace_status_guarded("AcceleratorPool", None, pool_name,
+                                                body["metadata"]["resourceVersion"], {"measured": measured}):
+                return
 
 
 _RECONCILER: Reconciler | None = None

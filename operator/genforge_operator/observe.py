@@ -18,6 +18,7 @@ class JobState:
     reason: str = ""
     message: str = ""
     active_deadline_seconds: int | None = None
+    finished_at: str | None = None  # completionTime, or the Failed condition's transition time
 
 
 def job_state(job: dict | None) -> JobState:
@@ -36,6 +37,8 @@ def job_state(job: dict | None) -> JobState:
         reason=(failed or {}).get("reason", ""),
         message=(failed or {}).get("message", ""),
         active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+        finished_at=status.get("completionTime") or (failed or conditions.get("Complete") or {}).get(
+            "lastTransitionTime"),
     )
 
 

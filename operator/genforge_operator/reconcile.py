@@ -45,6 +45,9 @@ REASON_BUDGET_RAISED = "BudgetRaised"
 REASON_SPEC_CHANGED = "SpecChanged"
 
 ANNOTATION_GENERATION = "genforge.dev/owner-generation"
+#: The Job and its pods arrive on separate watch streams: a finished Job may be seen before
+#: its pod's final state (the trainer's result). Wait this long for it before settling.
+RESULT_GRACE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     new_version: dict | None = None
-    measured: dict | None = None  # a throughput sample for the pool's status
+    measure: object | None = None  # pool → its new status.measured (economics.Review.measure)
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         self.events.append(Event("Warning" if warning else "Normal", reason, message))
@@ -145,6 +148,8 @@ def reconcile_dataset(obs: Observed, config: OperatorConfig) -> Outcome:
         return out
 
     words = last_words(obs.pod_runs)
+    if (job.succeeded or job.failed) and phase not in (READY, FAILED) and _awaiting_result(out, obs, job, words):
+        return out
     if job.succeeded:
         if phase != READY:
             _apply_manifest(out, words)
@@ -164,6 +169,17 @@ def reconcile_dataset(obs: Observed, config: OperatorConfig) -> Outcome:
     if phase != RUNNING:
         _phase(out, obs, RUNNING, REASON_RUNNING, "preparing")
     return out
+
+
+def _awaiting_result(out: Outcome, obs: Observed, job: JobState, words: dict) -> bool:
+    """True (and requeue) while a finished Job's trainer result may still be on its way."""
+    if words:
+        return False
+    finished = cond.parse_time(job.finished_at) or obs.now
+    if (obs.now - finished).total_seconds() >= RESULT_GRACE_SECONDS:
+        return False
+    out.requeue_after = 2.0
+    return True
 
 
 def _dropped_summary(dropped: dict) -> str:
@@ -305,6 +321,8 @@ def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
     _accrue(out, obs, pool)
     words = last_words(obs.pod_runs)
 
+    if (job.succeeded or job.failed) and _awaiting_result(out, obs, job, words):
+        return out
     if job.succeeded:
         return _succeeded(out, obs, words, pool)
     if job.failed:
@@ -328,7 +346,7 @@ def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) 
     review = economics.review(run, pool, obs.catalog, out.status, words)
     if review.estimate_error is not None:
         out.status.setdefault("cost", {})["estimateError"] = review.estimate_error
-    out.measured = review.measured
+    out.measure = review.measure
     if out.status.get("artifact"):
         out.new_version = {
             "source": {"kind": run.kind, "name": run.name},

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+
 from genforge_operator import economics
 from genforge_operator.observe import PodRun
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from genforge_operator.builders import CONTAINER, PERMANENT_EXIT_CODES
 from genforge_operator.config import OperatorConfig, Storage
 from genforge_operator.naming import LABEL_KUEUE_QUEUE, child_name

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+
 from genforge_operator.config import OperatorConfig
 from genforge_operator.plan import Catalog
 from genforge_operator.reconcile import ANNOTATION_GENERATION, Observed, reconcile_dataset
@@ -23,8 +24,8 @@ MANIFEST = {"outcome": "Succeeded", "items": {"total": 10, "kept": 6, "dropped":
 def job(conditions=(), generation=1, suspend=False):
     return {"metadata": {"name": "gf-ds-shapes", "annotations": {ANNOTATION_GENERATION: str(generation)}},
             "spec": {"suspend": suspend},
-            "status": {"conditions": [{"type": t, "status": "True", "reason": r, "message": m}
-                                      for t, r, m in conditions]}}
+            "status": {"conditions": [{"type": t, "status": "True", "reason": r, "message": m,
+                                       "lastTransitionTime": "2026-11-27T11:59:00Z"} for t, r, m in conditions]}}
 
 
 def pod(exit_code=None, message=None):

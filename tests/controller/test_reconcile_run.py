@@ -34,7 +34,8 @@ def job(suspend=False, conditions=(), deadline=None, active=1):
     return {"metadata": {"name": "gf-tr-run-1"},
             "spec": {"suspend": suspend, **({"activeDeadlineSeconds": deadline} if deadline else {})},
             "status": {"active": active, "conditions": [
-                {"type": t, "status": "True", "reason": r, "message": r} for t, r in conditions]}}
+                {"type": t, "status": "True", "reason": r, "message": r, "lastTransitionTime": ts(-60)}
+                for t, r in conditions]}}
 
 
 def pod(start=0.0, end=None, exit_code=None, message=None, name="gf-tr-run-1-abcde"):
@@ -153,6 +154,14 @@ def test_deadline_backstop_marks_budget_exceeded():
     assert condition(out, "Ready")["reason"] == "MaxCostReached"
 
 
+def test_finished_job_waits_briefly_for_the_trainers_result():
+    """The pod's final state may arrive after the Job's: don't settle on an empty result."""
+    fresh = job(conditions=[("Complete", "")])
+    fresh["status"]["conditions"][0]["lastTransitionTime"] = ts(9)
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), RUNNING, fresh, [pod(0)], at=10), CONFIG)
+    assert out.status["phase"] == "Running" and out.requeue_after == 2.0
+
+
 def test_success_records_artifact_metrics_and_registry_version():
     words = {"outcome": "Succeeded", "step": 100, "loss": 0.04, "artifact": "file:///data/runs/x/model",
              "metrics": {"loss": 0.04, "fid": 80.5, "featureExtractor": "random"}, "samplesPerSecond": 20.0}
@@ -165,7 +174,8 @@ def test_success_records_artifact_metrics_and_registry_version():
     assert out.status["cost"]["estimateError"] == pytest.approx(-0.2)
     assert out.new_version["uri"] == "file:///data/runs/x/model"
     assert out.new_version["source"] == {"kind": "TrainingRun", "name": "run-1"}
-    assert out.measured and out.measured[0]["architecture"] == "unet2d-ddpm"
+    measured = out.measure(make_pool("cpu"))
+    assert measured[0]["architecture"] == "unet2d-ddpm" and measured[0]["runs"] == 1
 
 
 def test_failure_carries_the_trainers_last_words():
