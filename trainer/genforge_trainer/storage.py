@@ -35,13 +35,33 @@ import fsspec
 
 from genforge_trainer.exitcodes import StorageError
 
-__all__ = ["StorageError", "PATH_MAP_ENV", "resolve", "local_path", "filesystem", "open_url", "read_bytes",
-           "write_bytes", "write_file", "list_files", "StagedDirectory", "redact_url", "join"]
+__all__ = [
+    "StorageError",
+    "PATH_MAP_ENV",
+    "resolve",
+    "local_path",
+    "filesystem",
+    "open_url",
+    "read_bytes",
+    "write_bytes",
+    "write_file",
+    "list_files",
+    "StagedDirectory",
+    "redact_url",
+    "join",
+]
 
 PATH_MAP_ENV = "GENFORGE_PATH_MAP"
 
 #: Optional fsspec backends, by URL scheme: the package a user has to install.
-_BACKEND_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp"}
+_BACKEND_PACKAGES = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "http": "aiohttp",
+    "https": "aiohttp",
+}
 
 
 # --------------------------------------------------------------------------- URLs and paths
@@ -91,7 +111,7 @@ def map_local_path(path: str, mapping: dict[str, str] | None = None) -> str:
     if best is None:
         return path
     mount, local = best
-    rest = path[len(mount):].lstrip("/")
+    rest = path[len(mount) :].lstrip("/")
     return os.path.join(local, rest) if rest else local
 
 
@@ -113,7 +133,7 @@ def local_path(url: str) -> str | None:
     """The local filesystem path of a ``file://`` URL or plain path (mapped); else ``None``."""
     if scheme_of(url) != "file":
         return None
-    return resolve(url)[len("file://"):]
+    return resolve(url)[len("file://") :]
 
 
 def join(url: str, *parts: str) -> str:
@@ -139,7 +159,9 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     except ImportError as exc:
         scheme = scheme_of(url)
         package = _BACKEND_PACKAGES.get(scheme, "the fsspec backend for this scheme")
-        raise StorageError(f"{scheme}:// URLs need the optional package {package} (pip install {package}): {exc}") from exc
+        raise StorageError(
+            f"{scheme}:// URLs need the optional package {package} (pip install {package}): {exc}"
+        ) from exc
     except ValueError as exc:
         raise StorageError(f"unsupported storage URL {redact_url(url)}: {exc}") from exc
 
@@ -307,7 +329,9 @@ class StagedDirectory:
         except StorageError:
             raise
         except OSError as exc:
-            raise StorageError(f"cannot create the output directory next to {redact_url(self.final_url)}: {exc}") from exc
+            raise StorageError(
+                f"cannot create the output directory next to {redact_url(self.final_url)}: {exc}"
+            ) from exc
         return self
 
     def __exit__(self, *exc_info: object) -> None:

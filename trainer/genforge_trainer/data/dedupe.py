@@ -28,7 +28,9 @@ def _max_delta(a: bytes, b: bytes) -> int:
 
 
 class NearDuplicateIndex:
-    def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE, max_colour_delta: int = DEFAULT_MAX_COLOUR_DELTA):
+    def __init__(
+        self, max_distance: int = DEFAULT_MAX_DISTANCE, max_colour_delta: int = DEFAULT_MAX_COLOUR_DELTA
+    ):
         self.max_distance = max_distance
         self.max_colour_delta = max_colour_delta
         bands = max_distance + 1
@@ -52,8 +54,10 @@ class NearDuplicateIndex:
                     continue
                 seen.add(position)
                 other_hash, other_colour, other_id = self._entries[position]
-                if (bin(phash ^ other_hash).count("1") <= self.max_distance
-                        and _max_delta(colour, other_colour) <= self.max_colour_delta):
+                if (
+                    bin(phash ^ other_hash).count("1") <= self.max_distance
+                    and _max_delta(colour, other_colour) <= self.max_colour_delta
+                ):
                     return other_id
         return None
 

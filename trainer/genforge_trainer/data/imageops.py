@@ -28,12 +28,18 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_IMAGE_PIXELS = 80_000_000
 #: Encoded size above which a file is not even opened (dropped as corrupt).
 MAX_FILE_BYTES = 200 * 1024 * 1024
-#: Face search resolution: the short side of the image the detector sees is at most this,
-#: and at least the output resolution (bounded by the original), see :func:`detection_scale`.
-DETECT_MIN_SHORT_SIDE = 320
+#: Face search resolution: the detector sees the image with its short side at the output
+#: resolution (so every face of >= DETECT_MIN_FACE output pixels is searched for), but at
+#: least DETECT_MIN_SHORT_SIDE (small outputs: faces down to ~19% of 64 px) and at most
+#: DETECT_MAX_SHORT_SIDE (bounded cost for huge outputs); never above the original.
+DETECT_MIN_SHORT_SIDE = 128
 DETECT_MAX_SHORT_SIDE = 720
-#: Smallest face the detector reports, in pixels of the detection image.
+#: Smallest face the detector reports, in pixels of the detection image (the cascade's window).
 DETECT_MIN_FACE = 24
+#: Detector pyramid step and agreement: OpenCV's standard step, and one neighbour fewer than
+#: the usual 5 (privacy prefers a blurred false positive to a missed face).
+DETECT_SCALE_STEP = 1.1
+DETECT_MIN_NEIGHBOURS = 4
 #: A face region is pixelated into this many cells across, then blurred: irreversible.
 PIXELATE_CELLS = 6
 PNG_COMPRESS_LEVEL = 1
@@ -104,7 +110,9 @@ def decode(image: Image.Image, min_short_side: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise Rejected("corrupt", "decompressionBomb", str(exc)) from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        raise Rejected("corrupt", "truncated" if "truncated" in str(exc) else "unreadable", str(exc)) from None
+        raise Rejected(
+            "corrupt", "truncated" if "truncated" in str(exc) else "unreadable", str(exc)
+        ) from None
     return to_rgb(oriented if oriented is not None else image)
 
 
@@ -138,18 +146,26 @@ class Placement:
     box: tuple[float, float, float, float]
     size: tuple[int, int]
 
-    def to_output(self, rect: tuple[float, float, float, float], source_scale: float = 1.0) -> tuple[int, int, int, int]:
+    def to_output(
+        self, rect: tuple[float, float, float, float], source_scale: float = 1.0
+    ) -> tuple[int, int, int, int]:
         """A rectangle in (scaled) source pixels mapped into output pixels, clipped."""
         left, top, right, bottom = self.box
         sx = self.size[0] / (right - left)
         sy = self.size[1] / (bottom - top)
         x0, y0, x1, y1 = (v / source_scale for v in rect)
-        out = (math.floor((x0 - left) * sx), math.floor((y0 - top) * sy),
-               math.ceil((x1 - left) * sx), math.ceil((y1 - top) * sy))
+        out = (
+            math.floor((x0 - left) * sx),
+            math.floor((y0 - top) * sy),
+            math.ceil((x1 - left) * sx),
+            math.ceil((y1 - top) * sy),
+        )
         return (max(0, out[0]), max(0, out[1]), min(self.size[0], out[2]), min(self.size[1], out[3]))
 
 
-def placement(size: tuple[int, int], resolution: int, crop: Crop, rng: np.random.Generator | None = None) -> Placement:
+def placement(
+    size: tuple[int, int], resolution: int, crop: Crop, rng: np.random.Generator | None = None
+) -> Placement:
     """The crop box and output size for an image of ``size``.
 
     ``center``/``random``: the largest square (centred, or at a seeded random offset),
@@ -192,16 +208,21 @@ def _cascade():  # one classifier per process, loaded on first use
         path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
         cascade = cv2.CascadeClassifier(path)
         if cascade.empty():
-            raise RuntimeError(f"cannot load the face detector from {path} (opencv-python-headless<5 ships it)")
+            raise RuntimeError(
+                f"cannot load the face detector from {path} (opencv-python-headless<5 ships it)"
+            )
         _CASCADE = cascade
     return _CASCADE
 
 
+def detection_short_side(resolution: int) -> int:
+    """The short side, in pixels, of the image the face detector searches."""
+    return min(max(resolution, DETECT_MIN_SHORT_SIDE), DETECT_MAX_SHORT_SIDE)
+
+
 def detection_scale(size: tuple[int, int], resolution: int) -> float:
     """The factor (<= 1) by which an image of ``size`` is shrunk for face search."""
-    short = min(size)
-    target = min(max(resolution, DETECT_MIN_SHORT_SIDE), DETECT_MAX_SHORT_SIDE)
-    return min(1.0, target / short)
+    return min(1.0, detection_short_side(resolution) / min(size))
 
 
 def detect_faces(image: Image.Image, resolution: int) -> tuple[list[tuple[int, int, int, int]], float]:
@@ -215,8 +236,9 @@ def detect_faces(image: Image.Image, resolution: int) -> tuple[list[tuple[int, i
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     array = cv2.equalizeHist(np.asarray(grey))
-    found = _cascade().detectMultiScale(array, scaleFactor=1.1, minNeighbors=5,
-                                        minSize=(DETECT_MIN_FACE, DETECT_MIN_FACE))
+    found = _cascade().detectMultiScale(
+        array, scaleFactor=1.1, minNeighbors=5, minSize=(DETECT_MIN_FACE, DETECT_MIN_FACE)
+    )
     boxes = [(int(x), int(y), int(x + w), int(y + h)) for (x, y, w, h) in (found if len(found) else [])]
     return boxes, scale
 

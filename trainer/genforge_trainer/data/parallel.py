@@ -51,7 +51,10 @@ def _cgroup_quota() -> float | None:
     except (OSError, ValueError):
         pass
     try:
-        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as fq, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as fp:
+        with (
+            open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as fq,
+            open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as fp,
+        ):
             quota_us, period_us = int(fq.read()), int(fp.read())
         if quota_us > 0 and period_us > 0:
             return quota_us / period_us
@@ -105,8 +108,9 @@ def ordered_map(
     window = window or workers * 3
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
-    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                   initializer=_init_worker, initargs=(dict(os.environ),))
+    executor = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(dict(os.environ),)
+    )
     pending: collections.deque[Future[list[R]]] = collections.deque()
     try:
         for chunk in islice(chunks, window):

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from tqdm import tqdm
+
 from genforge_trainer import storage
 from genforge_trainer.data import parallel
 from genforge_trainer.data.dedupe import NearDuplicateIndex
@@ -38,7 +40,6 @@ from genforge_trainer.data.process import DROP_REASONS, Outcome, Settings, proce
 from genforge_trainer.data.redact import PLACEHOLDERS
 from genforge_trainer.data.sources import open_source
 from genforge_trainer.exitcodes import ConfigError, DataError, StorageError
-from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,9 @@ def run(spec: Any, reporter: Any = None) -> dict[str, Any]:
     termination-message fields (contract: items, bytes, contentHash, uri, redactions)."""
     if spec.prepare is None:
         raise ConfigError("prepare: is required for command 'prepare'")
-    manifest = prepare(spec.prepare.source.uri, spec.output.uri, settings_from_spec(spec.prepare), reporter=reporter)
+    manifest = prepare(
+        spec.prepare.source.uri, spec.output.uri, settings_from_spec(spec.prepare), reporter=reporter
+    )
     return termination_fields(manifest)
 
 
@@ -127,33 +130,77 @@ def prepare(
         if tally.total < MIN_ITEMS_FOR_POOL:
             workers = 1
         chunk_size = max(1, min(16, tally.total // (max(workers, 1) * 8)))
-        log.info("preparing %d items from %s into %s with %d worker(s)", tally.total,
-                 storage.redact_url(source_uri), storage.redact_url(output_uri), workers)
+        log.info(
+            "preparing %d items from %s into %s with %d worker(s)",
+            tally.total,
+            storage.redact_url(source_uri),
+            storage.redact_url(output_uri),
+            workers,
+        )
         _report(reporter, tally, started)
         with storage.StagedDirectory(output_uri) as staging:
-            manifest = _write_dataset(refs, settings, staging.url, output_uri, source_uri, tally, reporter,
-                                      started, workers, chunk_size, progress_bar)
+            manifest = _write_dataset(
+                refs,
+                settings,
+                staging.url,
+                output_uri,
+                source_uri,
+                tally,
+                reporter,
+                started,
+                workers,
+                chunk_size,
+                progress_bar,
+            )
             staging.commit()
-    log.info("prepared %s: kept %d of %d (%s), %d bytes, %s", storage.redact_url(output_uri), tally.kept,
-             tally.total, ", ".join(f"{k}={v}" for k, v in manifest["items"]["dropped"].items() if v) or "none dropped",
-             tally.bytes, manifest["contentHash"])
+    log.info(
+        "prepared %s: kept %d of %d (%s), %d bytes, %s",
+        storage.redact_url(output_uri),
+        tally.kept,
+        tally.total,
+        ", ".join(f"{k}={v}" for k, v in manifest["items"]["dropped"].items() if v) or "none dropped",
+        tally.bytes,
+        manifest["contentHash"],
+    )
     return manifest
 
 
-def _write_dataset(refs, settings: Settings, staging_url: str, output_uri: str, source_uri: str, tally: _Tally,
-                   reporter: Any, started: float, workers: int, chunk_size: int, progress_bar: bool) -> dict[str, Any]:
+def _write_dataset(
+    refs,
+    settings: Settings,
+    staging_url: str,
+    output_uri: str,
+    source_uri: str,
+    tally: _Tally,
+    reporter: Any,
+    started: float,
+    workers: int,
+    chunk_size: int,
+    progress_bar: bool,
+) -> dict[str, Any]:
     dedupe = NearDuplicateIndex() if settings.dedupe else None
     hasher = hashlib.sha256()
     hasher.update(_canonical({"formatVersion": MANIFEST_FORMAT_VERSION, "settings": settings.as_document()}))
     hasher.update(b"\n")
-    bar = tqdm(total=tally.total, unit="img", desc="prepare", file=sys.stderr, disable=not progress_bar,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+    bar = tqdm(
+        total=tally.total,
+        unit="img",
+        desc="prepare",
+        file=sys.stderr,
+        disable=not progress_bar,
+        mininterval=0.5 if sys.stderr.isatty() else 10.0,
+        dynamic_ncols=True,
+    )
     _make_local_dir(storage.join(staging_url, IMAGES))
     last_report = 0.0
     try:
         with storage.open_url(storage.join(staging_url, METADATA), "wb") as metadata:
-            results = parallel.ordered_map(functools.partial(process_chunk, settings=settings), refs,
-                                           workers=workers, chunk_size=chunk_size)
+            results = parallel.ordered_map(
+                functools.partial(process_chunk, settings=settings),
+                refs,
+                workers=workers,
+                chunk_size=chunk_size,
+            )
             try:
                 for outcome in results:
                     tally.done += 1
@@ -203,7 +250,9 @@ def _write_dataset(refs, settings: Settings, staging_url: str, output_uri: str, 
         "dropDetails": dict(sorted(tally.details.items())),
         "bytes": tally.bytes,
         "contentHash": content_hash,
-        "redactions": {kind: tally.redactions.get(kind, 0) for kind in PLACEHOLDERS if tally.redactions.get(kind)},
+        "redactions": {
+            kind: tally.redactions.get(kind, 0) for kind in PLACEHOLDERS if tally.redactions.get(kind)
+        },
         "faces": {"regionsBlurred": tally.faces, "imagesWithFaces": tally.images_with_faces},
         "labels": dict(sorted(tally.labels.items())),
         "files": {"images": IMAGES + "/", "metadata": METADATA, "format": "png"},
@@ -214,8 +263,9 @@ def _write_dataset(refs, settings: Settings, staging_url: str, output_uri: str, 
     return manifest
 
 
-def _accept(outcome: Outcome, settings: Settings, tally: _Tally, dedupe: NearDuplicateIndex | None,
-            staging_url: str) -> bytes | None:
+def _accept(
+    outcome: Outcome, settings: Settings, tally: _Tally, dedupe: NearDuplicateIndex | None, staging_url: str
+) -> bytes | None:
     """Count one outcome; for a kept one, write its image and return its metadata line."""
     if not outcome.kept:
         tally.drop(outcome.reason or "corrupt", outcome.detail)
@@ -255,9 +305,13 @@ def _report(reporter: Any, tally: _Tally, started: float) -> None:
     if reporter is None:
         return
     elapsed = time.monotonic() - started
-    reporter.update(step=tally.done, totalSteps=tally.total,
-                    samplesPerSecond=round(tally.done / elapsed, 2) if elapsed > 0 and tally.done else None,
-                    kept=tally.kept, dropped=sum(tally.dropped.values()))
+    reporter.update(
+        step=tally.done,
+        totalSteps=tally.total,
+        samplesPerSecond=round(tally.done / elapsed, 2) if elapsed > 0 and tally.done else None,
+        kept=tally.kept,
+        dropped=sum(tally.dropped.values()),
+    )
 
 
 def _canonical(obj: Any) -> bytes:
@@ -281,7 +335,9 @@ def _check_locations(source_uri: str, output_uri: str) -> None:
         return
     source, output = os.path.realpath(source), os.path.realpath(output)
     if source == output or source.startswith(output.rstrip("/") + "/"):
-        raise ConfigError(f"output.uri {output_uri!r} would replace the source {source_uri!r}; choose another location")
+        raise ConfigError(
+            f"output.uri {output_uri!r} would replace the source {source_uri!r}; choose another location"
+        )
 
 
 @functools.cache

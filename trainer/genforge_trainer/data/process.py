@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from genforge_trainer.data import imageops, redact
 from genforge_trainer.data.imageops import Crop, Rejected
 from genforge_trainer.data.sources import ItemRef, normalize_license, read_image, read_metadata
@@ -47,10 +48,18 @@ class Settings:
     def as_document(self) -> dict[str, object]:
         """The settings as recorded in the manifest (and hashed into contentHash)."""
         return {
-            "preparation": {"resolution": self.resolution, "crop": self.crop, "minResolution": self.min_resolution,
-                            "dedupe": self.dedupe, "maxItems": self.max_items},
-            "privacy": {"blurFaces": self.blur_faces, "stripMetadata": self.strip_metadata,
-                        "redactCaptions": self.redact_captions},
+            "preparation": {
+                "resolution": self.resolution,
+                "crop": self.crop,
+                "minResolution": self.min_resolution,
+                "dedupe": self.dedupe,
+                "maxItems": self.max_items,
+            },
+            "privacy": {
+                "blurFaces": self.blur_faces,
+                "stripMetadata": self.strip_metadata,
+                "redactCaptions": self.redact_captions,
+            },
             "license": {"allowed": list(self.allowed_licenses), "requireLicense": self.require_license},
             "maxImagePixels": self.max_image_pixels,
             "format": "png",
@@ -139,11 +148,18 @@ def _prepare(ref: ItemRef, settings: Settings, out: Outcome) -> None:
             exif = imageops.kept_exif(opened)
         need = settings.resolution
         if settings.blur_faces:
-            need = max(need, min(max(settings.resolution, imageops.DETECT_MIN_SHORT_SIDE), imageops.DETECT_MAX_SHORT_SIDE))
+            need = max(
+                need,
+                min(max(settings.resolution, imageops.DETECT_MIN_SHORT_SIDE), imageops.DETECT_MAX_SHORT_SIDE),
+            )
         image = imageops.decode(opened, need)
 
-    where = imageops.placement(image.size, settings.resolution, settings.crop,
-                               crop_seed(ref.key) if settings.crop == "random" else None)
+    where = imageops.placement(
+        image.size,
+        settings.resolution,
+        settings.crop,
+        crop_seed(ref.key) if settings.crop == "random" else None,
+    )
     output = imageops.render(image, where)
     if settings.blur_faces:
         boxes, scale = imageops.detect_faces(image, settings.resolution)

@@ -46,10 +46,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from PIL import Image
+
 from genforge_trainer import storage
 from genforge_trainer.data import synthetic
 from genforge_trainer.exitcodes import DataError, StorageError
-from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +232,10 @@ def open_source(uri: str) -> Source:
             return Source(uri, _read_url_list(uri))
         if not storage.exists(uri):
             raise DataError(f"source {storage.redact_url(uri)} does not exist")
-        raise DataError(f"source {storage.redact_url(uri)}: not a directory, archive ({', '.join(ARCHIVE_EXTENSIONS)}), "
-                        f"URL list ({', '.join(LIST_EXTENSIONS)}) or image")
+        raise DataError(
+            f"source {storage.redact_url(uri)}: not a directory, archive ({', '.join(ARCHIVE_EXTENSIONS)}), "
+            f"URL list ({', '.join(LIST_EXTENSIONS)}) or image"
+        )
     except DataError:
         raise
     except FileNotFoundError as exc:
@@ -250,13 +253,29 @@ def _open_synthetic(uri: str) -> Source:
     return Source(uri, items)
 
 
-def _file_item(index: int, key: str, url: str, sidecars: tuple[str, ...], meta: Metadata, suffix: str,
-               source: str | None = None) -> ItemRef:
-    return ItemRef(index=index, key=key, source=storage.redact_url(source or url), url=url, sidecars=sidecars,
-                   metadata=meta, unsupported=suffix in OTHER_IMAGE_EXTENSIONS)
+def _file_item(
+    index: int,
+    key: str,
+    url: str,
+    sidecars: tuple[str, ...],
+    meta: Metadata,
+    suffix: str,
+    source: str | None = None,
+) -> ItemRef:
+    return ItemRef(
+        index=index,
+        key=key,
+        source=storage.redact_url(source or url),
+        url=url,
+        sidecars=sidecars,
+        metadata=meta,
+        unsupported=suffix in OTHER_IMAGE_EXTENSIONS,
+    )
 
 
-def _list_directory(root_uri: str, entries: list[storage.Entry], source_prefix: str | None = None) -> list[ItemRef]:
+def _list_directory(
+    root_uri: str, entries: list[storage.Entry], source_prefix: str | None = None
+) -> list[ItemRef]:
     """Items of a listed directory; ``source_prefix`` replaces ``root_uri`` in attribution
     (used for unpacked archives: ``https://host/a.tar#dir/x.jpg``)."""
     by_path = {e.relpath: e for e in entries}
@@ -290,7 +309,9 @@ def _read_metadata_tables(entries: list[storage.Entry]) -> dict[str, Metadata]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{storage.redact_url(entry.url)} line {number}: not JSON ({exc})") from exc
+                    raise DataError(
+                        f"{storage.redact_url(entry.url)} line {number}: not JSON ({exc})"
+                    ) from exc
                 if isinstance(row, dict):
                     rows.append(row)
         else:
@@ -410,4 +431,3 @@ def _unzip(path: str, dest: str) -> None:
                 archive.extract(info, dest)
     except zipfile.BadZipFile as exc:
         raise DataError(f"not a readable zip archive: {exc}") from exc
-

@@ -72,7 +72,9 @@ def parse_uri(uri: str) -> ShapesParams:
     query = parse_qs(parts.query, keep_blank_values=True)
     unknown = sorted(set(query) - {"count", "size", "seed"})
     if unknown:
-        raise ValueError(f"unknown synthetic://shapes parameter(s) {', '.join(unknown)} (allowed: count, size, seed)")
+        raise ValueError(
+            f"unknown synthetic://shapes parameter(s) {', '.join(unknown)} (allowed: count, size, seed)"
+        )
     values: dict[str, int] = {}
     for key, bounds in (("count", (1, MAX_COUNT)), ("size", (8, MAX_SIZE)), ("seed", (0, 2**63 - 1))):
         if key not in query:
@@ -90,7 +92,10 @@ def parse_uri(uri: str) -> ShapesParams:
 
 def _polygon(cx: float, cy: float, radius: float, sides: int, rotation: float) -> list[tuple[float, float]]:
     return [
-        (cx + radius * math.cos(rotation + 2 * math.pi * k / sides), cy + radius * math.sin(rotation + 2 * math.pi * k / sides))
+        (
+            cx + radius * math.cos(rotation + 2 * math.pi * k / sides),
+            cy + radius * math.sin(rotation + 2 * math.pi * k / sides),
+        )
         for k in range(sides)
     ]
 
@@ -106,14 +111,33 @@ def _star(cx: float, cy: float, radius: float, rotation: float) -> list[tuple[fl
 
 def _cross(cx: float, cy: float, radius: float, rotation: float) -> list[tuple[float, float]]:
     arm = radius * 0.35
-    outline = [(arm, radius), (arm, arm), (radius, arm), (radius, -arm), (arm, -arm), (arm, -radius),
-               (-arm, -radius), (-arm, -arm), (-radius, -arm), (-radius, arm), (-arm, arm), (-arm, radius)]
+    outline = [
+        (arm, radius),
+        (arm, arm),
+        (radius, arm),
+        (radius, -arm),
+        (arm, -arm),
+        (arm, -radius),
+        (-arm, -radius),
+        (-arm, -arm),
+        (-radius, -arm),
+        (-radius, arm),
+        (-arm, arm),
+        (-arm, radius),
+    ]
     cos, sin = math.cos(rotation), math.sin(rotation)
     return [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in outline]
 
 
-def draw_shape(shape: str, colour: tuple[int, int, int], background: tuple[int, int, int], size: int,
-               centre: tuple[float, float], radius: float, rotation: float) -> Image.Image:
+def draw_shape(
+    shape: str,
+    colour: tuple[int, int, int],
+    background: tuple[int, int, int],
+    size: int,
+    centre: tuple[float, float],
+    radius: float,
+    rotation: float,
+) -> Image.Image:
     """Draw one anti-aliased shape; ``centre`` and ``radius`` are fractions of ``size``."""
     big = size * _SUPERSAMPLE
     image = Image.new("RGB", (big, big), background)
@@ -182,5 +206,7 @@ def describe(params: ShapesParams, index: int) -> tuple[str, str]:
 def generate(params: ShapesParams, index: int) -> SyntheticItem:
     """Item ``index`` of the dataset ``params`` describes (``0 <= index < count``)."""
     d = _draw_params(params, index)
-    image = draw_shape(d.shape, COLOURS[d.colour], BACKGROUNDS[d.background], params.size, d.centre, d.radius, d.rotation)
+    image = draw_shape(
+        d.shape, COLOURS[d.colour], BACKGROUNDS[d.background], params.size, d.centre, d.radius, d.rotation
+    )
     return SyntheticItem(image=image, caption=d.caption, label=d.shape)

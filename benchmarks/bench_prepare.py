@@ -1,0 +1,214 @@
+"""Dataset preparation throughput: genforge's ``prepare`` against a plain Pillow loop.
+
+Builds a folder of JPEG photographs (~1–2 MP, made from scikit-image's sample photos
+with random crops, flips, colour jitter, rescaling and GPS EXIF on some), then measures,
+on the same files in the same run:
+
+* **plain**: one process, ``Image.open → convert("RGB") → ImageOps.fit(resolution²,
+  LANCZOS) → save PNG`` (same PNG compression level as genforge), no privacy, no dedupe;
+* **genforge, 1 worker**: ``prepare`` with face blur + metadata strip + dedupe on, in
+  one process — the per-core figure;
+* **genforge, N workers**: the same with the process pool over all cores.
+
+Usage::
+
+    python benchmarks/bench_prepare.py [--images 300] [--resolution 256] [--workers N] [--repeat 2]
+
+Prints a Markdown table for docs/benchmarks.md. No torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from genforge_trainer.data import imageops, parallel
+from genforge_trainer.data.prepare import prepare
+from genforge_trainer.data.process import Settings
+
+SAMPLES = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "motorcycle_left",
+    "hubble_deep_field",
+    "retina",
+    "cat",
+)
+
+
+def _base_images() -> list[Image.Image]:
+    import skimage.data
+
+    images = []
+    for name in SAMPLES:
+        loader = getattr(skimage.data, name, None)
+        if loader is None:
+            continue
+        try:
+            array = loader()
+        except Exception:  # a sample that needs a download: skip it
+            continue
+        if array.ndim == 2:
+            array = np.stack([array] * 3, axis=-1)
+        images.append(Image.fromarray(array[..., :3].astype(np.uint8)))
+    return images
+
+
+def _gps_exif() -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = "BenchCam"
+    gps = exif.get_ifd(0x8825)
+    gps.update({1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)})
+    return exif.tobytes()
+
+
+def build_photos(directory: str, count: int, seed: int = 0) -> tuple[int, int]:
+    """Write ``count`` JPEG photos; return (total bytes, total pixels)."""
+    rng = np.random.default_rng(seed)
+    bases = _base_images()
+    exif = _gps_exif()
+    total_bytes = total_pixels = 0
+    lines = []
+    for i in range(count):
+        base = bases[i % len(bases)]
+        w, h = base.size
+        frac = rng.uniform(0.7, 1.0)
+        cw, ch = int(w * frac), int(h * frac)
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        image = base.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.8, 1.2))
+        image = ImageEnhance.Color(image).enhance(rng.uniform(0.7, 1.3))
+        megapixels = rng.uniform(1.0, 2.0)
+        scale = (megapixels * 1e6 / (cw * ch)) ** 0.5
+        image = image.resize((int(cw * scale), int(ch * scale)), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        params = {"quality": int(rng.integers(85, 96))}
+        if i % 3 == 0:
+            params["exif"] = exif
+        image.save(buffer, "JPEG", **params)
+        name = f"photo-{i:04d}.jpg"
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(buffer.getvalue())
+        total_bytes += buffer.tell()
+        total_pixels += image.width * image.height
+        lines.append(
+            json.dumps(
+                {"file_name": name, "caption": f"photo {i} by jo{i}@example.com", "license": "cc-by-4.0"}
+            )
+        )
+    with open(os.path.join(directory, "metadata.jsonl"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return total_bytes, total_pixels
+
+
+def plain_loop(files: list[str], out_dir: str, resolution: int) -> float:
+    start = time.perf_counter()
+    for i, path in enumerate(files):
+        image = Image.open(path).convert("RGB")
+        image = ImageOps.fit(image, (resolution, resolution), Image.Resampling.LANCZOS)
+        image.save(os.path.join(out_dir, f"{i:06d}.png"), "PNG", compress_level=imageops.PNG_COMPRESS_LEVEL)
+    return time.perf_counter() - start
+
+
+def genforge(source: str, out_dir: str, resolution: int, workers: int) -> tuple[float, dict]:
+    settings = Settings(
+        resolution=resolution,
+        crop="center",
+        dedupe=True,
+        blur_faces=True,
+        strip_metadata=True,
+        redact_captions=True,
+    )
+    start = time.perf_counter()
+    manifest = prepare(
+        source, os.path.join(out_dir, "dataset"), settings, workers=workers, progress_bar=False
+    )
+    return time.perf_counter() - start, manifest
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=parallel.available_cpus())
+    parser.add_argument("--repeat", type=int, default=2, help="best of this many runs per variant")
+    args = parser.parse_args()
+
+    root = tempfile.mkdtemp(prefix="genforge-bench-")
+    try:
+        photos = os.path.join(root, "photos")
+        os.makedirs(photos)
+        nbytes, npixels = build_photos(photos, args.images)
+        files = sorted(os.path.join(photos, f) for f in os.listdir(photos) if f.endswith(".jpg"))
+        n = len(files)
+        print(
+            f"# {n} JPEGs, {npixels / n / 1e6:.2f} MP and {nbytes / n / 1024:.0f} KiB on average; "
+            f"resolution {args.resolution}; {platform.processor() or platform.machine()}, "
+            f"{parallel.available_cpus()} CPUs available, Python {platform.python_version()}, "
+            f"Pillow {Image.__version__}",
+            file=sys.stderr,
+        )
+
+        def best(fn) -> float:
+            times = []
+            for _ in range(args.repeat):
+                out = tempfile.mkdtemp(dir=root)
+                times.append(fn(out))
+                shutil.rmtree(out)
+            return min(times)
+
+        plain = best(lambda out: plain_loop(files, out, args.resolution))
+        manifests = {}
+
+        def run(workers: int):
+            def once(out: str) -> float:
+                seconds, manifests[workers] = genforge(photos, out, args.resolution, workers)
+                return seconds
+
+            return best(once)
+
+        one = run(1)
+        many = run(args.workers) if args.workers > 1 else one
+        plain_ips = n / plain
+        one_ips = n / one
+        many_ips = n / many
+        m = manifests[1]
+        print("| variant | processes | images/s | images/s per core | vs plain, per core |")
+        print("|---|---:|---:|---:|---:|")
+        print(
+            f"| plain Pillow loop (open, RGB, fit, save PNG) | 1 | {plain_ips:.1f} | {plain_ips:.1f} | 1.00× |"
+        )
+        print(
+            f"| genforge prepare: face blur + strip + dedupe | 1 | {one_ips:.1f} | {one_ips:.1f} | "
+            f"{one_ips / plain_ips:.2f}× |"
+        )
+        if args.workers > 1:
+            print(
+                f"| genforge prepare: face blur + strip + dedupe | {args.workers} | {many_ips:.1f} | "
+                f"{many_ips / args.workers:.1f} | {many_ips / args.workers / plain_ips:.2f}× |"
+            )
+        print(
+            f"\nkept {m['items']['kept']} of {m['items']['total']}, dropped {m['items']['dropped']}, "
+            f"faces blurred in {m['faces']['imagesWithFaces']} images, redactions {m['redactions']}"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""One item through the worker: each filter and each drop reason, as a table."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from genforge_trainer.data.process import Settings, process_item
+from genforge_trainer.data.sources import open_source
+
+from .images import encode, gps_exif, jpeg, png, png_header_only, textured, write
+
+GOOD = jpeg(textured((120, 90)))
+LICENSED = json.dumps({"license": "CC-BY-4.0", "caption": "a picture"})
+
+
+def _one(tmp_path: Path, name: str, data: bytes | str, settings: Settings, sidecar: str | None = LICENSED):
+    files: dict[str, bytes | str] = {name: data}
+    if sidecar is not None:
+        files[Path(name).stem + ".json"] = sidecar
+    write(tmp_path, files)
+    with open_source(f"file://{tmp_path}") as source:
+        (ref,) = source.items
+        return process_item(ref, settings)
+
+
+CASES = [
+    # id, file name, bytes, settings, sidecar, (reason, detail)
+    ("good-jpeg", "a.jpg", GOOD, Settings(), LICENSED, (None, None)),
+    ("good-png", "a.png", png(textured((70, 70))), Settings(), LICENSED, (None, None)),
+    ("good-webp", "a.webp", encode(textured(), "WEBP"), Settings(), LICENSED, (None, None)),
+    (
+        "corrupt-bytes",
+        "a.jpg",
+        b"\xff\xd8\xff\xe0" + b"\x13" * 500,
+        Settings(),
+        LICENSED,
+        ("corrupt", "unreadable"),
+    ),
+    ("truncated", "a.jpg", GOOD[: len(GOOD) // 2], Settings(), LICENSED, ("corrupt", "truncated")),
+    ("not-an-image", "a.png", "just some text", Settings(), LICENSED, ("corrupt", "notAnImage")),
+    ("empty-file", "a.jpg", b"", Settings(), LICENSED, ("corrupt", "empty")),
+    ("gif", "a.gif", encode(textured(), "GIF"), Settings(), LICENSED, ("corrupt", "unsupportedFormat")),
+    (
+        "decompression-bomb",
+        "a.png",
+        png_header_only(40000, 40000),
+        Settings(),
+        LICENSED,
+        ("corrupt", "decompressionBomb"),
+    ),
+    (
+        "bomb-under-a-lower-limit",
+        "a.png",
+        png(textured((300, 300))),
+        Settings(max_image_pixels=50_000),
+        LICENSED,
+        ("corrupt", "decompressionBomb"),
+    ),
+    (
+        "tiny",
+        "a.png",
+        png(textured((16, 16))),
+        Settings(min_resolution=32),
+        LICENSED,
+        ("tooSmall", "tooSmall"),
+    ),
+    (
+        "small-side-counts",
+        "a.png",
+        png(textured((400, 20))),
+        Settings(min_resolution=32),
+        LICENSED,
+        ("tooSmall", "tooSmall"),
+    ),
+    ("exactly-min", "a.png", png(textured((32, 32))), Settings(min_resolution=32), LICENSED, (None, None)),
+    ("unlicensed", "a.jpg", GOOD, Settings(require_license=True), None, ("unlicensed", "noLicense")),
+    (
+        "licence-unknown",
+        "a.jpg",
+        GOOD,
+        Settings(require_license=True),
+        json.dumps({"license": "unknown"}),
+        ("unlicensed", "noLicense"),
+    ),
+    ("unlicensed-allowed-when-not-required", "a.jpg", GOOD, Settings(), None, (None, None)),
+    (
+        "licence-not-allowed",
+        "a.jpg",
+        GOOD,
+        Settings(allowed_licenses=("cc0-1.0",)),
+        json.dumps({"license": "all-rights-reserved"}),
+        ("licenseNotAllowed", "all-rights-reserved"),
+    ),
+    (
+        "licence-normalised",
+        "a.jpg",
+        GOOD,
+        Settings(allowed_licenses=("cc-by-4.0",)),
+        json.dumps({"license": "CC BY 4.0"}),
+        (None, None),
+    ),
+    (
+        "licence-checked-before-bytes",
+        "a.jpg",
+        b"garbage",
+        Settings(require_license=True),
+        None,
+        ("unlicensed", "noLicense"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name,data,settings,sidecar,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_drop_reasons(tmp_path, name, data, settings, sidecar, expected):
+    outcome = _one(tmp_path, name, data, settings, sidecar)
+    assert (outcome.reason, outcome.detail) == expected, outcome.message
+    if expected[0] is None:
+        image = Image.open(io.BytesIO(outcome.png))
+        assert image.format == "PNG" and image.mode == "RGB" and image.size == (settings.resolution,) * 2
+    else:
+        assert outcome.png is None
+
+
+def test_kept_item_carries_licence_source_caption_and_hash(tmp_path):
+    sidecar = json.dumps(
+        {
+            "license": "CC0",
+            "caption": "by jo@example.com",
+            "label": "cat",
+            "source": "https://photos.example/1?token=abc",
+            "author": "Jo",
+        }
+    )
+    outcome = _one(tmp_path, "cat.jpg", GOOD, Settings(), sidecar)
+    assert outcome.kept
+    assert outcome.license == "cc0-1.0" and outcome.label == "cat" and outcome.attribution == "Jo"
+    assert outcome.caption == "by [EMAIL]" and outcome.redactions == {"email": 1}
+    assert outcome.source == "https://photos.example/1?REDACTED"
+    assert len(outcome.sha256) == 64
+
+
+def test_metadata_is_stripped_by_default_and_kept_on_request(tmp_path):
+    data = jpeg(textured((100, 80)), exif=gps_exif())
+    stripped = _one(tmp_path / "a", "a.jpg", data, Settings())
+    kept = _one(tmp_path / "b", "a.jpg", data, Settings(strip_metadata=False))
+    assert not Image.open(io.BytesIO(stripped.png)).getexif()
+    assert b"TestCam" not in stripped.png
+    assert Image.open(io.BytesIO(kept.png)).getexif().get(0x010F) == "TestCam"
+
+
+def test_crop_none_keeps_the_aspect_ratio(tmp_path):
+    outcome = _one(tmp_path, "wide.png", png(textured((200, 100))), Settings(resolution=32, crop="none"))
+    assert (outcome.width, outcome.height) == (64, 32)
+
+
+def test_random_crop_is_a_function_of_the_item(tmp_path):
+    data = png(textured((300, 100), seed=5))
+    first = _one(tmp_path / "a", "x.png", data, Settings(resolution=32, crop="random"))
+    second = _one(tmp_path / "b", "x.png", data, Settings(resolution=32, crop="random"))
+    assert first.sha256 == second.sha256
