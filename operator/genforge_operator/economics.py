@@ -129,7 +129,7 @@ def admit(run: Resource, catalog: Catalog, status: dict, now: datetime) -> Admit
     note = ""
     if run.spec.hardware.pool == estimate.AUTO:
         note = f"{admission.message}. Alternatives: " + "; ".join(
-            f"{e.pool}: {estimate._money(e.cost, e.currency)} in {estimate.human_duration(e.duration_seconds)} "
+            f"{e.pool}: {estimate.money(e.cost, e.currency)} in {estimate.human_duration(e.duration_seconds)} "
             f"({e.note})" for e in admission.estimates)
     return Admitted(pool=catalog.pools[admission.pool], estimate=admission.estimate,
                     active_deadline_seconds=deadline, note=note, budget_message=admission.message)
@@ -183,14 +183,11 @@ def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict,
     speed = words.get("samplesPerSecond")
     if pool is None or model is None or not isinstance(speed, (int, float)) or speed <= 0:
         return Review(estimate_error=error, measure=None)
-    # The trainer reports one process's throughput; the run's is that × processes.
-    processes = estimate.processes_per_node(pool.spec, run.spec.hardware.accelerators_per_node) \
-        * run.spec.hardware.nodes
 
     def measure(current: Resource) -> list[dict]:
         return [to_dict(m) for m in estimate.update_measured(
             current.status.measured, pool=current.spec, spec=run.spec, model=model.spec,
-            samples_per_second=float(speed) * processes)]
+            samples_per_second=float(speed))]  # all processes together
 
     return Review(estimate_error=error, measure=measure)
 
