@@ -10,8 +10,9 @@ that code without a cluster — the offline tests, `genforge local`'s emulated A
 - `validate(obj, old=None)`: defaults, then the OpenAPI v3 schema (converted to JSON
   Schema by `to_json_schema`: int-or-string, nullable, unknown fields rejected as
   `kubectl --validate=strict` / `fieldValidation=Strict` would, list-type set/map
-  uniqueness), then the CEL rules (`evaluate_validations`). Returns `FieldError`s —
-  `(path, message)` tuples with Kubernetes-style paths such as `spec.warnAt[1]`.
+  uniqueness), then — when the schema holds — the CEL rules (`evaluate_validations`).
+  Returns `FieldError`s: `(path, message)` tuples with Kubernetes-style paths such as
+  `spec.warnAt[1]`.
 - `admit(obj, old=None)`: the defaulted object and its errors, for an API server.
 
 CEL: `evaluate_validations` walks the schema and the object together and runs every
@@ -21,6 +22,9 @@ items of `x-kubernetes-list-type: map` lists by key; a rule that uses `oldSelf` 
 when there is no old value, as on create). `fieldPath`, `reason`, `message` and
 `messageExpression` are honoured. Evaluation uses the `common-expression-language`
 package (cel-rust) plus its cel-go–style extension functions.
+
+`jsonschema` and `cel` are imported on first use: loading CRDs and defaulting need
+neither (both are in the `dev` extra; an install that validates needs them too).
 
 Kubernetes CEL library functions that needed a shim (registered in `_SHIMS`):
 
@@ -39,13 +43,15 @@ import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import jsonschema
 import yaml
 
 from .api import API_VERSION, KINDS, VERSION
 from .resources import crd_dir
+
+if TYPE_CHECKING:
+    import jsonschema
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -154,6 +160,8 @@ def to_json_schema(schema: dict) -> dict:
 
 @functools.lru_cache(maxsize=32)
 def _validator(kind: str, directory: str) -> jsonschema.protocols.Validator:
+    import jsonschema  # a dev / local-control-plane dependency, like `cel` below
+
     schema = to_json_schema(openapi_schema(_load_crds(directory)[kind]))
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema, format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER)
