@@ -9,6 +9,7 @@ number of times, converges to the same state.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -132,6 +133,7 @@ class Reconciler:
         self.config = config
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
+        self._timers: dict[str, tuple[float, threading.Timer]] = {}
 
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -183,7 +185,38 @@ class Reconciler:
             outcome = decide(observed, self.config)
             self.apply(kind, body, outcome)
             economics.observe_reconcile(kind, time.monotonic() - started)
+            if outcome.requeue_after is not None and outcome.requeue_after < self.config.enforcement_interval:
+                self.look_again(uid, outcome.requeue_after, kind, namespace, name, idx)
             return outcome.requeue_after
+
+    def look_again(self, uid: str, delay: float, kind: str, namespace: str, name: str, idx: dict) -> None:
+        """A one-shot re-check sooner than the timers' interval: when a limit is due.
+
+        This is what bounds overspend by the moment a limit is reached rather than by the
+        enforcement interval. One pending re-check per object; an earlier one replaces it.
+        """
+        due = time.monotonic() + max(0.05, delay)
+        with self._guard:
+            pending = self._timers.get(uid)
+            if pending is not None and pending[0] <= due:
+                return
+            if pending is not None:
+                pending[1].cancel()
+            context = contextvars.copy_context()  # kopf's posting settings live in context variables
+
+            def fire():
+                with self._guard:
+                    if self._timers.get(uid, (None, None))[1] is timer:
+                        del self._timers[uid]
+                try:
+                    context.run(self.reconcile, kind, namespace, name, idx)
+                except Exception:  # the next timer tick or event retries
+                    log.exception("re-check of %s %s/%s failed", kind, namespace, name)
+
+            timer = threading.Timer(max(0.05, delay), fire)
+            timer.daemon = True
+            self._timers[uid] = (due, timer)
+            timer.start()
 
     def apply(self, kind: str, body: dict, outcome: Outcome) -> None:
         meta = body["metadata"]
