@@ -7,12 +7,17 @@ on the same files in the same run:
 * **plain**: one process, ``Image.open → convert("RGB") → ImageOps.fit(resolution²,
   LANCZOS) → save PNG`` (same PNG compression level as genforge), no privacy, no dedupe;
 * **genforge, 1 worker**: ``prepare`` with face blur + metadata strip + dedupe on, in
-  one process — the per-core figure;
-* **genforge, N workers**: the same with the process pool over all cores.
+  one process — the per-core figure; and the same without face blur, to show its cost;
+* **genforge, N workers**: with the process pool over all cores.
+
+"Per core" compares images per CPU-second of the measuring process (``time.process_time``)
+for the single-process variants, so other load on a shared machine does not skew the ratio;
+the N-worker row is wall-clock throughput divided by N, against the plain loop's wall
+clock.
 
 Usage::
 
-    python benchmarks/bench_prepare.py [--images 300] [--resolution 256] [--workers N] [--repeat 2]
+    python benchmarks/bench_prepare.py [--images 300] [--resolution 64 128 256] [--workers N] [--repeat 3]
 
 Prints a Markdown table for docs/benchmarks.md. No torch.
 """
@@ -115,37 +120,44 @@ def build_photos(directory: str, count: int, seed: int = 0) -> tuple[int, int]:
     return total_bytes, total_pixels
 
 
-def plain_loop(files: list[str], out_dir: str, resolution: int) -> float:
-    start = time.perf_counter()
+def plain_loop(files: list[str], out_dir: str, resolution: int) -> None:
     for i, path in enumerate(files):
         image = Image.open(path).convert("RGB")
         image = ImageOps.fit(image, (resolution, resolution), Image.Resampling.LANCZOS)
         image.save(os.path.join(out_dir, f"{i:06d}.png"), "PNG", compress_level=imageops.PNG_COMPRESS_LEVEL)
-    return time.perf_counter() - start
 
 
-def genforge(source: str, out_dir: str, resolution: int, workers: int) -> tuple[float, dict]:
+def genforge(source: str, out_dir: str, resolution: int, workers: int, blur_faces: bool = True) -> dict:
     settings = Settings(
         resolution=resolution,
         crop="center",
         dedupe=True,
-        blur_faces=True,
+        blur_faces=blur_faces,
         strip_metadata=True,
         redact_captions=True,
     )
-    start = time.perf_counter()
-    manifest = prepare(
-        source, os.path.join(out_dir, "dataset"), settings, workers=workers, progress_bar=False
-    )
-    return time.perf_counter() - start, manifest
+    return prepare(source, os.path.join(out_dir, "dataset"), settings, workers=workers, progress_bar=False)
+
+
+def measure(fn, root: str, repeat: int) -> tuple[float, float]:
+    """Best-of-``repeat`` (wall seconds, CPU seconds of this process) for ``fn(out_dir)``."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        out = tempfile.mkdtemp(dir=root)
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn(out)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+        shutil.rmtree(out)
+    return min(walls), min(cpus)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--resolution", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--workers", type=int, default=parallel.available_cpus())
-    parser.add_argument("--repeat", type=int, default=2, help="best of this many runs per variant")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs per variant")
     args = parser.parse_args()
 
     root = tempfile.mkdtemp(prefix="genforge-bench-")
@@ -155,59 +167,56 @@ def main() -> int:
         nbytes, npixels = build_photos(photos, args.images)
         files = sorted(os.path.join(photos, f) for f in os.listdir(photos) if f.endswith(".jpg"))
         n = len(files)
+        load = os.getloadavg()[0]
         print(
-            f"# {n} JPEGs, {npixels / n / 1e6:.2f} MP and {nbytes / n / 1024:.0f} KiB on average; "
-            f"resolution {args.resolution}; {platform.processor() or platform.machine()}, "
-            f"{parallel.available_cpus()} CPUs available, Python {platform.python_version()}, "
-            f"Pillow {Image.__version__}",
-            file=sys.stderr,
-        )
-
-        def best(fn) -> float:
-            times = []
-            for _ in range(args.repeat):
-                out = tempfile.mkdtemp(dir=root)
-                times.append(fn(out))
-                shutil.rmtree(out)
-            return min(times)
-
-        plain = best(lambda out: plain_loop(files, out, args.resolution))
-        manifests = {}
-
-        def run(workers: int):
-            def once(out: str) -> float:
-                seconds, manifests[workers] = genforge(photos, out, args.resolution, workers)
-                return seconds
-
-            return best(once)
-
-        one = run(1)
-        many = run(args.workers) if args.workers > 1 else one
-        plain_ips = n / plain
-        one_ips = n / one
-        many_ips = n / many
-        m = manifests[1]
-        print("| variant | processes | images/s | images/s per core | vs plain, per core |")
-        print("|---|---:|---:|---:|---:|")
-        print(
-            f"| plain Pillow loop (open, RGB, fit, save PNG) | 1 | {plain_ips:.1f} | {plain_ips:.1f} | 1.00× |"
+            f"{n} JPEG photos, {npixels / n / 1e6:.2f} MP and {nbytes / n / 1024:.0f} KiB on average; "
+            f"{platform.machine()}, {parallel.available_cpus()} CPUs available, load average {load:.1f} at start; "
+            f"Python {platform.python_version()}, Pillow {Image.__version__}, OpenCV {_cv2_version()}\n"
         )
         print(
-            f"| genforge prepare: face blur + strip + dedupe | 1 | {one_ips:.1f} | {one_ips:.1f} | "
-            f"{one_ips / plain_ips:.2f}× |"
+            "| resolution | variant | processes | images/s (wall) | images per CPU-second | vs plain, per core |"
         )
-        if args.workers > 1:
-            print(
-                f"| genforge prepare: face blur + strip + dedupe | {args.workers} | {many_ips:.1f} | "
-                f"{many_ips / args.workers:.1f} | {many_ips / args.workers / plain_ips:.2f}× |"
+        print("|---:|---|---:|---:|---:|---:|")
+        for resolution in args.resolution:
+            plain_wall, plain_cpu = measure(
+                lambda out, r=resolution: plain_loop(files, out, r), root, args.repeat
             )
-        print(
-            f"\nkept {m['items']['kept']} of {m['items']['total']}, dropped {m['items']['dropped']}, "
-            f"faces blurred in {m['faces']['imagesWithFaces']} images, redactions {m['redactions']}"
-        )
+            rows = [("plain Pillow loop: open, RGB, fit, save PNG", 1, plain_wall, plain_cpu)]
+            manifests: dict[str, dict] = {}
+
+            def run(out: str, r: int, workers: int, blur: bool, key: str) -> None:
+                manifests[key] = genforge(photos, out, r, workers, blur)
+
+            wall, cpu = measure(lambda out, r=resolution: run(out, r, 1, True, "one"), root, args.repeat)
+            rows.append(("genforge: face blur + metadata strip + dedupe", 1, wall, cpu))
+            wall, cpu = measure(lambda out, r=resolution: run(out, r, 1, False, "noblur"), root, args.repeat)
+            rows.append(("genforge: metadata strip + dedupe (no face blur)", 1, wall, cpu))
+            if args.workers > 1:
+                wall, _ = measure(
+                    lambda out, r=resolution: run(out, r, args.workers, True, "many"), root, args.repeat
+                )
+                rows.append(("genforge: face blur + metadata strip + dedupe", args.workers, wall, None))
+            plain_per_cpu = n / plain_cpu
+            for name, procs, wall, cpu in rows:
+                per_cpu = f"{n / cpu:.1f}" if cpu else "—"
+                ratio = (n / cpu) / plain_per_cpu if cpu else (n / wall / procs) / (n / plain_wall)
+                print(f"| {resolution} | {name} | {procs} | {n / wall:.1f} | {per_cpu} | {ratio:.2f}× |")
+            m = manifests["one"]
+            print(
+                f"| {resolution} | (kept {m['items']['kept']} of {m['items']['total']}, "
+                f"{m['items']['dropped']['duplicate']} near-duplicates, faces blurred in "
+                f"{m['faces']['imagesWithFaces']} images) | | | | |",
+                flush=True,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def _cv2_version() -> str:
+    import cv2
+
+    return cv2.__version__
 
 
 if __name__ == "__main__":

@@ -322,7 +322,7 @@ def _spec(source: str, output: str, **preparation):
                     **preparation,
                 },
                 "privacy": {"blurFaces": False, "stripMetadata": True, "redactCaptions": True},
-                "license": {"allowed": ["cc0-1.0"], "requireLicense": True},
+                "license": {"allowed": ["cc0-1.0"], "requireLicense": False},
             },
         }
     )
@@ -342,3 +342,12 @@ def test_run_returns_the_termination_fields_and_reports_progress(tmp_path, monke
     progress = reporter.snapshot()
     assert progress["phase"] == "prepare" and progress["step"] == progress["totalSteps"] == 30
     assert len(json.dumps(result)) < 4096
+
+
+@pytest.mark.parametrize("crop", ["center", "random", "none"])
+def test_every_crop_the_crd_allows_is_accepted_by_the_trainer(tmp_path, crop):
+    write(tmp_path / "raw", {"wide.png": png(textured((120, 60)))})
+    result = run(_spec(f"file://{tmp_path}/raw", f"file://{tmp_path}/out", crop=crop), None)
+    size = Image.open(tmp_path / "out" / "images" / "000001.png").size
+    assert result["items"]["kept"] == 1
+    assert size == ((64, 32) if crop == "none" else (32, 32))

@@ -462,7 +462,7 @@ class SourceSpec:
 @dataclass(frozen=True)
 class PreparationSpec:
     resolution: int = 64
-    crop: Literal["center", "random"] = "center"
+    crop: Literal["center", "random", "none"] = "center"
     min_resolution: int = 0
     dedupe: bool = True
     max_items: int | None = None
