@@ -137,12 +137,24 @@ class BudgetSpec:
 
 
 @dataclass
+class RetiredRun:
+    """A deleted run whose spending still counts against the Budget (deleting a run is no
+    way around a Budget). Its segments are kept until they fall out of the period."""
+
+    kind: str
+    name: str
+    uid: str
+    segments: list[AccrualSegment] = field(default_factory=list)
+
+
+@dataclass
 class BudgetStatus:
     spent: Money | None = None
     remaining: Money | None = None
     period_start: str | None = None
     runs: int = 0
     warned: list[int] = field(default_factory=list)
+    retired: list[RetiredRun] = field(default_factory=list)
     observed_generation: int | None = None
     conditions: list[Condition] = field(default_factory=list)
 

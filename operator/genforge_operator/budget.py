@@ -37,7 +37,7 @@ from decimal import Decimal
 from typing import Literal
 
 from . import cost, estimate
-from .api import BudgetStatus, GenModelSpec, LabelSelector, Resource
+from .api import BudgetStatus, GenModelSpec, LabelSelector, Resource, RetiredRun, to_dict
 
 #: How often a running run is re-checked at most (seconds): the overspend bound.
 DEFAULT_INTERVAL = 5.0
@@ -200,8 +200,41 @@ def budget_view(budget: Resource, runs: Iterable[Resource] | None, now: datetime
             continue
         if run.status and run.status.phase in ACTIVE_PHASES and run.status.cost and run.status.cost.estimated:
             reserved += max(ZERO, run.status.cost.estimated - cost.accrue(segments, now).cost)
+    live = {run.uid for run in runs if run.uid}
+    for retired in _retired_in_window(budget, window, now):
+        if retired.uid in live:
+            continue  # still being deleted: counted above
+        in_period = cost.accrue(retired.segments, now, since=window.start, until=window.end)
+        spent += in_period.cost
+        counted += 1 if in_period.cost > 0 else 0
     return BudgetView(budget.name, spec.period, spec.limit, spent, reserved, rate, counted, window,
                       spec.on_exhausted)
+
+
+def _retired_in_window(budget: Resource, window: Window, now: datetime) -> list[RetiredRun]:
+    """Deleted runs whose segments still reach into the Budget's current period."""
+    retired = budget.status.retired if budget.status else []
+    if window.start is None:
+        return list(retired)
+    return [r for r in retired
+            if any(s.end is None or cost.parse_time(s.end) > window.start for s in r.segments)]
+
+
+def retire(budget: Resource, run: Resource, now: datetime) -> list[dict] | None:
+    """`budget.status.retired` with the deleted `run` added; None if it changes nothing.
+
+    Open segments are closed at `now` (the run's pods go with it). Entries that fell out
+    of the current period are dropped, so the list stays short.
+    """
+    if not covers(budget, run) or not (run.status and run.status.segments):
+        return None
+    window = period_window(budget.spec.period, now)
+    kept = [r for r in _retired_in_window(budget, window, now) if r.uid != run.uid]
+    segments = cost.close_segments(run.status.segments, now)
+    if cost.accrue(segments, now, since=window.start, until=window.end).cost <= 0:
+        return None
+    kept.append(RetiredRun(kind=run.kind, name=run.name, uid=run.uid, segments=segments))
+    return [to_dict(r) for r in kept]
 
 
 # ------------------------------------------------------------------ admission
@@ -462,6 +495,7 @@ class BudgetReport:
     reason: str
     message: str
     requeue_after: float | None  # next rollover, or the next threshold at the burn rate
+    retired: list[RetiredRun] = field(default_factory=list)  # deleted runs still counting this period
 
     @property
     def exhausted(self) -> bool:
@@ -471,7 +505,8 @@ class BudgetReport:
         """The new `BudgetStatus` (conditions and observedGeneration carried over)."""
         base = previous or BudgetStatus()
         return dataclasses.replace(base, spent=self.view.spent, remaining=self.view.remaining,
-                                   period_start=self.period_start, runs=self.view.runs, warned=list(self.warned))
+                                   period_start=self.period_start, runs=self.view.runs, warned=list(self.warned),
+                                   retired=list(self.retired))
 
 
 def budget_report(budget: Resource, runs: Iterable[Resource], now: datetime) -> BudgetReport:
@@ -508,7 +543,7 @@ def budget_report(budget: Resource, runs: Iterable[Resource], now: datetime) -> 
         waits.append(max(REACHED_WITHIN_SECONDS, float((target - view.spent) / view.rate_per_second)))
     return BudgetReport(view, period_start, rolled_over, warned, new_warnings, newly_exhausted,
                         view.on_exhausted if view.exhausted else None, reason, message,
-                        min(waits) if waits else None)
+                        min(waits) if waits else None, _retired_in_window(budget, view.window, now))
 
 
 def warning_message(view: BudgetView, threshold: int) -> str:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import kopf
 
-from . import economics
+from . import budget, economics
 from .api import GROUP, VERSION, SpecError, parse_resource
 from .config import OperatorConfig
 from .kube import Kube, merge_patch
@@ -285,6 +285,34 @@ def _register_owned(kind: str, plural: str) -> None:
 
 for _kind, _plural in OWNED_PLURALS.items():
     _register_owned(_kind, _plural)
+
+
+def _retire_from_budgets(namespace: str, body: dict, idx: dict, attempts: int = 5) -> None:
+    """A deleted run's spending stays on the Budgets that covered it (no way around a Budget)."""
+    run = _parsed(body)
+    if run is None:
+        return
+    kube = reconciler().kube
+    for budget_resource in _values(idx["budget_index"], namespace):
+        for _ in range(attempts):
+            current = kube.get("Budget", namespace, budget_resource.name)
+            if current is None:
+                break
+            retired = budget.retire(parse_resource(current), run, datetime.now(UTC))
+            if retired is None or kube.replace_status_guarded(
+                    "Budget", namespace, budget_resource.name, current["metadata"]["resourceVersion"],
+                    {"retired": retired}):
+                break
+
+
+def _register_deletion(plural: str) -> None:
+    @kopf.on.delete(GROUP, VERSION, plural, id=f"{plural}-delete")
+    def _deleted(body, namespace, **kwargs):
+        _retire_from_budgets(namespace, dict(body), _indexes(kwargs))
+
+
+for _plural in RUN_PLURALS.values():
+    _register_deletion(_plural)
 
 
 def _owner_of(labels: dict, idx: dict) -> tuple[str, str, str] | None:
