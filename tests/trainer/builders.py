@@ -36,11 +36,11 @@ BASE_DOCUMENT: dict[str, Any] = {
 }
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -50,7 +50,7 @@ def make_document(**overrides: Any) -> dict[str, Any]:
     """The contract's example document with sections deep-merged from overrides
     (a value of ``None`` replaces; use ``drop=[keys]`` to delete top-level keys)."""
     drop = overrides.pop("drop", ())
-    doc = _merge(BASE_DOCUMENT, overrides)
+    doc = merge(BASE_DOCUMENT, overrides)
     for key in drop:
         doc.pop(key, None)
     return doc

@@ -110,7 +110,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """FID between two feature sets (rows are samples)."""
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(covmean).all():
         eps = np.eye(cov_a.shape[0]) * 1e-6
         covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))

@@ -1,0 +1,280 @@
+"""The training loop, checkpoints, artifacts and evaluation on tiny unet2d-ddpm models (CPU).
+
+Run serially: ``flock /tmp/genforge-torch.lock pytest -m torch tests/trainer``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from genforge_trainer import cli, train  # noqa: E402
+from genforge_trainer.checkpoint import CheckpointManager, TrainingState  # noqa: E402
+from genforge_trainer.config import parse_run_spec  # noqa: E402
+from genforge_trainer.evaluation import compare_image_sets  # noqa: E402
+from genforge_trainer.imagedata import load_images  # noqa: E402
+from genforge_trainer.models import load_pretrained  # noqa: E402
+from genforge_trainer.progress import ProgressReporter  # noqa: E402
+
+from .builders import make_document, merge  # noqa: E402
+from .datasets import noise_images, shapes, write_prepared  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+TINY_MODEL = {
+    "resolution": 16,
+    "config": {"blockOutChannels": [16, 32], "layersPerBlock": 1, "inferenceSteps": 4},
+}
+
+
+class RecordingReporter(ProgressReporter):
+    """A reporter that remembers every logged loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+
+    def update(self, **fields):
+        if fields.get("loss") is not None and "samplesPerSecond" in fields:
+            self.losses.append(fields["loss"])
+        super().update(**fields)
+
+
+def tiny_run(tmp: Path, dataset_uri: str, *, steps: int = 30, **overrides) -> dict:
+    """A run document for a tiny model; ``overrides`` are deep-merged section by section."""
+    base = make_document(
+        output={"uri": f"file://{tmp}/out"},
+        checkpoint={"uri": None, "everySteps": 0, "keep": 2},
+        model=TINY_MODEL,
+        dataset={"uri": dataset_uri},
+        training={"steps": steps, "batchSize": 8, "learningRate": 2e-3, "logEverySteps": 5},
+        evaluation=None,
+    )
+    drop = overrides.pop("drop", ())
+    doc = merge(base, overrides)
+    for key in drop:
+        doc.pop(key, None)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def dataset_uri(tmp_path_factory) -> str:
+    return shapes(tmp_path_factory.mktemp("shapes"), count=32, size=16)
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory, dataset_uri) -> str:
+    """A class-conditional base trained briefly; the start of every fine-tune."""
+    tmp = tmp_path_factory.mktemp("base")
+    result = train.run(parse_run_spec(tiny_run(tmp, dataset_uri, steps=20)), ProgressReporter())
+    return result["artifact"]
+
+
+def _state(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_loss_falls_and_run_leaves_model_checkpoints_samples_and_metrics(tmp_path, dataset_uri):
+    reporter = RecordingReporter()
+    doc = tiny_run(
+        tmp_path,
+        dataset_uri,
+        steps=40,
+        checkpoint={"everySteps": 10, "keep": 2},
+        training={"ema": True, "emaDecay": 0.9, "lrWarmupSteps": 5, "lrScheduler": "cosine"},
+        evaluation={"samples": 4, "metrics": ["loss", "fid", "kid"], "heldOutFraction": 0.25},
+    )
+    result = train.run(parse_run_spec(doc), reporter)
+
+    assert reporter.losses[-1] < 0.6 * reporter.losses[0], reporter.losses
+    assert result["step"] == 40 and result["totalSteps"] == 40
+    assert [c.step for c in CheckpointManager(f"file://{tmp_path}/out/checkpoints", 2).list()] == [30, 40]
+    assert (tmp_path / "out/samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((tmp_path / "out/metrics.json").read_text())
+    assert metrics == result["metrics"]
+    assert metrics["featureExtractor"] == "random-conv-v1"
+    assert {"loss", "fid", "kid"} <= set(metrics) and metrics["heldOut"] == 8
+    progress = reporter.snapshot()
+    assert progress["step"] == 40 and progress["checkpointStep"] == 40
+
+
+def test_artifact_loads_offline_with_ddpm_pipeline_and_round_trips_exactly(tmp_path):
+    from diffusers import DDPMPipeline
+
+    uri = shapes(tmp_path / "data", count=16, size=16, labelled=False)
+    spec = parse_run_spec(tiny_run(tmp_path, uri, steps=5))
+    result = train.run(spec, ProgressReporter())
+    pipe = DDPMPipeline.from_pretrained(result["artifact"].removeprefix("file://"), local_files_only=True)
+    reloaded = load_pretrained(result["artifact"], spec.model)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(pipe.unet.state_dict().values(), reloaded.denoiser.state_dict().values(), strict=True)
+    )
+    image = pipe(batch_size=1, num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 16, 16, 3)
+
+
+def test_checkpoint_round_trips_and_half_written_checkpoints_are_ignored(tmp_path):
+    manager = CheckpointManager(f"file://{tmp_path}/ckpt", keep=2)
+    weights = {"denoiser.w": torch.randn(3, 4), "denoiser.b": torch.randn(4)}
+    opt = {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    for step in (10, 20, 30):
+        manager.save(
+            TrainingState(step, weights, opt, {"last_epoch": step}, None, {"loss": 0.5}), {"a": 1}, 100
+        )
+    # A writer killed mid-way leaves a directory without its marker (and maybe a staging dir).
+    (tmp_path / "ckpt/step-000040").mkdir()
+    (tmp_path / "ckpt/step-000040/trainable.safetensors").write_bytes(b"half")
+    (tmp_path / "ckpt/.step-000050.staging-abc").mkdir()
+
+    latest = manager.latest()
+    assert [c.step for c in manager.list()] == [20, 30]
+    assert latest.step == 30 and latest.meta["config"] == {"a": 1} and latest.meta["totalSteps"] == 100
+    state = manager.load(latest)
+    assert all(torch.equal(state.trainable[k], weights[k]) for k in weights)
+    assert state.lr_scheduler == {"last_epoch": 30} and state.extra["loss"] == 0.5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _trainer(config: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "genforge_trainer.cli", "train", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _progress(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress", timeout=2) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_143_and_resume_finishes_like_an_uninterrupted_run(tmp_path, dataset_uri):
+    steps = 30
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(tiny_run(tmp_path, dataset_uri, steps=steps, training={"logEverySteps": 1})))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "GENFORGE_METRICS_HOST": "127.0.0.1",
+        "GENFORGE_METRICS_PORT": str(port),
+        "GENFORGE_TERMINATION_LOG": str(tmp_path / "termination-log"),
+        "OMP_NUM_THREADS": "1",
+    }
+
+    first = _trainer(config, env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        progress = _progress(port)
+        if progress and progress["step"] >= 5:
+            break
+        assert first.poll() is None, first.stdout.read()
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode == 143, output
+    stopped = json.loads((tmp_path / "termination-log").read_text())
+    assert stopped["outcome"] == "Stopped" and 5 <= stopped["step"] < steps
+    assert stopped["checkpoint"].endswith(f"step-{stopped['step']:06d}")
+
+    second = _trainer(config, env)
+    output = second.communicate(timeout=180)[0]
+    assert second.returncode == 0, output
+    finished = json.loads((tmp_path / "termination-log").read_text())
+    assert finished["outcome"] == "Succeeded" and finished["step"] == steps
+    assert f"resumed from file://{tmp_path}/out/checkpoints/step-{stopped['step']:06d}" in output
+
+    # The same run without interruption ends with bit-identical weights (same thread count:
+    # float reductions are ordered by it).
+    straight = tmp_path / "straight"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = train.run(
+            parse_run_spec(tiny_run(straight, dataset_uri, steps=steps)), ProgressReporter()
+        )
+    finally:
+        torch.set_num_threads(threads)
+    spec = parse_run_spec(json.loads(config.read_text()))
+    resumed = load_pretrained(finished["artifact"], spec.model).denoiser.state_dict()
+    uninterrupted = load_pretrained(reference["artifact"], spec.model).denoiser.state_dict()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_evaluate_command_reports_metrics_in_the_termination_message(
+    tmp_path, monkeypatch, dataset_uri, base_model
+):
+    doc = tiny_run(
+        tmp_path,
+        dataset_uri,
+        command="evaluate",
+        drop=["training"],
+        model={"baseUri": base_model},
+        evaluation={"samples": 4, "metrics": ["loss", "kid"]},
+    )
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(doc))
+    monkeypatch.setenv("GENFORGE_TERMINATION_LOG", str(tmp_path / "log"))
+    code, result = cli.run_command("evaluate", str(config), serve=False)
+    assert code == 0, result
+    message = json.loads((tmp_path / "log").read_text())
+    assert message["outcome"] == "Succeeded" and message["artifact"] == base_model
+    assert set(message["metrics"]) >= {"loss", "kid", "featureExtractor"}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_fid_and_kid_order_same_distribution_below_different_below_noise(tmp_path):
+    size, n = 32, 48
+    real = load_images(shapes(tmp_path / "a", count=n, size=size, seed=1), size).pixels
+    same = load_images(shapes(tmp_path / "b", count=n, size=size, seed=2), size).pixels
+    different = load_images(shapes(tmp_path / "c", count=n, size=size, seed=3, only=("circle",)), size).pixels
+    # "different": circles only, where the real set has eight shapes.
+    noise_uri = write_prepared(tmp_path / "d", noise_images(n, size), [""] * n, [None] * n)
+    noise = load_images(noise_uri, size).pixels
+
+    scores = {
+        name: compare_image_sets(real, other)
+        for name, other in [("same", same), ("different", different), ("noise", noise)]
+    }
+    for metric in ("fid", "kid"):
+        assert scores["same"][metric] < scores["different"][metric] < scores["noise"][metric], scores
+    assert scores["same"]["featureExtractor"] == "random-conv-v1"
+
+
+def test_held_out_loss_is_deterministic(tmp_path, dataset_uri, base_model):
+    from genforge_trainer.evaluation import held_out_loss
+
+    spec = parse_run_spec(tiny_run(tmp_path, dataset_uri, model={"baseUri": base_model}))
+    model = load_pretrained(base_model, spec.model)
+    data = load_images(dataset_uri, 16)
+    first = held_out_loss(model, model.denoiser, data, seed=0)
+    assert first == held_out_loss(model, model.denoiser, data, seed=0)
+    assert math.isfinite(first) and first > 0
