@@ -39,16 +39,6 @@ def phase_of(custom_api, namespace, plural, name):
     return (get(custom_api, namespace, plural, name).get("status") or {}).get("phase")
 
 
-@pytest.fixture
-def pool(custom_api):
-    """A CPU pool at $3600/h: one dollar per second, so money moves visibly in a test."""
-    name = f"cpu-{datetime.now().strftime('%H%M%S%f')}"
-    create(custom_api, None, "AcceleratorPool", "acceleratorpools", name,
-           {"accelerator": {"type": "cpu"}, "pricePerHour": "3600", "relativeThroughput": 1000.0})
-    yield name
-    custom_api.delete_cluster_custom_object(GROUP, VERSION, "acceleratorpools", name)
-
-
 def make_model(custom_api, namespace, name="shapes"):
     create(custom_api, namespace, "GenModel", "genmodels", name,
            {"purpose": "test", "architecture": "unet2d-ddpm", "resolution": 32,
