@@ -102,7 +102,7 @@ def decode_image(data: bytes, resolution: int) -> np.ndarray:
             image = image.crop((left, top, left + side, top + side)).resize(
                 (resolution, resolution), Image.Resampling.BICUBIC
             )
-        return np.asarray(image, dtype=np.uint8)
+        return np.array(image, dtype=np.uint8)
 
 
 def load_images(uri: str, resolution: int, *, max_items: int | None = None, workers: int = 8) -> ImageSet:

@@ -1,0 +1,166 @@
+"""Every fine-tune method runs on a tiny class-conditional base and leaves its artifact."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from genforge_trainer import train  # noqa: E402
+from genforge_trainer.config import parse_run_spec  # noqa: E402
+from genforge_trainer.methods import load_lora_adapter, merge_lora  # noqa: E402
+from genforge_trainer.models import load_pretrained  # noqa: E402
+from genforge_trainer.progress import ProgressReporter  # noqa: E402
+
+from .datasets import shapes  # noqa: E402
+from .test_training import RecordingReporter, tiny_run  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(scope="module")
+def dataset_uri(tmp_path_factory) -> str:
+    return shapes(tmp_path_factory.mktemp("shapes"), count=32, size=16)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, dataset_uri):
+    """(artifact URI, spec) of a class-conditional base trained briefly."""
+    tmp = tmp_path_factory.mktemp("base")
+    spec = parse_run_spec(tiny_run(tmp, dataset_uri, steps=20))
+    return train.run(spec, ProgressReporter())["artifact"], spec
+
+
+def finetune(tmp_path, dataset_uri, base_uri, method, steps=8, reporter=None, **blocks):
+    doc = tiny_run(
+        tmp_path,
+        dataset_uri,
+        steps=steps,
+        command="finetune",
+        model={"baseUri": base_uri},
+        finetune={"method": method, "baseVersion": "v1", **blocks},
+    )
+    spec = parse_run_spec(doc)
+    return spec, train.run(spec, reporter or ProgressReporter())
+
+
+def _inputs(spec, label_count):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 16, 16, generator=g)
+    return x, torch.tensor([10, 500]), torch.tensor([0, label_count - 1])
+
+
+def test_full_finetune_changes_the_base_weights(tmp_path, dataset_uri, base):
+    base_uri, base_spec = base
+    spec, result = finetune(tmp_path, dataset_uri, base_uri, "full")
+    tuned = load_pretrained(result["artifact"], spec.model).denoiser.state_dict()
+    original = load_pretrained(base_uri, base_spec.model).denoiser.state_dict()
+    assert result["artifact"].endswith("/out/model")
+    assert any(not torch.equal(tuned[k], original[k]) for k in tuned)
+
+
+def test_lora_writes_a_small_adapter_that_round_trips_and_merges(tmp_path, dataset_uri, base):
+    base_uri, base_spec = base
+    spec, result = finetune(
+        tmp_path, dataset_uri, base_uri, "lora", lora={"rank": 4, "alpha": 8, "merge": True}
+    )
+    adapter = tmp_path / "out/adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["target_modules"]
+    adapter_bytes = (adapter / "adapter_model.safetensors").stat().st_size
+    model_bytes = (tmp_path / "out/model/unet/diffusion_pytorch_model.safetensors").stat().st_size
+    assert adapter_bytes < model_bytes / 5
+    assert result["adapter"] == f"file://{adapter}" and result["artifact"].endswith("/out/model")
+
+    base_model = load_pretrained(base_uri, base_spec.model)
+    x, t, y = _inputs(spec, len(base_model.labels))
+    with torch.no_grad():
+        plain = base_model.denoiser(x, t, class_labels=y).sample
+        adapted_net = load_lora_adapter(
+            load_pretrained(base_uri, base_spec.model).denoiser, result["adapter"]
+        )
+        adapted = adapted_net(x, t, class_labels=y).sample
+        merged = load_pretrained(result["artifact"], spec.model).denoiser(x, t, class_labels=y).sample
+        merged_here = merge_lora(adapted_net)(x, t, class_labels=y).sample
+    assert not torch.allclose(plain, adapted)  # the adapter learned something
+    assert torch.allclose(adapted, merged, atol=1e-5) and torch.allclose(adapted, merged_here, atol=1e-5)
+
+
+def test_embedding_learns_one_new_class_row_and_nothing_else(tmp_path, dataset_uri, base):
+    base_uri, base_spec = base
+    spec, result = finetune(
+        tmp_path, dataset_uri, base_uri, "embedding", embedding={"concept": "my-shape", "initializer": "star"}
+    )
+    original = load_pretrained(base_uri, base_spec.model)
+    tuned = load_pretrained(result["artifact"], spec.model)
+    assert tuned.labels == [*original.labels, "my-shape"]
+    before, after = original.denoiser.state_dict(), tuned.denoiser.state_dict()
+    n = len(original.labels)
+    for key, value in before.items():
+        if key == "class_embedding.weight":
+            assert torch.equal(after[key][:n], value)  # existing rows bit-identical
+            star = original.labels.index("star")
+            assert not torch.equal(after[key][n], value[star])  # the new row moved from its initializer
+        else:
+            assert torch.equal(after[key], value), key
+
+    from safetensors.torch import load_file
+
+    learned = load_file(str(tmp_path / "out/embedding/learned_embeds.safetensors"))
+    assert torch.equal(learned["my-shape"], after["class_embedding.weight"][n])
+
+
+def test_dreambooth_trains_on_instance_and_generated_class_images(tmp_path, dataset_uri, base):
+    base_uri, _ = base
+    instance = shapes(tmp_path / "instance", count=8, size=16, only=("star",))
+    spec, result = finetune(
+        tmp_path,
+        instance,
+        base_uri,
+        "dreambooth",
+        steps=6,
+        dreambooth={
+            "instancePrompt": "sks-star",
+            "classPrompt": "star",
+            "priorLossWeight": 1.0,
+            "numClassImages": 4,
+        },
+    )
+    tuned = load_pretrained(result["artifact"], spec.model)
+    assert "sks-star" in tuned.labels
+    assert math.isfinite(result["loss"])
+
+
+def test_preference_dpo_loss_starts_at_ln2_and_falls(tmp_path, dataset_uri, base):
+    base_uri, _ = base
+    # Thumbs up for circles, thumbs down for squares, both asked for as "circle".
+    data = tmp_path / "feedback"
+    circles = shapes(data / "circles", count=8, size=16, only=("circle",)).removeprefix("file://")
+    squares = shapes(data / "squares", count=8, size=16, only=("square",)).removeprefix("file://")
+    lines = [{"label": "circle", "image": f"circles/images/{i:06d}.png", "rating": "up"} for i in range(8)]
+    lines += [{"label": "circle", "image": f"squares/images/{i:06d}.png", "rating": "down"} for i in range(8)]
+    assert circles and squares
+    (data / "feedback.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+
+    reporter = RecordingReporter()
+    doc_blocks = {"preference": {"feedbackUri": f"file://{data}/feedback.jsonl", "beta": 2000.0}}
+    spec = parse_run_spec(
+        tiny_run(
+            tmp_path,
+            dataset_uri,
+            steps=20,
+            command="finetune",
+            model={"baseUri": base_uri},
+            training={"logEverySteps": 1, "learningRate": 1e-3},
+            finetune={"method": "preference", **doc_blocks},
+        )
+    )
+    result = train.run(spec, reporter)
+    # Model == reference at the start; beta=2000 amplifies float rounding to ~1e-6.
+    assert reporter.losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    first, last = sum(reporter.losses[:5]) / 5, sum(reporter.losses[-5:]) / 5
+    assert last < first, reporter.losses
+    assert result["artifact"].endswith("/out/model")
