@@ -177,16 +177,17 @@ def main() -> int:
             "| resolution | variant | processes | images/s (wall) | images per CPU-second | vs plain, per core |"
         )
         print("|---:|---|---:|---:|---:|---:|")
+        manifests: dict[str, dict] = {}
+
+        def run(out: str, r: int, workers: int, blur: bool, key: str) -> None:
+            manifests[key] = genforge(photos, out, r, workers, blur)
+
         for resolution in args.resolution:
             plain_wall, plain_cpu = measure(
                 lambda out, r=resolution: plain_loop(files, out, r), root, args.repeat
             )
             rows = [("plain Pillow loop: open, RGB, fit, save PNG", 1, plain_wall, plain_cpu)]
-            manifests: dict[str, dict] = {}
-
-            def run(out: str, r: int, workers: int, blur: bool, key: str) -> None:
-                manifests[key] = genforge(photos, out, r, workers, blur)
-
+            manifests.clear()
             wall, cpu = measure(lambda out, r=resolution: run(out, r, 1, True, "one"), root, args.repeat)
             rows.append(("genforge: face blur + metadata strip + dedupe", 1, wall, cpu))
             wall, cpu = measure(lambda out, r=resolution: run(out, r, 1, False, "noblur"), root, args.repeat)

@@ -351,3 +351,33 @@ def test_every_crop_the_crd_allows_is_accepted_by_the_trainer(tmp_path, crop):
     size = Image.open(tmp_path / "out" / "images" / "000001.png").size
     assert result["items"]["kept"] == 1
     assert size == ((64, 32) if crop == "none" else (32, 32))
+
+
+def test_object_store_source_through_fsspec(tmp_path):
+    """The code path s3:// and gs:// take (fsspec listing and reads), on fsspec's memory store."""
+    from genforge_trainer import storage
+
+    root = "memory://gf-object-store/bucket/raw"
+    for name, data in {
+        "a.jpg": jpeg(textured(seed=1)),
+        "b/c.png": png(textured(seed=2)),
+        "b/c.txt": b"see",
+        "d.webp": encode(textured(seed=3), "WEBP"),
+    }.items():
+        storage.write_bytes(f"{root}/{name}", data)
+    storage.write_bytes(
+        f"{root}/metadata.jsonl", b'{"file_name": "a.jpg", "caption": "ay", "license": "cc0"}\n'
+    )
+    try:
+        manifest = prepare(
+            root, f"file://{tmp_path}/out", Settings(resolution=32), workers=2, progress_bar=False
+        )
+    finally:
+        storage.remove_tree("memory://gf-object-store")
+    assert manifest["items"]["kept"] == 3
+    _, lines = _read_dataset(tmp_path / "out")
+    assert [(line["source"], line["caption"]) for line in lines] == [
+        (f"{root}/a.jpg", "ay"),
+        (f"{root}/b/c.png", "see"),
+        (f"{root}/d.webp", None),
+    ]

@@ -127,8 +127,8 @@ def prepare(
         if tally.total == 0:
             raise DataError(f"source {storage.redact_url(source_uri)} contains no images")
         workers = parallel.default_workers() if workers is None else workers
-        if tally.total < MIN_ITEMS_FOR_POOL:
-            workers = 1
+        if tally.total < MIN_ITEMS_FOR_POOL or storage.scheme_of(source_uri) == "memory":
+            workers = 1  # (memory:// lives in this process only)
         chunk_size = max(1, min(16, tally.total // (max(workers, 1) * 8)))
         log.info(
             "preparing %d items from %s into %s with %d worker(s)",
