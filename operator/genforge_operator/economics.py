@@ -218,6 +218,3 @@ def budget_status(budget_resource: Resource, catalog: Catalog, now: datetime) ->
                                   f"a new {budget_resource.spec.period} period began at {report.period_start}"))
     return status, events
 
-
-def observe_reconcile(kind: str, seconds: float) -> None:
-    """Hook for the metrics module (reconcile latency)."""

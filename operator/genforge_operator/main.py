@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import kopf
 
-from . import budget, economics
+from . import budget, economics, metrics
 from .api import GROUP, VERSION, SpecError, parse_resource
 from .config import OperatorConfig
 from .kube import Kube, merge_patch
@@ -31,6 +31,7 @@ from .registry import add_version
 
 log = logging.getLogger("genforge")
 CONFIG = OperatorConfig.from_env()
+metrics.register_store_handlers()  # gauges are derived from the latest status of every resource
 MANAGED = {LABEL_MANAGED_BY: MANAGER}
 RUN_PLURALS = {"TrainingRun": "trainingruns", "FineTune": "finetunes"}
 OWNED_PLURALS = {"Dataset": "datasets", **RUN_PLURALS}
@@ -50,6 +51,11 @@ def configure(settings: kopf.OperatorSettings, **_):
     settings.watching.connect_timeout = 30
     settings.execution.max_workers = int(os.environ.get("GENFORGE_WORKERS", "8"))
     settings.posting.level = logging.INFO
+    metrics.STORE.clear()  # kopf's initial listing refills it
+    try:
+        metrics.start_metrics_server()
+    except OSError as exc:  # a taken port must not take the operator down with it
+        log.error("cannot serve metrics on port %s: %s", metrics.metrics_port(), exc)
     if os.environ.get("GENFORGE_PEERING"):
         settings.peering.name = os.environ["GENFORGE_PEERING"]
         settings.peering.mandatory = True
@@ -150,7 +156,10 @@ class Reconciler:
         )
 
     def reconcile(self, kind: str, namespace: str, name: str, idx: dict, logger=log) -> float | None:
-        started = time.monotonic()
+        with metrics.track_reconcile(kind, handler=f"reconcile-{kind}"):
+            return self._reconcile(kind, namespace, name, idx)
+
+    def _reconcile(self, kind: str, namespace: str, name: str, idx: dict) -> float | None:
         body = self.kube.get(kind, namespace, name)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None
@@ -184,7 +193,6 @@ class Reconciler:
             decide = reconcile_dataset if kind == "Dataset" else reconcile_run
             outcome = decide(observed, self.config)
             self.apply(kind, body, outcome)
-            economics.observe_reconcile(kind, time.monotonic() - started)
             if outcome.requeue_after is not None and outcome.requeue_after < self.config.enforcement_interval:
                 self.look_again(uid, outcome.requeue_after, kind, namespace, name, idx)
             return outcome.requeue_after
@@ -236,6 +244,7 @@ class Reconciler:
             self.record_measurement(outcome.status["pool"], outcome.measure)
         patch = merge_patch(dict(body.get("status") or {}), outcome.status)
         self.kube.patch_status(kind, namespace, name, patch)
+        _count_transition(kind, dict(body.get("status") or {}), outcome.status)
         for event in outcome.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
@@ -250,6 +259,24 @@ class Reconciler:
             if self.kube.replace_status_guarded("AcceleratorPool", None, pool_name,
                                                 body["metadata"]["resourceVersion"], {"measured": measured}):
                 return
+
+
+ENFORCEMENT_REASONS = ("MaxCostReached", "MaxDurationReached", "BudgetExhausted", "DeadlineExceeded")
+
+
+def _count_transition(kind: str, before: dict, after: dict) -> None:
+    """The counters: runs finished, enforcement actions, admissions refused (on transitions only)."""
+    old, new = before.get("phase"), after.get("phase")
+    if old == new or kind == "Dataset":
+        return
+    ready = next((c for c in after.get("conditions") or [] if c.get("type") == "Ready"), {})
+    if new in ("Succeeded", "Failed"):
+        metrics.record_run_finished(kind, new)
+    if new in ("BudgetExceeded", "Suspended") and ready.get("reason") in ENFORCEMENT_REASONS:
+        metrics.record_enforcement("Stop" if new == "BudgetExceeded" else "Suspend")
+    admitted = next((c for c in after.get("conditions") or [] if c.get("type") == "Admitted"), {})
+    if new in ("Waiting", "Failed") and admitted.get("status") == "False":
+        metrics.record_admission_refused(admitted.get("reason", ""))
 
 
 _RECONCILER: Reconciler | None = None

@@ -11,8 +11,13 @@ afterwards; what it logged is printed at teardown, so a failing test shows it.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from harness import OperatorRunner
+
+# The operator serves /metrics; a free port, so parallel test runs never collide.
+os.environ.setdefault("GENFORGE_METRICS_PORT", "0")
 
 
 @pytest.fixture
@@ -23,15 +28,3 @@ def operator(cluster):
     for number, output in enumerate(runner.outputs, 1):
         print(f"--- operator run {number} ---\n{output}")
 
-
-@pytest.fixture
-def pool(custom_api):
-    """A CPU AcceleratorPool at $3600/h: one dollar per second, so money moves visibly in a test."""
-    from datetime import datetime
-
-    name = f"cpu-{datetime.now().strftime('%H%M%S%f')}"
-    custom_api.create_cluster_custom_object("genforge.dev", "v1alpha1", "acceleratorpools", {
-        "apiVersion": "genforge.dev/v1alpha1", "kind": "AcceleratorPool", "metadata": {"name": name},
-        "spec": {"accelerator": {"type": "cpu"}, "pricePerHour": "3600", "relativeThroughput": 1000.0}})
-    yield name
-    custom_api.delete_cluster_custom_object("genforge.dev", "v1alpha1", "acceleratorpools", name)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from harness import OperatorRunner, wait_for
-from integration.test_lifecycle import (  # noqa: F401  (`pool` is a fixture)
+from integration.test_lifecycle import (
     GROUP,
     VERSION,
     add_pod,
@@ -23,7 +23,6 @@ from integration.test_lifecycle import (  # noqa: F401  (`pool` is a fixture)
     make_dataset,
     make_model,
     mark_dataset_ready,
-    pool,
     run_spec,
     ts,
 )
@@ -57,7 +56,7 @@ def matches(url: str, body_of, check) -> bool:
 
 
 def test_metrics_follow_status_through_a_run_and_a_restart(wired, namespace, custom_api, batch_api, core_api,
-                                                           pool):  # noqa: F811
+                                                           pool):
     runner, url = wired
     make_model(custom_api, namespace)
     make_dataset(custom_api, namespace)
