@@ -99,6 +99,13 @@ class DiffusionModel:
         return self.vae is not None
 
     @property
+    def latent_factor(self) -> int:
+        """Pixels per latent cell along each side (1 for pixel-space models)."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def class_conditional(self) -> bool:
         return self.architecture == "unet2d-ddpm" and bool(self.labels)
 
@@ -183,7 +190,7 @@ class DiffusionModel:
             for start in range(0, count, batch_size):
                 n = min(batch_size, count - start)
                 channels = net.config.in_channels
-                size = self.resolution // 8 if self.latent else self.resolution
+                size = self.resolution // self.latent_factor
                 x = torch.randn((n, channels, size, size), generator=generator, device="cpu").to(
                     device, dtype
                 )
