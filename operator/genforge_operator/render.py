@@ -19,7 +19,7 @@ import yaml
 from .api import ModelVersion, Resource, SourceRef
 from .config import OperatorConfig
 from .manifests import ManifestError, load_resources
-from .plan import Blocked, Catalog, fixed_pool, plan_dataset, plan_run
+from .plan import Blocked, Catalog, fixed_pool, plan_dataset, plan_run, resolve_references
 from .runspec import dataset_uri, storage_uri
 
 
@@ -78,7 +78,8 @@ def render(resources: list[Resource], config: OperatorConfig) -> tuple[list[tupl
         if r.kind == "Dataset":
             planned = plan_dataset(r, catalog, config)
         else:
-            pool = choose_pool(r, catalog)
+            refs = resolve_references(r, catalog)  # as the operator: references before money
+            pool = refs if isinstance(refs, Blocked) else choose_pool(r, catalog)
             planned = pool if isinstance(pool, Blocked) else plan_run(r, pool, catalog, config)
         source = f"{r.kind} {r.namespace}/{r.name}"
         if isinstance(planned, Blocked):
