@@ -227,3 +227,42 @@ def test_deleting_a_run_deletes_its_children(operator, namespace, custom_api, ba
     wait_for(gone)
     wait_for(lambda: not any(j.metadata.labels["genforge.dev/kind"] == "TrainingRun"
                              for j in jobs_of(batch_api, namespace)), message="the Job is garbage-collected")
+
+
+def test_progress_is_polled_from_the_rank_zero_trainer(operator, namespace, custom_api, batch_api, core_api, pool):
+    """The trainer serves /progress on its pod IP; the operator shows it in status."""
+    import http.server
+    import threading
+
+    progress = {"phase": "train", "step": 7, "totalSteps": 20, "loss": 0.25, "samplesPerSecond": 3.5,
+                "etaSeconds": 4.0}
+
+    class Trainer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            body = json.dumps(progress).encode()
+            self.send_response(200 if self.path == "/progress" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    ip = "127.0.0.77"  # a loopback address of its own, like a pod IP
+    server = http.server.ThreadingHTTPServer((ip, 9090), Trainer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        make_model(custom_api, namespace)
+        make_dataset(custom_api, namespace)
+        mark_dataset_ready(custom_api, batch_api, core_api, namespace)
+        create(custom_api, namespace, "TrainingRun", "trainingruns", "watched", run_spec(pool))
+        job = wait_for(lambda: job_of(batch_api, namespace, "TrainingRun"))
+        pod = add_pod(core_api, namespace, job, running_since=-1)
+        core_api.patch_namespaced_pod_status(pod, namespace, {"status": {"podIP": ip}})
+        shown = wait_for(lambda: get(custom_api, namespace, "trainingruns", "watched")["status"]["progress"],
+                         timeout=15, message="progress in status")
+        assert shown == {"step": 7, "totalSteps": 20, "percent": 35.0, "loss": 0.25, "samplesPerSecond": 3.5,
+                         "etaSeconds": 4.0}
+    finally:
+        server.shutdown()
+        server.server_close()
