@@ -69,7 +69,8 @@ def test_pods_wanted(spec, state, expected):
 def test_job_defaults_follow_the_api_server():
     spec = jc.JobSpec.of(job())
     assert (spec.indexed, spec.completions, spec.parallelism, spec.backoff_limit, spec.suspend) == (
-        False, None, 1, 6, False)
+        False, 1, 1, 6, False)
+    assert jc.JobSpec.of(job(parallelism=2)).completions is None  # a work queue
     assert not spec.wait_for_terminating
     assert jc.JobSpec.of(job(podFailurePolicy={"rules": list(POLICY)})).wait_for_terminating
 

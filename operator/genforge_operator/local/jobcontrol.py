@@ -98,6 +98,8 @@ class JobSpec:
         indexed = spec.get("completionMode") == "Indexed"
         completions = spec.get("completions")
         parallelism = spec.get("parallelism")
+        if completions is None and parallelism is None:
+            completions = 1  # the API server's default: one pod, one completion
         if parallelism is None:
             parallelism = 1
         policy = spec.get("podFailurePolicy") or {}

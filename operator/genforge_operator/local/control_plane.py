@@ -1,0 +1,281 @@
+"""`genforge local`: the whole control plane on one machine, no cluster.
+
+Three parts, started in this order and stopped in reverse:
+
+1. the emulated Kubernetes API server (`EmulatedCluster`, serving the CRDs from `crds/`
+   and the built-in kinds) on 127.0.0.1, with what kubectl needs in front of it
+   (`KubectlSupport`: OpenAPI, Tables) and a kubeconfig written for `kubectl`;
+2. the local executor (`LocalExecutor`): the Job controller and kubelet, running trainer
+   pods as local processes; the PVC `genforge-data` (mounted at `/data`) is the data
+   folder itself, so `file:///data/runs/...` lands in `<data>/runs/...`;
+3. the real operator, as its own process (`python -m kopf run -A --standalone -m
+   genforge_operator.main`), logged in to the emulated API server through
+   `GENFORGE_API_SERVER`, its log in `<data>/logs/operator.log`.
+
+    with LocalControlPlane("/tmp/gf") as plane:      # or plane.start() / plane.stop()
+        subprocess.run(["kubectl", "apply", "-f", "examples/"],
+                       env={**os.environ, "KUBECONFIG": str(plane.kubeconfig_path)})
+
+Stopping stops the operator first (so it does not react to its pods going away), then
+every trainer process (SIGTERM, SIGKILL after the grace period), then the API server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..resources import crd_dir as default_crd_dir
+from .emulator import EmulatedCluster
+from .executor import LocalExecutor
+from .kubectl_support import KubectlSupport
+
+logger = logging.getLogger(__name__)
+
+DATA_CLAIM = "genforge-data"
+DATA_MOUNT = "/data"
+OPERATOR_MODULE = "genforge_operator.main"
+OPERATOR_GROUP = "genforge.dev"
+
+
+class LocalControlPlane:
+    """An emulated API server, the local executor and the operator, on this machine.
+
+    `data_dir` holds the run data (the `genforge-data` PVC), `logs/` (the operator's log
+    and one file per pod) and, unless `kubeconfig_path` says otherwise, `kubeconfig`.
+    `port`/`metrics_port` 0 pick free ports. `operator=False` leaves the operator out
+    (tests that drive Jobs by hand); `operator_env` adds to or overrides its environment;
+    `executor_options` go to `LocalExecutor`.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, port: int = 0, metrics_port: int = 0,
+                 kubeconfig_path: str | os.PathLike[str] | None = None,
+                 crd_dir: str | os.PathLike[str] | None = None, operator: bool = True,
+                 operator_env: Mapping[str, str] | None = None,
+                 executor_options: Mapping[str, Any] | None = None):
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port
+        self.metrics_port = metrics_port
+        self.kubeconfig_path = Path(kubeconfig_path).resolve() if kubeconfig_path else self.data_dir / "kubeconfig"
+        self.crd_dir = Path(crd_dir) if crd_dir else default_crd_dir()
+        self.with_operator = operator
+        self.operator_env = dict(operator_env or {})
+        self.executor_options = dict(executor_options or {})
+        self.cluster: EmulatedCluster | None = None
+        self.executor: LocalExecutor | None = None
+        self.operator_process: subprocess.Popen[bytes] | None = None
+        self._operator_log: TextIO | None = None
+
+    # --- what clients need -----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self.cluster is None or self.cluster.url is None:
+            raise RuntimeError("the local control plane is not started")
+        return self.cluster.url
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def operator_log_path(self) -> Path:
+        return self.logs_dir / "operator.log"
+
+    def kubectl_env(self) -> dict[str, str]:
+        """This process's environment with KUBECONFIG pointing here (for `kubectl` subprocesses)."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig_path)}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> LocalControlPlane:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cluster = EmulatedCluster(crd_dir=self.crd_dir, port=self.port, middleware=KubectlSupport())
+            self.cluster.start()
+            self.cluster.write_kubeconfig(self.kubeconfig_path)
+            options = {"pvc_dirs": {DATA_CLAIM: self.data_dir}, **self.executor_options}
+            self.executor = LocalExecutor(self.url, self.data_dir, **options).start()
+            if self.with_operator:
+                self._start_operator(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self._stop_operator()
+        if self.executor is not None:
+            self.executor.stop()
+            self.executor = None
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+
+    def __enter__(self) -> LocalControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # --- the operator ------------------------------------------------------------------------
+
+    def operator_environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "GENFORGE_API_SERVER": self.url,
+            "KUBECONFIG": str(self.kubeconfig_path),  # any client that looks goes here, never elsewhere
+            "GENFORGE_STORAGE_URI": f"file://{DATA_MOUNT}",
+            "GENFORGE_STORAGE_PVC": DATA_CLAIM,
+            "GENFORGE_STORAGE_MOUNT_PATH": DATA_MOUNT,
+            "GENFORGE_METRICS_PORT": str(self.metrics_port),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.operator_env)
+        return env
+
+    def _start_operator(self, timeout: float) -> None:
+        assert self.cluster is not None
+        if not self.metrics_port:
+            self.metrics_port = _free_port()
+        mark = self.cluster.mark()
+        self._operator_log = open(self.operator_log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop
+        self.operator_process = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "-A", "--standalone", "-m", OPERATOR_MODULE],
+            env=self.operator_environment(), stdin=subprocess.DEVNULL, stdout=self._operator_log,
+            stderr=subprocess.STDOUT, start_new_session=True)  # Ctrl-C reaches us, not it: we stop it
+        atexit.register(self._kill_operator)
+        self._wait_operator_watching(mark, timeout)
+
+    def _wait_operator_watching(self, mark: int, timeout: float) -> None:
+        """Return once the operator watches every genforge kind, Jobs and Pods."""
+        assert self.cluster is not None and self.operator_process is not None
+        wanted = {(res.group, res.plural) for res in self.cluster.resources() if res.group == OPERATOR_GROUP}
+        wanted |= {("batch", "jobs"), ("", "pods")}
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.operator_process.poll() is not None:
+                raise RuntimeError(f"the operator exited during startup (code {self.operator_process.returncode}); "
+                                   f"its log:\n{_tail(self.operator_log_path)}")
+            watched = {(r.group, r.plural) for r in self.cluster.requests(since=mark)
+                       if r.verb == "watch" and r.user_agent.startswith("kopf")}
+            if wanted <= watched:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the operator did not start watching {sorted(wanted - watched)} within "
+                                   f"{timeout} s; its log:\n{_tail(self.operator_log_path)}")
+            time.sleep(0.05)
+
+    def _stop_operator(self, grace: float = 10.0) -> None:
+        process, self.operator_process = self.operator_process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # kopf stops its handlers and exits
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if process is not None:
+            atexit.unregister(self._kill_operator)
+        if self._operator_log is not None:
+            self._operator_log.close()
+            self._operator_log = None
+
+    def _kill_operator(self) -> None:
+        process = self.operator_process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def operator_alive(self) -> bool:
+        return self.operator_process is not None and self.operator_process.poll() is None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --------------------------------------------------------------------------------- the CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="genforge-data", metavar="DIR",
+                        help="the local data folder: datasets, runs, logs (default: ./genforge-data)")
+    parser.add_argument("--kubeconfig", metavar="PATH",
+                        help="where to write the kubeconfig (default: DIR/kubeconfig; never ~/.kube/config "
+                             "unless you ask)")
+    parser.add_argument("--port", type=int, default=0, help="the API server's port (default: a free one)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="the operator's Prometheus port (default: a free one)")
+    parser.add_argument("--no-operator", action="store_true",
+                        help="run the API server and the executor only (to run the operator yourself)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    plane = LocalControlPlane(args.data, port=args.port, metrics_port=args.metrics_port,
+                              kubeconfig_path=args.kubeconfig, operator=not args.no_operator)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        plane.start()
+    except Exception as e:
+        print(f"genforge local: could not start: {e}", file=sys.stderr)
+        plane.stop()
+        return 1
+    print(describe(plane), flush=True)
+    try:
+        while not stop.wait(1.0):
+            if plane.with_operator and not plane.operator_alive():
+                print(f"genforge local: the operator exited; its log:\n{_tail(plane.operator_log_path)}",
+                      file=sys.stderr)
+                return 1
+    finally:
+        print("genforge local: stopping (trainer processes get their grace period to checkpoint)…", flush=True)
+        plane.stop()
+    return 0
+
+
+def describe(plane: LocalControlPlane) -> str:
+    lines = [
+        "genforge local control plane is running",
+        f"  API server:  {plane.url}",
+        f"  kubeconfig:  {plane.kubeconfig_path}",
+        f"               export KUBECONFIG={plane.kubeconfig_path}",
+        f"  data:        {plane.data_dir}   (the PVC {DATA_CLAIM}, mounted at {DATA_MOUNT} in pods)",
+        f"  logs:        {plane.logs_dir}/<namespace>/<pod>.log",
+    ]
+    if plane.with_operator:
+        lines += [f"  metrics:     {plane.metrics_url}",
+                  f"  operator:    pid {plane.operator_process.pid if plane.operator_process else '-'}, "
+                  f"log {plane.operator_log_path}"]
+    lines += ["Try: kubectl apply -f examples/ && kubectl get genforge", "Ctrl-C stops everything."]
+    return "\n".join(lines)
