@@ -8,6 +8,9 @@ on the same files in the same run:
   LANCZOS) → save PNG`` (same PNG compression level as genforge), no privacy, no dedupe;
 * **genforge, 1 worker**: ``prepare`` with face blur + metadata strip + dedupe on, in
   one process — the per-core figure; and the same without face blur, to show its cost;
+* **naive**: the same privacy work done the obvious way (full decode, faces searched at
+  full resolution), on a subset — what JPEG draft decoding and reduced-resolution face
+  search save;
 * **genforge, N workers**: with the process pool over all cores.
 
 "Per core" compares images per CPU-second of the measuring process (``time.process_time``)
@@ -127,6 +130,19 @@ def plain_loop(files: list[str], out_dir: str, resolution: int) -> None:
         image.save(os.path.join(out_dir, f"{i:06d}.png"), "PNG", compress_level=imageops.PNG_COMPRESS_LEVEL)
 
 
+def naive_private_loop(files: list[str], out_dir: str, resolution: int) -> None:
+    """The same privacy work done the obvious way: full decode, faces searched at full
+    resolution, fit, blur, fresh PNG (no metadata), pHash for dedupe."""
+    for i, path in enumerate(files):
+        image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        boxes, scale = imageops.detect_faces(image, max(image.size))  # detection scale 1: full resolution
+        where = imageops.placement(image.size, resolution, "center")
+        output = imageops.render(image, where)
+        output = imageops.anonymise(output, [where.to_output(imageops.grow(b, 0.25), scale) for b in boxes])
+        imageops.perceptual_hash(image)
+        output.save(os.path.join(out_dir, f"{i:06d}.png"), "PNG", compress_level=imageops.PNG_COMPRESS_LEVEL)
+
+
 def genforge(source: str, out_dir: str, resolution: int, workers: int, blur_faces: bool = True) -> dict:
     settings = Settings(
         resolution=resolution,
@@ -158,6 +174,9 @@ def main() -> int:
     parser.add_argument("--resolution", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--workers", type=int, default=parallel.available_cpus())
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs per variant")
+    parser.add_argument(
+        "--naive-images", type=int, default=20, help="photos for the (slow) naive row; 0: skip"
+    )
     args = parser.parse_args()
 
     root = tempfile.mkdtemp(prefix="genforge-bench-")
@@ -192,6 +211,15 @@ def main() -> int:
             rows.append(("genforge: face blur + metadata strip + dedupe", 1, wall, cpu))
             wall, cpu = measure(lambda out, r=resolution: run(out, r, 1, False, "noblur"), root, args.repeat)
             rows.append(("genforge: metadata strip + dedupe (no face blur)", 1, wall, cpu))
+            if args.naive_images:
+                subset = files[: args.naive_images]
+                wall, cpu = measure(
+                    lambda out, r=resolution, f=subset: naive_private_loop(f, out, r), root, 1
+                )
+                scale = n / len(subset)  # report per image like the others
+                rows.append(
+                    ("naive: same privacy work at full resolution, no draft", 1, wall * scale, cpu * scale)
+                )
             if args.workers > 1:
                 wall, _ = measure(
                     lambda out, r=resolution: run(out, r, args.workers, True, "many"), root, args.repeat

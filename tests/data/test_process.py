@@ -165,3 +165,15 @@ def test_random_crop_is_a_function_of_the_item(tmp_path):
     first = _one(tmp_path / "a", "x.png", data, Settings(resolution=32, crop="random"))
     second = _one(tmp_path / "b", "x.png", data, Settings(resolution=32, crop="random"))
     assert first.sha256 == second.sha256
+
+
+def test_an_unexpected_error_drops_only_that_item(tmp_path, monkeypatch):
+    from genforge_trainer.data import imageops
+
+    def broken(*args, **kwargs):
+        raise ValueError("a codec bug")
+
+    monkeypatch.setattr(imageops, "render", broken)
+    outcome = _one(tmp_path, "a.jpg", GOOD, Settings())
+    assert (outcome.reason, outcome.detail) == ("corrupt", "processingError")
+    assert "a codec bug" in outcome.message

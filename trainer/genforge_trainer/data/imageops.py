@@ -24,7 +24,9 @@ Crop = Literal["center", "random", "none"]
 
 #: Formats accepted as dataset images; anything else is dropped as corrupt.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
-#: Pixel count above which an image is treated as a decompression bomb (dropped as corrupt).
+#: Pixel count above which an image is treated as a decompression bomb (dropped as corrupt),
+#: checked from the header before decoding. Pillow's own guard (Image.MAX_IMAGE_PIXELS,
+#: ~89 MP) stays in force too: its warning and error also count as a bomb.
 MAX_IMAGE_PIXELS = 80_000_000
 #: Encoded size above which a file is not even opened (dropped as corrupt).
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -65,7 +67,6 @@ def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
         raise Rejected("corrupt", "fileTooLarge", f"{len(data)} bytes > {MAX_FILE_BYTES}")
     if not data:
         raise Rejected("corrupt", "empty", "empty file")
-    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own guard, for formats it checks while parsing
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

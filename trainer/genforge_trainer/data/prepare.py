@@ -129,7 +129,7 @@ def prepare(
         workers = parallel.default_workers() if workers is None else workers
         if tally.total < MIN_ITEMS_FOR_POOL or storage.scheme_of(source_uri) == "memory":
             workers = 1  # (memory:// lives in this process only)
-        chunk_size = max(1, min(16, tally.total // (max(workers, 1) * 8)))
+        chunk_size = _chunk_size(tally.total, workers, settings.resolution)
         log.info(
             "preparing %d items from %s into %s with %d worker(s)",
             tally.total,
@@ -299,6 +299,14 @@ def _accept(
     if outcome.attribution:
         record["attribution"] = outcome.attribution
     return json.dumps(record, ensure_ascii=False, sort_keys=False).encode() + b"\n"
+
+
+def _chunk_size(total: int, workers: int, resolution: int) -> int:
+    """Items per pool task: enough to amortise the hand-off, few enough that every worker
+    gets several tasks, and about 4 MiB of encoded output at most (PNG ≈ 1.5 bytes/pixel)."""
+    by_balance = total // (max(workers, 1) * 8)
+    by_memory = (4 << 20) // max(1, int(1.5 * resolution * resolution))
+    return max(1, min(16, by_balance, by_memory))
 
 
 def _report(reporter: Any, tally: _Tally, started: float) -> None:

@@ -16,6 +16,7 @@ decides those (``duplicate``, ``overLimit``) in source order.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,8 @@ from genforge_trainer.data import imageops, redact
 from genforge_trainer.data.imageops import Crop, Rejected
 from genforge_trainer.data.sources import ItemRef, normalize_license, read_image, read_metadata
 from genforge_trainer.exitcodes import StorageError
+
+log = logging.getLogger(__name__)
 
 #: Drop reasons, in the manifest's (and the termination message's) order.
 DROP_REASONS = ("corrupt", "tooSmall", "duplicate", "unlicensed", "licenseNotAllowed", "overLimit")
@@ -116,6 +119,16 @@ def process_item(ref: ItemRef, settings: Settings) -> Outcome:
         _prepare(ref, settings, outcome)
     except Rejected as rejected:
         outcome.reason, outcome.detail, outcome.message = rejected.reason, rejected.detail, str(rejected)
+        outcome.png = None
+    except Exception as exc:  # noqa: BLE001 - one odd file must not fail the whole dataset
+        log.warning(
+            "dropping %s: unexpected %s while preparing it", ref.source, type(exc).__name__, exc_info=True
+        )
+        outcome.reason, outcome.detail, outcome.message = (
+            "corrupt",
+            "processingError",
+            f"{type(exc).__name__}: {exc}",
+        )
         outcome.png = None
     return outcome
 

@@ -85,7 +85,7 @@ def normalize_license(value: Any) -> str | None:
     return text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Metadata:
     caption: str | None = None
     license: str | None = None
@@ -122,7 +122,7 @@ def _first(raw: dict[str, Any], *keys: str) -> Any:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ItemRef:
     """One raw item: where to read it and what is known about it before reading.
 
