@@ -1,0 +1,1106 @@
+"""An emulated Kubernetes API server: kmock's emulator, extended until kopf and kubectl work.
+
+`kmock` (pinned: this module subclasses its internals) gives us the resource table, API
+discovery, object storage and the bundled list of built-in kinds. Its own object verbs
+are too simple for a real operator (no resourceVersion, so kopf's finalizer patch fails
+forever; no selectors; every watch replays everything; no garbage collection), so
+`KubeApiEmulator` serves every resource request itself with the semantics clients rely on:
+
+* metadata filled on create: uid, resourceVersion (one cluster-wide counter),
+  creationTimestamp, generation, namespace; `kind`/`apiVersion` on objects and lists;
+* optimistic concurrency: 409 on a stale `metadata.resourceVersion`, 422 on a failed JSON
+  patch `test` (what kopf relies on), no new version for a no-op write;
+* the status subresource: status changes only through `/status`, which changes nothing
+  else; `generation` bumps when anything outside `metadata`/`status` changes;
+* PUT, merge patch (null deletes), JSON patch, strategic merge (as a merge patch), apply
+  patch (as a merge patch that may create), delete, deletecollection;
+* label and field selectors on list, watch and deletecollection;
+* watch from a resourceVersion (replays what happened since; 410 Gone once compacted);
+* deletionTimestamp + finalizers; background garbage collection through
+  ownerReferences (and `propagationPolicy: Orphan`); namespaces that exist, terminate
+  and take their objects with them; CRDs created through the API become resources;
+* fault injection: the next N requests matching a predicate answer an error and/or late.
+
+Not emulated: schema validation, pruning and defaulting (CRD `default`s are not applied),
+CEL rules, admission, server-side apply field ownership, Table output for printer
+columns, pagination (`limit` returns everything), foreground deletion (runs as
+background), bookmarks, authentication and RBAC (every request is allowed).
+
+`EmulatedCluster` runs one in its own thread and event loop on 127.0.0.1, loads the CRDs
+from a folder, writes a kubeconfig for clients, and injects faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import dataclasses
+import datetime
+import gzip
+import importlib.resources
+import itertools
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import jsonpatch
+import jsonpointer
+import kmock
+import yaml
+
+from . import selectors
+
+logger = logging.getLogger(__name__)
+
+Body = dict[str, Any]
+Key = tuple[kmock.resource, str | None, str]
+
+CRD_RESOURCE = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+NAMESPACES = kmock.resource("", "v1", "namespaces")
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+ALL_VERBS = frozenset({"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"})
+
+# Fields of metadata that only the server sets; clients cannot change them by update or patch.
+_SYSTEM_METADATA = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
+                    "deletionGracePeriodSeconds", "generation", "resourceVersion")
+_REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
+            409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid",
+            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
+
+
+class ApiError(Exception):
+    """An error answered as a Kubernetes `Status` object."""
+
+    def __init__(self, code: int, message: str, *, reason: str | None = None, details: Body | None = None):
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.reason = reason or _REASONS.get(code, "Unknown")
+        self.details = details or {}
+
+    def status(self) -> Body:
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": self.message, "reason": self.reason, "details": self.details, "code": self.code}
+
+    def response(self) -> aiohttp.web.Response:
+        headers = {"Retry-After": "1"} if self.code == 429 else None
+        return aiohttp.web.json_response(self.status(), status=self.code, headers=headers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """A resource URL taken apart: `/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}/{sub}`."""
+
+    group: str
+    version: str
+    plural: str
+    namespace: str | None = None
+    name: str | None = None
+    subresource: str | None = None
+
+    @property
+    def resource(self) -> kmock.resource:
+        return kmock.resource(self.group, self.version, self.plural)
+
+
+def parse_route(path: str) -> Route | None:
+    """The resource a URL addresses, or None for discovery and other non-resource paths.
+
+    Unlike kmock's parser, `/api/v1/namespaces[/name[/status]]` addresses Namespaces.
+    """
+    parts = [part for part in path.split("/") if part]
+    if len(parts) >= 3 and parts[0] == "api":
+        group, version, rest = "", parts[1], parts[2:]
+    elif len(parts) >= 4 and parts[0] == "apis":
+        group, version, rest = parts[1], parts[2], parts[3:]
+    else:
+        return None
+    namespace = None
+    if rest[0] == "namespaces" and len(rest) >= 3 and rest[2] not in ("status", "finalize"):
+        namespace, rest = rest[1], rest[2:]
+    return Route(group, version, rest[0], namespace,
+                 rest[1] if len(rest) > 1 else None, "/".join(rest[2:]) or None)
+
+
+def _verb(method: str, route: Route, params: Mapping[str, str]) -> str | None:
+    if method == "GET":
+        return "watch" if params.get("watch") in ("true", "1") else "get" if route.name else "list"
+    if route.name is None:
+        return {"POST": "create", "DELETE": "deletecollection"}.get(method)
+    return {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
+
+
+@dataclasses.dataclass
+class RequestRecord:
+    """One request as the emulator saw it: for fault predicates, waits and latency figures."""
+
+    id: int
+    method: str
+    path: str
+    query: Mapping[str, str]
+    user_agent: str
+    verb: str | None = None
+    group: str | None = None
+    version: str | None = None
+    plural: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    subresource: str | None = None
+    status: int | None = None
+    started: float = 0.0
+    duration: float | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Fault:
+    """Make the next `times` requests that `match` answer `status` (None: serve them), after `delay`."""
+
+    match: Callable[[RequestRecord], bool]
+    status: int | None = 500
+    times: int | None = 1  # None: until removed
+    delay: float = 0.0
+    hits: int = 0
+
+    @property
+    def spent(self) -> bool:
+        return self.times is not None and self.hits >= self.times
+
+
+def fault_predicate(*, verb: str | Collection[str] | None = None, resource: str | None = None,
+                    namespace: str | None = None, name: str | None = None,
+                    subresource: str | None = None, user_agent: str | None = None,
+                    match: Callable[[RequestRecord], bool] | None = None) -> Callable[[RequestRecord], bool]:
+    """A request predicate from criteria; `resource` is a plural or `plural.group`, `user_agent` a prefix."""
+    verbs = {verb} if isinstance(verb, str) else set(verb) if verb is not None else None
+
+    def matches(request: RequestRecord) -> bool:
+        return ((verbs is None or request.verb in verbs)
+                and (resource is None or resource in (request.plural, f"{request.plural}.{request.group}"))
+                and (namespace is None or request.namespace == namespace)
+                and (name is None or request.name == name)
+                and (subresource is None or request.subresource == subresource)
+                and (user_agent is None or request.user_agent.startswith(user_agent))
+                and (match is None or match(request)))
+
+    return matches
+
+
+@dataclasses.dataclass(frozen=True)
+class _Event:
+    rv: int
+    type: str
+    obj: Body
+    old: Body | None  # the previous state for MODIFIED: selectors turn it into ADDED/DELETED
+
+
+@dataclasses.dataclass(eq=False)
+class Stall:
+    """Watch streams matching `match` deliver nothing until released (a silent stream)."""
+
+    match: Callable[[RequestRecord], bool]
+
+
+@dataclasses.dataclass(eq=False)
+class _Watcher:
+    resource: kmock.resource
+    record: RequestRecord
+    queue: asyncio.Queue[_Event | None]
+    flowing: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _qualified(resource: kmock.resource) -> str:
+    return f"{resource.plural}.{resource.group}" if resource.group else str(resource.plural)
+
+
+def _not_found(resource: kmock.resource, name: str) -> ApiError:
+    return ApiError(404, f'{_qualified(resource)} "{name}" not found',
+                    details={"name": name, "group": resource.group, "kind": resource.plural})
+
+
+def _without_directives(patch: Any) -> Any:
+    """A strategic merge patch minus its `$patch`/`$setElementOrder/...` directives."""
+    if isinstance(patch, Mapping):
+        return {k: _without_directives(v) for k, v in patch.items() if not k.startswith("$")}
+    return patch
+
+
+def _meta(obj: Mapping[str, Any]) -> Body:
+    return obj.get("metadata") or {}
+
+
+def _generation_part(obj: Mapping[str, Any]) -> Body:
+    """What a change of bumps `metadata.generation`: everything but metadata and status."""
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "kind", "apiVersion")}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: dicts merge recursively, null deletes, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _name_ok(name: str) -> bool:
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-.")
+    return (0 < len(name) <= 253 and set(name) <= allowed
+            and name[0].isalnum() and name[-1].isalnum())
+
+
+def crd_resources(crd: Mapping[str, Any]) -> dict[kmock.resource, kmock.ResourceInfo]:
+    """The resources a CustomResourceDefinition serves: one per served version."""
+    spec = crd["spec"]
+    names = spec["names"]
+    result = {}
+    for version in spec.get("versions", []):
+        if not version.get("served", True):
+            continue
+        subresources = version.get("subresources") or spec.get("subresources") or {}
+        result[kmock.resource(spec["group"], version["name"], names["plural"])] = kmock.ResourceInfo(
+            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+            kind=names["kind"],
+            singular=names.get("singular") or names["kind"].lower(),
+            verbs=ALL_VERBS,
+            shortnames=names.get("shortNames", []),
+            categories=names.get("categories", []),
+            subresources={name for name in ("status", "scale") if name in subresources},
+        )
+    return result
+
+
+def load_crds(crd_dir: str | os.PathLike[str]) -> list[Body]:
+    """Every CustomResourceDefinition in the YAML files of a folder (sorted by file name)."""
+    crds = []
+    for path in sorted(Path(crd_dir).glob("*.y*ml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                crds.append(doc)
+    return crds
+
+
+@attrs.define(kw_only=True, eq=False)
+class KubeApiEmulator(kmock.KubernetesEmulator):
+    """The HTTP handler: kmock serves discovery; every resource request is served here.
+
+    All state changes happen synchronously on the event loop, so no request sees a
+    half-done write. Use it through `EmulatedCluster`, or serve it yourself with
+    `aiohttp.web.Server(handler, handler_cancellation=True)` inside `async with handler:`.
+    """
+
+    request_log_size: int = 2000
+    event_log_size: int = 2000  # per resource: how far back a watch can resume
+    _rv: int = attrs.field(default=0, init=False)
+    _ids: Iterable[int] = attrs.field(factory=itertools.count, init=False)
+    _uids: dict[str, Key] = attrs.field(factory=dict, init=False)
+    _events: dict[kmock.resource, collections.deque[_Event]] = attrs.field(factory=dict, init=False)
+    _compacted: dict[kmock.resource, int] = attrs.field(factory=dict, init=False)
+    _watchers: set[_Watcher] = attrs.field(factory=set, init=False)
+    _orphaning: set[str] = attrs.field(factory=set, init=False)
+    _tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
+    _faults: list[Fault] = attrs.field(factory=list, init=False)
+    _stalls: list[Stall] = attrs.field(factory=list, init=False)
+    _log: collections.deque[RequestRecord] = attrs.field(init=False)
+    _log_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+
+    @_log.default
+    def _make_log(self) -> collections.deque[RequestRecord]:
+        return collections.deque(maxlen=self.request_log_size)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        # kmock's load_bundled(), minus its deprecated importlib call: the built-in kinds of a K3s.
+        bundled = importlib.resources.files("kmock._internal").joinpath("resources.json.gz").read_bytes()
+        self._resources.load_data(gzip.decompress(bundled))
+        self._resources[CRD_RESOURCE].verbs = ALL_VERBS
+        for namespace in DEFAULT_NAMESPACES:
+            self._store(NAMESPACES, None, namespace, self._new_metadata(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace},
+                 "status": {"phase": "Active"}}, NAMESPACES, None))
+
+    # --- resources -----------------------------------------------------------------------
+
+    def register_crd(self, crd: Mapping[str, Any]) -> None:
+        """Serve the CRD's resources and keep the CRD itself as an object (`kubectl get crd`)."""
+        key = (CRD_RESOURCE, None, crd["metadata"]["name"])
+        if self._get(key) is None:
+            obj = self._new_metadata(copy.deepcopy(dict(crd)), CRD_RESOURCE, None)
+            obj["status"] = self._crd_status(obj)
+            self._store(*key, obj)
+        for resource, info in crd_resources(crd).items():
+            self._resources[resource] = info
+
+    def _unregister_crd(self, crd: Mapping[str, Any]) -> None:
+        for resource in crd_resources(crd):
+            for key in [key for key in self._objects if key[0] == resource]:
+                self._remove(key, self._get(key))
+            del self._resources[resource]
+
+    @staticmethod
+    def _crd_status(crd: Mapping[str, Any]) -> Body:
+        now = _now()
+        return {"acceptedNames": crd["spec"]["names"], "storedVersions": [
+                    v["name"] for v in crd["spec"].get("versions", []) if v.get("storage")],
+                "conditions": [{"type": t, "status": "True", "reason": t, "message": "", "lastTransitionTime": now}
+                               for t in ("NamesAccepted", "Established")]}
+
+    def _info(self, route: Route) -> kmock.ResourceInfo:
+        if route.resource not in self._resources:
+            raise ApiError(404, "the server could not find the requested resource")
+        return self._resources[route.resource]
+
+    def _kind(self, resource: kmock.resource) -> str:
+        return self._resources[resource].kind or resource.plural.capitalize()
+
+    @staticmethod
+    def _api_version(resource: kmock.resource) -> str:
+        return f"{resource.group}/{resource.version}" if resource.group else resource.version
+
+    # --- storage -----------------------------------------------------------------------
+
+    def _get(self, key: Key) -> Body | None:
+        return self._objects[key].raw if key in self._objects else None
+
+    def _store(self, resource: kmock.resource, namespace: str | None, name: str, obj: Body) -> None:
+        self._objects[resource, namespace, name] = obj  # a fresh one-version history: no growth
+        self._uids[obj["metadata"]["uid"]] = (resource, namespace, name)
+
+    def _select(self, resource: kmock.resource, namespace: str | None,
+                match: Callable[[Body], bool] = lambda obj: True) -> list[tuple[Key, Body]]:
+        return [(key, obj.raw) for key, obj in list(self._objects.items())
+                if key[0] == resource and (namespace is None or key[1] == namespace) and match(obj.raw)]
+
+    def _new_metadata(self, obj: Body, resource: kmock.resource, namespace: str | None) -> Body:
+        meta = obj.setdefault("metadata", {})
+        for field in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation"):
+            meta.pop(field, None)
+        if namespace is not None:
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        self._rv += 1
+        meta.update(uid=str(uuid.uuid4()), resourceVersion=str(self._rv),
+                    creationTimestamp=_now(), generation=1)
+        obj["apiVersion"], obj["kind"] = self._api_version(resource), self._kind(resource)
+        return obj
+
+    def _publish(self, resource: kmock.resource, event: _Event) -> None:
+        log = self._events.setdefault(resource, collections.deque())
+        if len(log) >= self.event_log_size:
+            self._compacted[resource] = log.popleft().rv
+        log.append(event)
+        for watcher in self._watchers:
+            if watcher.resource == resource:
+                watcher.queue.put_nowait(event)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- writes (synchronous: atomic on the event loop) ----------------------------------
+
+    def _create(self, route: Route, body: Any, *, dry_run: bool = False) -> Body:
+        info = self._info(route)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body of the request must be an object")
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+        name = meta.get("name")
+        kind = self._kind(route.resource)
+        if not name:
+            raise ApiError(422, f"{kind} is invalid: metadata.name: Required value")
+        if not _name_ok(name):
+            raise ApiError(422, f'{kind} "{name}" is invalid: metadata.name: Invalid value: {name!r}: '
+                                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                                "characters, '-' or '.'")
+        namespace = None
+        if info.namespaced:
+            if route.namespace is None:
+                raise ApiError(405, f"{kind} is namespaced: create it under /namespaces/{{namespace}}/")
+            if meta.get("namespace") not in (None, route.namespace):
+                raise ApiError(400, "the namespace of the provided object does not match the namespace "
+                                    "sent on the request")
+            namespace = route.namespace
+            ns = self._get((NAMESPACES, None, namespace))
+            if ns is None:
+                raise ApiError(404, f'namespaces "{namespace}" not found',
+                               details={"name": namespace, "kind": "namespaces"})
+            if _meta(ns).get("deletionTimestamp"):
+                raise ApiError(403, f"unable to create new content in namespace {namespace} because it "
+                                    "is being terminated", reason="Forbidden")
+        key = (route.resource, namespace, name)
+        if self._get(key) is not None:
+            raise ApiError(409, f'{_qualified(route.resource)} "{name}" already exists',
+                           reason="AlreadyExists", details={"name": name, "kind": route.plural})
+        if "status" in info.subresources:
+            obj.pop("status", None)
+        obj = self._new_metadata(obj, route.resource, namespace)
+        if route.resource == NAMESPACES:
+            obj["status"] = {"phase": "Active"}
+        if route.resource == CRD_RESOURCE:
+            obj["status"] = self._crd_status(obj)
+        if dry_run:
+            return obj
+        self._store(*key, obj)
+        self._publish(route.resource, _Event(self._rv, "ADDED", obj, None))
+        if route.resource == CRD_RESOURCE:
+            self.register_crd(obj)
+        if meta.get("ownerReferences"):
+            self._spawn(self._collect_if_orphaned(key))
+        return obj
+
+    def _commit(self, key: Key, old: Body, new: Body) -> Body:
+        """Store a changed object: server-owned metadata kept, generation and version bumped."""
+        resource = key[0]
+        new_meta = new.setdefault("metadata", {})
+        old_meta = _meta(old)
+        for field in _SYSTEM_METADATA:
+            if field in old_meta:
+                new_meta[field] = old_meta[field]
+            else:
+                new_meta.pop(field, None)
+        new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+        if new == old:
+            return old  # a no-op write: no new resourceVersion, no event (kopf relies on this)
+        if old_meta.get("deletionTimestamp"):
+            added = set(new_meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
+            if added:
+                raise ApiError(422, f"metadata.finalizers: Forbidden: no new finalizers can be added "
+                                    f"if the object is being deleted, found new finalizers {sorted(added)}")
+        if _generation_part(new) != _generation_part(old):
+            new_meta["generation"] = old_meta.get("generation", 1) + 1
+        self._rv += 1
+        new_meta["resourceVersion"] = str(self._rv)
+        self._store(*key, new)
+        self._publish(resource, _Event(self._rv, "MODIFIED", new, old))
+        if resource == CRD_RESOURCE:
+            self.register_crd(new)
+        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
+            if resource != NAMESPACES or not self._select_namespace_content(key[2]):
+                return self._remove(key, new)
+        return new
+
+    def _remove(self, key: Key, obj: Body) -> Body:
+        """The object is gone: DELETED event, then the garbage collector sees to its dependents."""
+        resource, namespace, name = key
+        del self._objects[resource, namespace, name]
+        uid = _meta(obj)["uid"]
+        self._uids.pop(uid, None)
+        self._rv += 1
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        self._publish(resource, _Event(self._rv, "DELETED", obj, None))
+        self._spawn(self._collect_dependents(uid, orphan=uid in self._orphaning))
+        self._orphaning.discard(uid)
+        if resource == CRD_RESOURCE:
+            self._unregister_crd(obj)
+        if namespace is not None:
+            ns = self._get((NAMESPACES, None, namespace))
+            if ns is not None and _meta(ns).get("deletionTimestamp") and not _meta(ns).get("finalizers"):
+                if not self._select_namespace_content(namespace):
+                    self._remove((NAMESPACES, None, namespace), ns)
+        return obj
+
+    def _delete(self, key: Key, options: Mapping[str, Any]) -> tuple[Body, bool]:
+        """Delete (or start deleting) an object; returns it and whether it is gone."""
+        old = self._get(key)
+        if old is None:
+            raise _not_found(key[0], key[2])
+        meta = _meta(old)
+        preconditions = options.get("preconditions") or {}
+        for field in ("uid", "resourceVersion"):
+            if preconditions.get(field) not in (None, meta.get(field)):
+                raise ApiError(409, f"Precondition failed: {field} in precondition: "
+                                    f"{preconditions[field]}, {field} in object meta: {meta.get(field)}")
+        if "All" in (options.get("dryRun") or []):
+            return old, False
+        if options.get("propagationPolicy") == "Orphan" or options.get("orphanDependents"):
+            self._orphaning.add(meta["uid"])
+        if meta.get("deletionTimestamp"):
+            return old, False
+        if key[0] == NAMESPACES:
+            new = copy.deepcopy(old)
+            new["metadata"]["deletionTimestamp"] = _now()
+            new.setdefault("status", {})["phase"] = "Terminating"
+            new = self._commit_system(key, old, new)
+            for obj_key, _ in self._select_namespace_content(key[2]):
+                if self._get(obj_key) is not None:
+                    self._delete(obj_key, {})
+            return new, self._get(key) is None
+        if meta.get("finalizers"):
+            new = copy.deepcopy(old)
+            new["metadata"].update(deletionTimestamp=_now(), deletionGracePeriodSeconds=0)
+            return self._commit_system(key, old, new), False
+        return self._remove(key, old), True
+
+    def _commit_system(self, key: Key, old: Body, new: Body) -> Body:
+        """A server-side change of server-owned fields (deletionTimestamp) that `_commit` would undo."""
+        meta = new["metadata"]
+        if _meta(old).get("generation") is not None and key[0].group:
+            meta["generation"] = _meta(old)["generation"] + 1  # custom resources bump it on deletion
+        self._rv += 1
+        meta["resourceVersion"] = str(self._rv)
+        self._store(*key, new)
+        self._publish(key[0], _Event(self._rv, "MODIFIED", new, old))
+        if not meta.get("finalizers") and key[0] != NAMESPACES:
+            return self._remove(key, new)
+        if key[0] == NAMESPACES and not meta.get("finalizers") and not self._select_namespace_content(key[2]):
+            return self._remove(key, new)
+        return new
+
+    def _select_namespace_content(self, namespace: str) -> list[tuple[Key, Body]]:
+        return [(key, obj.raw) for key, obj in list(self._objects.items()) if key[1] == namespace]
+
+    async def _collect_dependents(self, owner_uid: str, *, orphan: bool) -> None:
+        """Background cascading deletion: dependents with no owner left go too."""
+        await asyncio.sleep(0)  # like the real collector: after the owner's deletion is answered
+        for key, obj in list(self._objects.items()):
+            refs = _meta(obj.raw).get("ownerReferences") or []
+            if not any(ref.get("uid") == owner_uid for ref in refs) or self._get(key) is None:
+                continue
+            if orphan:
+                new = copy.deepcopy(obj.raw)
+                new["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != owner_uid] or None
+                if new["metadata"]["ownerReferences"] is None:
+                    del new["metadata"]["ownerReferences"]
+                self._commit(key, obj.raw, new)
+            elif not any(ref.get("uid") in self._uids for ref in refs):
+                self._delete(key, {})
+
+    async def _collect_if_orphaned(self, key: Key) -> None:
+        """An object created with owners that no longer exist is collected, as a real cluster does."""
+        await asyncio.sleep(0)
+        obj = self._get(key)
+        refs = _meta(obj or {}).get("ownerReferences") or []
+        if obj is not None and refs and not any(ref.get("uid") in self._uids for ref in refs):
+            self._delete(key, {})
+
+    def _check_resource_version(self, old: Body, new: Body) -> None:
+        wanted = _meta(new).get("resourceVersion")
+        if wanted not in (None, "") and wanted != _meta(old).get("resourceVersion"):
+            raise ApiError(409, f'Operation cannot be fulfilled on {old["kind"]} "{_meta(old)["name"]}": '
+                                "the object has been modified; please apply your changes to the latest "
+                                "version and try again")
+
+    def _update(self, route: Route, key: Key, body: Any) -> Body:
+        info = self._info(route)
+        old = self._get(key)
+        if old is None:
+            raise _not_found(route.resource, key[2])
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body of the request must be an object")
+        if _meta(body).get("name") not in (None, route.name):
+            raise ApiError(400, "the name of the object does not match the name on the URL")
+        self._check_resource_version(old, body)
+        if route.subresource == "status":
+            new = copy.deepcopy(old)
+            new["status"] = copy.deepcopy(body.get("status"))
+            if new["status"] is None:
+                del new["status"]
+        else:
+            new = copy.deepcopy(body)
+            if "status" in info.subresources:
+                new.pop("status", None)
+                if "status" in old:
+                    new["status"] = copy.deepcopy(old["status"])
+        return self._commit(key, old, new)
+
+    def _patch(self, route: Route, key: Key, body: Any, content_type: str) -> Body:
+        info = self._info(route)
+        old = self._get(key)
+        if old is None:
+            if content_type == "application/apply-patch+yaml":  # server-side apply may create
+                return self._create(dataclasses.replace(route, name=None, subresource=None), body)
+            raise _not_found(route.resource, key[2])
+        if content_type == "application/json-patch+json":
+            if not isinstance(body, list):
+                raise ApiError(400, "a JSON patch must be a list of operations")
+            try:
+                patched = jsonpatch.apply_patch(old, body, in_place=False)
+            except jsonpatch.JsonPatchTestFailed as e:
+                raise ApiError(422, f"the server rejected our request due to an error in our request: {e}") from e
+            except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:
+                raise ApiError(422, f"the server rejected our request due to an error in our request: {e}") from e
+        elif content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json",
+                              "application/apply-patch+yaml", "application/json"):
+            if not isinstance(body, dict):
+                raise ApiError(400, "a merge patch must be an object")
+            patched = merge_patch(old, _without_directives(body))
+        else:
+            raise ApiError(415, f"the body of the request was in an unknown format: {content_type}")
+        self._check_resource_version(old, patched)
+        if route.subresource == "status":
+            new = copy.deepcopy(old)
+            new.pop("status", None)
+            if patched.get("status") is not None:
+                new["status"] = patched["status"]
+        else:
+            new = patched
+            if "status" in info.subresources:
+                new.pop("status", None)
+                if "status" in old:
+                    new["status"] = copy.deepcopy(old["status"])
+        return self._commit(key, old, new)
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        raw_body = await raw_request.read()
+        route = parse_route(raw_request.path)
+        params = dict(raw_request.query)
+        record = RequestRecord(
+            id=next(self._ids), method=raw_request.method, path=raw_request.path, query=params,
+            user_agent=raw_request.headers.get("User-Agent", ""), started=time.monotonic())
+        if route is not None:
+            record.verb = _verb(raw_request.method, route, params)
+            record.group, record.version, record.plural = route.group, route.version, route.plural
+            record.namespace, record.name, record.subresource = route.namespace, route.name, route.subresource
+        with self._log_lock:
+            self._log.append(record)
+        try:
+            response = await self._respond(raw_request, raw_body, route, record)
+        except asyncio.CancelledError:
+            record.status = 499  # the client went away (watches end so)
+            raise
+        except ApiError as e:
+            response = e.response()
+        except Exception as e:  # a bug here must not look like a stall to clients
+            logger.exception("emulated API server failed on %s %s", raw_request.method, raw_request.path)
+            response = ApiError(500, f"emulator error: {e!r}").response()
+        finally:
+            record.duration = time.monotonic() - record.started
+        record.status = response.status
+        return response
+
+    async def _respond(self, raw_request: aiohttp.web.BaseRequest, raw_body: bytes,
+                       route: Route | None, record: RequestRecord) -> aiohttp.web.StreamResponse:
+        fault = self._take_fault(record)
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status is not None:
+                raise ApiError(fault.status, f"injected fault: {fault.status}")
+        if route is None:  # discovery, /version, ...: kmock's scaffold
+            try:
+                return await super().__call__(raw_request)
+            finally:
+                del self._requests[:-10]  # kmock's log makes every later request slower
+                if self._errors:
+                    self._errors[-1].clear()
+        if record.verb is None:
+            raise ApiError(405, f"the server does not allow this method on the requested resource: "
+                                f"{raw_request.method} {raw_request.path}")
+        info = self._info(route)
+        if route.subresource not in (None, "status") or (
+                route.subresource == "status" and "status" not in info.subresources):
+            raise ApiError(404, "the server could not find the requested resource")
+        if info.verbs and record.verb not in info.verbs:
+            raise ApiError(405, f"{record.verb} is not supported on {route.plural}")
+        body = self._parse_body(raw_request, raw_body)
+        params = record.query
+        namespace = route.namespace if info.namespaced else None
+        if record.verb == "watch":
+            return await self._watch(raw_request, route, info, params, record)
+        if record.verb == "list":
+            match = self._matcher(route, params)
+            items = [obj for _, obj in self._select(route.resource, namespace, match)]
+            return self._json({"apiVersion": self._api_version(route.resource),
+                               "kind": f"{self._kind(route.resource)}List",
+                               "metadata": {"resourceVersion": str(self._rv)}, "items": items})
+        key = (route.resource, namespace, route.name or "")
+        if record.verb == "get":
+            obj = self._get(key)
+            if obj is None:
+                raise _not_found(route.resource, key[2])
+            return self._json(obj)
+        if record.verb == "create":
+            dry_run = params.get("dryRun") == "All"
+            return self._json(self._create(route, body, dry_run=dry_run), status=201)
+        if record.verb == "update":
+            return self._json(self._update(route, key, body))
+        if record.verb == "patch":
+            content_type = raw_request.headers.get("Content-Type", "").split(";")[0].strip()
+            return self._json(self._patch(route, key, body, content_type))
+        options = dict(body) if isinstance(body, dict) else {}
+        if "propagationPolicy" in params:
+            options["propagationPolicy"] = params["propagationPolicy"]
+        if "dryRun" in params:
+            options["dryRun"] = [params["dryRun"]]
+        if record.verb == "delete":
+            obj, gone = self._delete(key, options)
+            if gone and not route.group:  # built-in kinds answer a Status for an immediate deletion
+                return self._json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                   "details": {"name": route.name, "kind": route.plural,
+                                               "uid": _meta(obj).get("uid")}})
+            return self._json(obj)
+        # deletecollection
+        items = []
+        for item_key, _ in self._select(route.resource, namespace, self._matcher(route, params)):
+            if self._get(item_key) is not None:
+                items.append(self._delete(item_key, options)[0])
+        return self._json({"apiVersion": self._api_version(route.resource),
+                           "kind": f"{self._kind(route.resource)}List",
+                           "metadata": {"resourceVersion": str(self._rv)}, "items": items})
+
+    @staticmethod
+    def _parse_body(raw_request: aiohttp.web.BaseRequest, raw_body: bytes) -> Any:
+        if not raw_body:
+            return None
+        try:
+            if raw_request.headers.get("Content-Type", "").startswith("application/apply-patch+yaml"):
+                return yaml.safe_load(raw_body)
+            return json.loads(raw_body)
+        except (ValueError, yaml.YAMLError) as e:
+            raise ApiError(400, f"the request body is not valid JSON/YAML: {e}") from e
+
+    @staticmethod
+    def _json(body: Any, status: int = 200) -> aiohttp.web.Response:
+        return aiohttp.web.Response(body=json.dumps(body).encode(), status=status, content_type="application/json")
+
+    @staticmethod
+    def _matcher(route: Route, params: Mapping[str, str]) -> Callable[[Body], bool]:
+        try:
+            by_label = selectors.label_selector(params.get("labelSelector"))
+            by_field = selectors.field_selector(params.get("fieldSelector"))
+        except selectors.SelectorError as e:
+            raise ApiError(400, str(e)) from e
+        name = route.name
+        return lambda obj: (name is None or _meta(obj).get("name") == name) and by_label(obj) and by_field(obj)
+
+    async def _watch(self, raw_request: aiohttp.web.BaseRequest, route: Route, info: kmock.ResourceInfo,
+                     params: Mapping[str, str], record: RequestRecord) -> aiohttp.web.StreamResponse:
+        match = self._matcher(route, params)
+        namespace = route.namespace if info.namespaced else None
+        since = params.get("resourceVersion") or "0"
+        try:
+            since_rv = int(since)
+        except ValueError as e:
+            raise ApiError(400, f"invalid resourceVersion: {since!r}") from e
+        timeout = float(params["timeoutSeconds"]) if params.get("timeoutSeconds") else None
+
+        # Snapshot and subscribe with no await in between: no event is missed or doubled.
+        lines: list[Body] = []
+        if since_rv == 0:
+            lines = [{"type": "ADDED", "object": obj} for _, obj in self._select(route.resource, namespace, match)]
+        elif since_rv < self._compacted.get(route.resource, 0):
+            lines = [{"type": "ERROR", "object": ApiError(
+                410, f"too old resource version: {since_rv} ({self._compacted[route.resource]})").status()}]
+        else:
+            for event in self._events.get(route.resource, ()):
+                if event.rv > since_rv:
+                    lines.extend(self._event_lines(event, namespace, match))
+        watcher = _Watcher(route.resource, record, asyncio.Queue())
+        self._update_flow(watcher)
+        if not lines or lines[0]["type"] != "ERROR":
+            self._watchers.add(watcher)
+
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(raw_request)
+            await watcher.flowing.wait()
+            await self._write_lines(response, lines)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while watcher in self._watchers:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                try:
+                    event = await asyncio.wait_for(watcher.queue.get(), remaining)
+                except TimeoutError:
+                    break
+                if event is None:  # the server is stopping
+                    break
+                batch = list(self._event_lines(event, namespace, match))
+                while not watcher.queue.empty():  # write what piled up in one go
+                    queued = watcher.queue.get_nowait()
+                    if queued is None:
+                        self._watchers.discard(watcher)
+                        break
+                    batch.extend(self._event_lines(queued, namespace, match))
+                await watcher.flowing.wait()
+                await self._write_lines(response, batch)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away
+        finally:
+            self._watchers.discard(watcher)
+        return response
+
+    @staticmethod
+    async def _write_lines(response: aiohttp.web.StreamResponse, lines: list[Body]) -> None:
+        if lines:
+            await response.write(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+
+    @staticmethod
+    def _event_lines(event: _Event, namespace: str | None, match: Callable[[Body], bool]) -> Iterable[Body]:
+        if namespace is not None and _meta(event.obj).get("namespace") != namespace:
+            return
+        now = match(event.obj)
+        before = event.old is not None and match(event.old)
+        if event.type == "MODIFIED" and not before:
+            kind = "ADDED" if now else None  # it started matching the selector
+        elif event.type == "MODIFIED" and not now:
+            kind = "DELETED"  # it stopped matching the selector
+        else:
+            kind = event.type if now else None
+        if kind is not None:
+            yield {"type": kind, "object": event.obj}
+
+    # --- faults, log, shutdown -------------------------------------------------------------
+
+    def add_fault(self, fault: Fault) -> Fault:
+        with self._log_lock:
+            self._faults.append(fault)
+        return fault
+
+    def remove_faults(self, *faults: Fault) -> None:
+        with self._log_lock:
+            self._faults[:] = [f for f in self._faults if faults and f not in faults]
+
+    def stall_watches(self, stall: Stall) -> Stall:
+        """Hold back the events of open and future watch streams that `stall` matches."""
+        self._stalls.append(stall)
+        for watcher in self._watchers:
+            self._update_flow(watcher)
+        return stall
+
+    def release_watches(self, *stalls: Stall) -> None:
+        """Release the given stalls (or all): held events are delivered, in order."""
+        self._stalls[:] = [s for s in self._stalls if stalls and s not in stalls]
+        for watcher in self._watchers:
+            self._update_flow(watcher)
+
+    def _update_flow(self, watcher: _Watcher) -> None:
+        if any(stall.match(watcher.record) for stall in self._stalls):
+            watcher.flowing.clear()
+        else:
+            watcher.flowing.set()
+
+    def _take_fault(self, record: RequestRecord) -> Fault | None:
+        with self._log_lock:
+            for fault in self._faults:
+                if not fault.spent and fault.match(record):
+                    fault.hits += 1
+                    return fault
+        return None
+
+    def requests(self, since: int = 0) -> list[RequestRecord]:
+        """The request log (the last `request_log_size`), from request id `since` on."""
+        with self._log_lock:
+            return [record for record in self._log if record.id >= since]
+
+    def purge_namespace(self, namespace: str) -> None:
+        """Remove a namespace and everything in it now, finalizers or not (test and demo cleanup)."""
+        for key, obj in self._select_namespace_content(namespace):
+            self._remove(key, obj)
+        ns = self._get((NAMESPACES, None, namespace))
+        if ns is not None:
+            self._remove((NAMESPACES, None, namespace), ns)
+
+    def close_watches(self) -> None:
+        """End every open watch stream (clients see a normal end and reconnect)."""
+        for watcher in list(self._watchers):
+            watcher.queue.put_nowait(None)
+
+
+class EmulatedCluster:
+    """An emulated Kubernetes API server on 127.0.0.1, in its own thread and event loop.
+
+        cluster = EmulatedCluster(crd_dir="crds")
+        url = cluster.start()            # http://127.0.0.1:PORT
+        cluster.write_kubeconfig("kubeconfig")
+        cluster.inject(status=500, verb="patch", resource="trainingruns", times=2)
+        cluster.stop()
+
+    Its own thread keeps it apart from the clients' loops (kopf cancels tasks it did not
+    create; a shared loop breaks both at teardown).
+    """
+
+    def __init__(self, crd_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0, crds: Iterable[Mapping[str, Any]] = (),
+                 middleware: Callable[[KubeApiEmulator, aiohttp.web.BaseRequest], Any] | None = None):
+        self.crd_dir = Path(crd_dir) if crd_dir is not None else None
+        # In front of the handler: `await middleware(handler, request)` (kubectl_support.KubectlSupport).
+        self.middleware = middleware
+        self.host, self.port = host, port
+        self._extra_crds = list(crds)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.handler: KubeApiEmulator | None = None
+        self.url: str | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start serving; returns the base URL."""
+        if self._thread is not None:
+            raise RuntimeError("the emulated cluster is already started")
+        crds = (load_crds(self.crd_dir) if self.crd_dir is not None else []) + self._extra_crds
+        self._thread = threading.Thread(target=self._run, args=(crds,), name="genforge-emulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._error is not None:
+            raise RuntimeError(f"the emulated cluster did not start: {self._error!r}")
+        assert self.url is not None
+        return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread is None or self._loop is None or self._stopping is None:
+            return
+        self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def __enter__(self) -> EmulatedCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _run(self, crds: list[Body]) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve(crds))
+        except BaseException as e:  # reported by start()
+            self._error = e
+            self._ready.set()
+        finally:
+            loop.close()
+
+    async def _serve(self, crds: list[Body]) -> None:
+        self._stopping = asyncio.Event()
+        handler = KubeApiEmulator()
+        for crd in crds:
+            handler.register_crd(crd)
+        self.handler = handler
+        async with handler:
+            middleware = self.middleware
+            serve = handler if middleware is None else (lambda request: middleware(handler, request))
+            server = aiohttp.web.Server(serve, handler_cancellation=True, access_log=None)
+            runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
+            await runner.setup()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            site = aiohttp.web.SockSite(runner, sock)
+            await site.start()
+            self.port = sock.getsockname()[1]
+            self.url = f"http://{self.host}:{self.port}"
+            self._ready.set()
+            try:
+                await self._stopping.wait()
+            finally:
+                handler.close_watches()
+                await asyncio.sleep(0.05)  # let the streams write their end
+                await runner.cleanup()
+
+    # --- access from other threads ---------------------------------------------------------
+
+    def call(self, fn: Callable[[KubeApiEmulator], Any], timeout: float = 10.0) -> Any:
+        """Run `fn(handler)` on the emulator's loop (thread-safe access to its state)."""
+        if self._loop is None or self.handler is None:
+            raise RuntimeError("the emulated cluster is not started")
+        handler = self.handler
+
+        async def run() -> Any:
+            return fn(handler)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def register_crd(self, crd: Mapping[str, Any]) -> None:
+        self.call(lambda handler: handler.register_crd(crd))
+
+    def inject(self, status: int | None = 500, *, times: int | None = 1, delay: float = 0.0,
+               **criteria: Any) -> Fault:
+        """Make the next `times` matching requests fail with `status` and/or answer after `delay` s.
+
+        Criteria (all optional, see `fault_predicate`): verb, resource, namespace, name,
+        subresource, user_agent (a prefix: "kopf" hits only the operator), match (a callable).
+        """
+        assert self.handler is not None, "start the emulated cluster first"
+        return self.handler.add_fault(Fault(fault_predicate(**criteria), status=status, times=times, delay=delay))
+
+    def stall_watches(self, **criteria: Any) -> Stall:
+        """Make matching watch streams (open and future) go silent until `release_watches()`.
+
+        Criteria as for `inject` (e.g. `user_agent="kopf"`, `resource="trainingruns"`).
+        """
+        stall = Stall(fault_predicate(verb="watch", **criteria))
+        return self.call(lambda handler: handler.stall_watches(stall))
+
+    def release_watches(self, *stalls: Stall) -> None:
+        self.call(lambda handler: handler.release_watches(*stalls))
+
+    def clear_faults(self, *faults: Fault) -> None:
+        """Remove the given faults, or all of them."""
+        assert self.handler is not None
+        self.handler.remove_faults(*faults)
+
+    def requests(self, since: int = 0) -> list[RequestRecord]:
+        assert self.handler is not None
+        return self.handler.requests(since)
+
+    def mark(self) -> int:
+        """The id the next request will get: pass it as `since` to look only at later requests."""
+        records = self.requests()
+        return records[-1].id + 1 if records else 0
+
+    def wait_for_request(self, predicate: Callable[[RequestRecord], bool], *, since: int = 0,
+                         timeout: float = 10.0) -> RequestRecord:
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in self.requests(since):
+                if predicate(record):
+                    return record
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no matching request within {timeout} s")
+            time.sleep(0.01)
+
+    def resources(self) -> dict[kmock.resource, kmock.ResourceInfo]:
+        """The served resource table (a copy)."""
+        return self.call(lambda handler: {res: handler.resources[res] for res in handler.resources})
+
+    # --- clients ---------------------------------------------------------------------------
+
+    def kubeconfig(self, *, namespace: str = "default", context: str = "genforge-local") -> Body:
+        if self.url is None:
+            raise RuntimeError("the emulated cluster is not started")
+        return {
+            "apiVersion": "v1", "kind": "Config", "preferences": {},
+            "clusters": [{"name": context, "cluster": {"server": self.url}}],
+            "users": [{"name": context, "user": {"token": "genforge-local"}}],
+            "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}],
+            "current-context": context,
+        }
+
+    def write_kubeconfig(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.kubeconfig(**kwargs), sort_keys=False))
+        return path

@@ -1,0 +1,103 @@
+"""Shared fixtures: the emulated cluster (one per session) and clients for it.
+
+    def test_something(cluster, namespace, custom_api):
+        custom_api.create_namespaced_custom_object("genforge.dev", "v1alpha1", namespace, ...)
+
+The operator itself comes from `tests/integration/conftest.py` (fixture `operator`).
+See `tests/harness.py` for `wait_for`, `OperatorRunner` and `RawApi`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    if shutil.which("kubectl") is None:
+        skip = pytest.mark.skip(reason="kubectl is not installed")
+        for item in items:
+            if "kubectl" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The emulated API server serving the genforge CRDs from `crds/` plus the built-in kinds."""
+    from genforge_operator.local import EmulatedCluster
+    from genforge_operator.resources import crd_dir
+
+    emulated = EmulatedCluster(crd_dir=crd_dir())
+    emulated.start()
+    yield emulated
+    emulated.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(cluster, tmp_path_factory):
+    """A kubeconfig file pointing at the emulated cluster (for kubectl and other clients)."""
+    return cluster.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster):
+    """A `kubernetes.client.ApiClient` for the emulated cluster."""
+    import kubernetes
+
+    configuration = kubernetes.client.Configuration()
+    configuration.host = cluster.url
+    with kubernetes.client.ApiClient(configuration) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def custom_api(api_client):
+    import kubernetes
+
+    return kubernetes.client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture(scope="session")
+def core_api(api_client):
+    import kubernetes
+
+    return kubernetes.client.CoreV1Api(api_client)
+
+
+@pytest.fixture(scope="session")
+def batch_api(api_client):
+    import kubernetes
+
+    return kubernetes.client.BatchV1Api(api_client)
+
+
+@pytest.fixture
+def namespace(cluster, core_api):
+    """A fresh namespace for one test; it and everything in it is removed afterwards."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    core_api.create_namespace({"metadata": {"name": name}})
+    yield name
+    cluster.call(lambda handler: handler.purge_namespace(name))
+
+
+@pytest.fixture
+def raw_api(cluster):
+    """Plain HTTP to the emulated API server (`harness.RawApi`)."""
+    from harness import RawApi
+
+    return RawApi(cluster.url)
+
+
+@pytest.fixture
+def pool(custom_api):
+    """A CPU AcceleratorPool at $3600/h: one dollar per second, so money moves visibly in a test."""
+    from datetime import datetime
+
+    name = f"cpu-{datetime.now().strftime('%H%M%S%f')}"
+    custom_api.create_cluster_custom_object("genforge.dev", "v1alpha1", "acceleratorpools", {
+        "apiVersion": "genforge.dev/v1alpha1", "kind": "AcceleratorPool", "metadata": {"name": name},
+        "spec": {"accelerator": {"type": "cpu"}, "pricePerHour": "3600", "relativeThroughput": 1000.0}})
+    yield name
+    custom_api.delete_cluster_custom_object("genforge.dev", "v1alpha1", "acceleratorpools", name)
