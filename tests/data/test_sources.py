@@ -177,3 +177,24 @@ def test_synthetic_source():
         meta = read_metadata(source.items[0])
         assert meta.license == "cc0-1.0" and meta.label in meta.caption
         assert read_image(source.items[0]).size == (16, 16)
+
+
+def test_an_html_page_is_not_a_url_list(http_root):
+    root, base = http_root
+    write(root, {"a.jpg": jpeg()})
+    with pytest.raises(DataError, match="HTML page"):
+        open_source(f"{base}/")  # the server's directory listing
+
+
+def test_https_images_fetched_by_the_worker_pool(http_root, tmp_path):
+    from genforge_trainer.data.prepare import prepare
+    from genforge_trainer.data.process import Settings
+
+    root, base = http_root
+    write(root, {f"img/{i:02d}.png": png(textured((40, 40), seed=100 + i)) for i in range(30)})
+    write(root, {"list.txt": "".join(f"img/{i:02d}.png\n" for i in range(30)) + "img/missing.png\n"})
+    manifest = prepare(
+        f"{base}/list.txt", f"file://{tmp_path}/out", Settings(resolution=16), workers=2, progress_bar=False
+    )
+    assert manifest["items"]["total"] == 31 and manifest["items"]["kept"] == 30
+    assert manifest["items"]["dropped"]["corrupt"] == 1 and manifest["dropDetails"] == {"unreadable": 1}

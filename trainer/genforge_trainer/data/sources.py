@@ -326,7 +326,12 @@ def _read_metadata_tables(entries: list[storage.Entry]) -> dict[str, Metadata]:
 
 
 def _read_url_list(uri: str) -> list[ItemRef]:
-    text = storage.read_bytes(uri, max_bytes=MAX_LIST_BYTES).decode("utf-8-sig")
+    text = storage.read_bytes(uri, max_bytes=MAX_LIST_BYTES).decode("utf-8-sig", errors="replace")
+    if text.lstrip().startswith("<"):
+        raise DataError(
+            f"source {storage.redact_url(uri)} is an HTML page, not a list of image URLs; point at a "
+            f"list ({', '.join(LIST_EXTENSIONS)}) or an archive ({', '.join(ARCHIVE_EXTENSIONS)})"
+        )
     suffix = _suffix(uri)
     rows: list[tuple[str, dict[str, Any] | None]] = []
     if suffix == ".csv":
