@@ -248,11 +248,18 @@ class DatasetStatus:
 # ---------------------------------------------------------------- GenModel
 @dataclass
 class ModelConfig:
+    """Architecture knobs of unet2d-ddpm (UNet2DModel + DDPMScheduler), as the trainer reads them."""
+
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
-    attention: bool = False
+    attention: list[bool] | None = None  # per level; default: only the lowest resolution
     norm_num_groups: int | None = None
-    cross_attention_dim: int | None = None
+    attention_head_dim: int = 8
+    dropout: float = 0.0
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    inference_steps: int = 50
 
 
 @dataclass

@@ -79,8 +79,9 @@ PRECISION_FACTORS = {"no": 2.0, "fp16": 1.0, "bf16": 1.0}
 #: stable-diffusion's UNet comes from its base weights, not from GenModel.spec.config:
 #: the SD 1.x UNet (≈860M parameters) on latents of resolution/8, with the frozen
 #: VAE encoder (channels 128-512) and CLIP ViT-L/14 text encoder (≈123M parameters).
-SD_UNET = ModelConfig(block_out_channels=[320, 640, 1280, 1280], layers_per_block=2, attention=True,
-                      cross_attention_dim=768)
+SD_UNET = ModelConfig(block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
+                      attention=[True, True, True, False])
+SD_CROSS_ATTENTION_DIM = 768
 SD_ATTENTION_LEVELS = [True, True, True, False]
 SD_VAE_CHANNELS = [128, 256, 512, 512]
 SD_TEXT_ENCODER_PARAMETERS = 123e6
@@ -185,7 +186,7 @@ def train_flops_per_sample(model: GenModelSpec) -> float:
     if model.architecture == "stable-diffusion":
         latent = max(1, model.resolution // 8)
         unet = unet_forward_macs(SD_UNET, latent, in_channels=4, attention=SD_ATTENTION_LEVELS,
-                                 context_dim=SD_UNET.cross_attention_dim)
+                                 context_dim=SD_CROSS_ATTENTION_DIM)
         frozen = _vae_encoder_macs(model.resolution) + SD_TEXT_ENCODER_PARAMETERS * SD_CONTEXT_TOKENS
         return 2 * (3 * unet + frozen)
     return 2 * 3 * unet_forward_macs(model.config, model.resolution)

@@ -83,6 +83,9 @@ ALLOWED = [
     ("model-unet-one-level-any-resolution", "GenModel",
      {"spec.resolution": 33, "spec.config": {"blockOutChannels": [16]}}),
     ("model-stable-diffusion", "GenModel", {**STABLE_DIFFUSION, "spec.base": {"uri": "s3://models/sd-1.5"}}),
+    ("model-attention-per-level", "GenModel", {"spec.config.attention": [False, False, True]}),
+    ("model-inference-steps-equal-timesteps", "GenModel",
+     {"spec.config.numTrainTimesteps": 100, "spec.config.inferenceSteps": 100}),
 ]
 # fmt: on
 
@@ -142,6 +145,11 @@ REJECTED = [
      "spec.resolution", "resolution 30 must be divisible by 4: each of the 2 down blocks halves it"),
     ("model-norm-groups-not-dividing", "GenModel", {"spec.config.normNumGroups": 3},
      "spec.config.normNumGroups", "normNumGroups must divide every blockOutChannels entry"),
+    ("model-attention-wrong-length", "GenModel", {"spec.config.attention": [True]},
+     "spec.config.attention", "one entry per blockOutChannels entry"),
+    ("model-inference-steps-over-timesteps", "GenModel",
+     {"spec.config.numTrainTimesteps": 100, "spec.config.inferenceSteps": 200},
+     "spec.config.inferenceSteps", "cannot exceed numTrainTimesteps"),
 ]
 # fmt: on
 

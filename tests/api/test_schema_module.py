@@ -82,7 +82,9 @@ def test_defaults_leave_optional_blocks_absent():
 def test_admit_returns_the_object_the_api_server_would_store():
     stored, errors = schema.admit(make("GenModel", {"spec.config": {}}))
     assert errors == []
-    assert stored["spec"]["config"] == {"blockOutChannels": [32, 64, 64], "layersPerBlock": 1, "attention": False}
+    assert stored["spec"]["config"] == {
+        "blockOutChannels": [32, 64, 64], "layersPerBlock": 1, "attentionHeadDim": 8, "dropout": 0.0,
+        "numTrainTimesteps": 1000, "betaSchedule": "linear", "predictionType": "epsilon", "inferenceSteps": 50}
 
 
 def test_unknown_kind_is_an_error_not_a_crash():
