@@ -362,6 +362,20 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                 "conditions": [{"type": t, "status": "True", "reason": t, "message": "", "lastTransitionTime": now}
                                for t in ("NamesAccepted", "Established")]}
 
+    async def _serve_version(self, request: Any) -> Any:
+        """kmock's APIResourceList, as kube-apiserver answers it (kubectl maps resources by it).
+
+        The core group's `groupVersion` is `v1` (kmock: `/v1`, so kubectl found no
+        configmaps), and subresources carry no short names or categories (else `kubectl get
+        genforge` asks for `trainingruns/status`) and only the verbs they have.
+        """
+        body = await super()._serve_version(request)
+        body["groupVersion"] = body["groupVersion"].lstrip("/")
+        for resource in body["resources"]:
+            if "/" in resource["name"]:
+                resource.update(shortNames=[], categories=[], verbs=["get", "patch", "update"])
+        return body
+
     def _info(self, route: Route) -> kmock.ResourceInfo:
         if route.resource not in self._resources:
             raise ApiError(404, "the server could not find the requested resource")
