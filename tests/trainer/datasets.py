@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from genforge_trainer.data import synthetic
 from PIL import Image
+
+from genforge_trainer.data import synthetic
 
 
 def write_prepared(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from genforge_trainer.config import ConfigError, load_run_spec, parse_run_spec, to_document
 from genforge_trainer.exitcodes import ExitCode
 

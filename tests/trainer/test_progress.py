@@ -8,6 +8,7 @@ import signal
 import urllib.request
 
 import pytest
+
 from genforge_trainer import cli
 from genforge_trainer.exitcodes import ExitCode, Stopped
 from genforge_trainer.progress import (

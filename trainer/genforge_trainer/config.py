@@ -261,8 +261,10 @@ class TrainingSpec:
     trackers: tuple[Literal["tensorboard", "mlflow"], ...] = ()
     #: Log a line (and update tqdm) every this many steps.
     log_every_steps: int = 10
-    #: ``torch.compile`` the denoiser (pays off on GPUs for runs of more than a few hundred steps).
-    compile: bool = False
+    #: ``torch.compile`` the denoiser. Default (null): on CUDA for runs of at least
+    #: ``AUTO_COMPILE_MIN_STEPS`` steps, where the minute of compilation pays back
+    #: (2.1x the plain loop's throughput vs 1.3x without, docs/benchmarks.md); never on CPU.
+    compile: bool | None = None
 
     def validate(self, path: str, errors: list[str]) -> None:
         _check(errors, self.steps >= 1, f"{path}.steps", f"must be >= 1, got {self.steps}")
@@ -507,6 +509,8 @@ class PrepareSpec:
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
     license: LicenseSpec = field(default_factory=LicenseSpec)
 
+
+AUTO_COMPILE_MIN_STEPS = 1000
 
 # The sections each command needs (beyond schemaVersion, command, run, output).
 _REQUIRED_SECTIONS: dict[str, tuple[str, ...]] = {

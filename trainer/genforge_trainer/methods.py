@@ -46,6 +46,8 @@ from genforge_trainer.models import DiffusionModel, publish_dir, save_model
 
 log = logging.getLogger(__name__)
 
+#: Datasets up to this size (decoded uint8) are kept on the accelerator.
+DEVICE_DATA_BUDGET_BYTES = 2 * 2**30
 TEXTUAL_INVERSION_TEMPLATES = ("a photo of {}", "a rendering of {}", "{}", "an image of {}")
 
 
@@ -79,8 +81,6 @@ def per_sample_denoising_loss(
             device=latents.device,
         )
     noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
-    if latents.dim() == 4 and pixels.is_cuda:
-        noisy = noisy.contiguous(memory_format=torch.channels_last)
     prediction = denoiser(noisy, timesteps, **cond).sample
     target = model.target(latents, noise, timesteps)
     return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
@@ -114,6 +114,11 @@ class Method:
 
     def configure_sampler(self, batch_size: int, seed: int, rank: int, world: int) -> None:
         self._sampler = BatchSampler(self.train_size(), batch_size, seed, rank, world)
+        # On an accelerator the whole uint8 dataset lives on the device when it fits in
+        # a small budget: a batch is then one on-device gather, no host copy at all.
+        self._device_pixels = None
+        if self.device.type != "cpu" and self.data.pixels.numel() <= DEVICE_DATA_BUDGET_BYTES:
+            self._device_pixels = self.data.pixels.to(self.device)
 
     def train_size(self) -> int:
         return len(self.data)
@@ -123,17 +128,19 @@ class Method:
 
     def unwrapped(self, name: str = "denoiser") -> nn.Module:
         module = self.modules[name]
-        return getattr(module, "module", module)  # DDP/accelerate wrappers
+        module = getattr(module, "_orig_mod", module)  # torch.compile
+        return getattr(module, "module", module)  # DDP
 
     # ------------------------------------------------------------------ a step
     def next_batch(self, micro_batch: int) -> Batch:
         assert self._sampler is not None
         idx = self._sampler.indices(micro_batch)
-        pixels = self.data.pixels[torch.from_numpy(idx)]
-        if self.device.type == "cuda":
-            pixels = pixels.pin_memory()
+        if self._device_pixels is not None:
+            pixels = self._device_pixels[torch.from_numpy(idx).to(self.device, non_blocking=True)]
+        else:
+            pixels = self.data.pixels[torch.from_numpy(idx)].to(self.device)
         return Batch(
-            pixels.to(self.device, non_blocking=True),
+            pixels,
             [self.data.captions[i] for i in idx],
             [self.data.labels[i] for i in idx],
         )

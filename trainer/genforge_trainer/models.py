@@ -179,7 +179,7 @@ class DiffusionModel:
         """``count`` images as float [-1, 1] (N×3×H×W, on the CPU), DDIM-sampled."""
         from diffusers import DDIMScheduler
 
-        net = denoiser or self.denoiser
+        net = denoiser if denoiser is not None else self.denoiser
         device = next(net.parameters()).device
         dtype = next(net.parameters()).dtype
         scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
@@ -214,7 +214,7 @@ class DiffusionModel:
         """A pipeline folder (safetensors) loadable with ``from_pretrained`` offline."""
         from diffusers import DDPMPipeline, StableDiffusionPipeline
 
-        net = denoiser or self.denoiser
+        net = denoiser if denoiser is not None else self.denoiser
         if self.architecture == "stable-diffusion":
             pipe = StableDiffusionPipeline(
                 vae=self.vae,

@@ -8,8 +8,7 @@ the operator sets (accelerate reads it); TPU when torch-xla is present.
 
 Throughput choices (see benchmarks/bench_trainer.py): images decoded once into a uint8
 tensor and normalised on the device; no per-step host synchronisation (the loss is
-accumulated on the device and read only when logging); fused AdamW and channels_last on
-CUDA; ``torch.compile`` when ``training.compile`` is set.
+accumulated on the device and read only when logging); fused AdamW on CUDA; ``torch.compile`` on CUDA for long runs (``training.compile``).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from genforge_trainer import storage
 from genforge_trainer.checkpoint import CheckpointManager, TrainingState
-from genforge_trainer.config import EvaluationSpec, RunSpec, to_document
+from genforge_trainer.config import AUTO_COMPILE_MIN_STEPS, EvaluationSpec, RunSpec, to_document
 from genforge_trainer.evaluation import evaluate_model
 from genforge_trainer.exitcodes import DataError, Stopped
 from genforge_trainer.imagedata import load_images, split_held_out
@@ -89,8 +88,6 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
         accelerator.mixed_precision, torch.float32
     )
     model.to(device, dtype=weight_dtype if model.latent and device.type == "cuda" else None)
-    if device.type == "cuda":
-        model.denoiser.to(memory_format=torch.channels_last)
     params = method.trainable_parameters()
     log.info(
         "%s: %d trainable of %d denoiser parameters; %d training images, %d held out; %d process(es) on %s",
@@ -128,7 +125,8 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
     prepared = accelerator.prepare(*[method.modules[n] for n in names], optimizer, lr_scheduler)
     method.modules = dict(zip(names, prepared[: len(names)], strict=True))
     optimizer, lr_scheduler = prepared[len(names) :]
-    if training.compile:
+    if _should_compile(training.compile, total_steps, device):
+        log.info("compiling the denoiser with torch.compile")
         method.modules["denoiser"] = torch.compile(method.modules["denoiser"])
     method.configure_sampler(training.batch_size, training.seed, rank, world)
 
@@ -272,6 +270,12 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def _should_compile(requested: bool | None, steps: int, device: torch.device) -> bool:
+    if requested is not None:
+        return requested
+    return device.type == "cuda" and steps >= AUTO_COMPILE_MIN_STEPS
 
 
 def _stop_requested(reporter: ProgressReporter, accelerator: Accelerator) -> bool:
