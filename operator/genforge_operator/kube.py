@@ -13,6 +13,7 @@ import threading
 import urllib.request
 
 import kopf
+import urllib3
 from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.rest import ApiException
@@ -21,6 +22,10 @@ from .api import GROUP, KINDS, VERSION
 
 log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
+USER_AGENT = "genforge-operator"  # what audit logs (and the emulator's request log) show
+#: No API request waits longer than this (env GENFORGE_API_TIMEOUT): a hung request would
+#: otherwise hold the object's reconcile lock, and with it a worker, for ever.
+DEFAULT_REQUEST_TIMEOUT = 30.0
 
 
 def merge_patch(old: dict, new: dict) -> dict:
@@ -40,7 +45,27 @@ def merge_patch(old: dict, new: dict) -> dict:
 
 
 def _transient(exc: ApiException) -> bool:
-    return exc.status in (409, 429) or exc.status >= 500
+    return exc.status in (0, 409, 429) or exc.status >= 500  # 0: no answer (timeout, connection)
+
+
+class ApiClient(client.ApiClient):
+    """The `kubernetes` client with a deadline on every request.
+
+    A request that times out or loses its connection raises `ApiException` with status 0,
+    so callers handle it like any transient API error instead of a stray urllib3 error.
+    """
+
+    def __init__(self, configuration: client.Configuration | None = None, *, request_timeout: float | None = None):
+        super().__init__(configuration)
+        self.user_agent = USER_AGENT
+        self.request_timeout = request_timeout or float(os.environ.get("GENFORGE_API_TIMEOUT", DEFAULT_REQUEST_TIMEOUT))
+
+    def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
+        try:
+            return super().call_api(method, url, header_params, body, post_params,
+                                    _request_timeout=_request_timeout or self.request_timeout)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApiException(status=0, reason=f"no answer from the API server: {exc}") from exc
 
 
 class Kube:
@@ -62,12 +87,12 @@ class Kube:
             configuration.host = server
             configuration.verify_ssl = False
             configuration.api_key = {"authorization": "Bearer genforge-local"}
-            return cls(client.ApiClient(configuration))
+            return cls(ApiClient(configuration))
         try:
             kube_config.load_incluster_config()
         except kube_config.ConfigException:
             kube_config.load_kube_config()
-        return cls(client.ApiClient())
+        return cls(ApiClient())
 
     # ---------------------------------------------------------------- genforge kinds
     def get(self, kind: str, namespace: str | None, name: str) -> dict | None:

@@ -23,10 +23,10 @@ from . import budget, economics, metrics
 from .api import GROUP, VERSION, SpecError, parse_resource
 from .config import OperatorConfig
 from .kube import Kube, merge_patch
-from .naming import LABEL_MANAGED_BY, LABEL_UID, MANAGER
+from .naming import LABEL_MANAGED_BY, LABEL_UID, MANAGER, owner_selector
 from .observe import pod_run, rank_zero
 from .plan import Catalog
-from .reconcile import FINAL_PHASES, Observed, Outcome, reconcile_dataset, reconcile_run
+from .reconcile import FINAL_PHASES, Observed, Outcome, final_status, reconcile_dataset, reconcile_run
 from .registry import add_version
 
 log = logging.getLogger("genforge")
@@ -47,7 +47,9 @@ def configure(settings: kopf.OperatorSettings, **_):
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # A silent watch stream must never stall the operator.
     settings.watching.server_timeout = int(os.environ.get("GENFORGE_WATCH_SERVER_TIMEOUT", "300"))
-    settings.watching.client_timeout = settings.watching.server_timeout + 30
+    # The client-side limit cuts a stream the server leaves open but silent (a dead peer).
+    settings.watching.client_timeout = int(os.environ.get("GENFORGE_WATCH_CLIENT_TIMEOUT",
+                                                          settings.watching.server_timeout + 30))
     settings.watching.connect_timeout = 30
     settings.execution.max_workers = int(os.environ.get("GENFORGE_WORKERS", "8"))
     settings.posting.level = logging.INFO
@@ -320,6 +322,14 @@ def _retire_from_budgets(namespace: str, body: dict, idx: dict, attempts: int = 
     if run is None:
         return
     kube = reconciler().kube
+    # Its pods, read now (not from the index, which may lag): the time they really ran.
+    pods = kube.list_pods(namespace, owner_selector(run.uid))
+    observed = Observed(resource=run, body_status=dict(body.get("status") or {}),
+                        catalog=reconciler().catalog(namespace, idx),
+                        job=next(iter(_values(idx["job_index"], run.uid)), None), pods=pods, now=datetime.now(UTC))
+    run = _parsed({**body, "status": final_status(observed)})
+    if run is None:
+        return
     for budget_resource in _values(idx["budget_index"], namespace):
         for _ in range(attempts):
             current = kube.get("Budget", namespace, budget_resource.name)

@@ -45,6 +45,9 @@ REASON_BUDGET_RAISED = "BudgetRaised"
 REASON_SPEC_CHANGED = "SpecChanged"
 
 ANNOTATION_GENERATION = "genforge.dev/owner-generation"
+#: The pool a run's Job was placed on, so that status can be recovered from the Job when the
+#: operator died between creating it and recording status (accrual needs the pool's price).
+ANNOTATION_POOL = "genforge.dev/pool"
 #: The Job and its pods arrive on separate watch streams: a finished Job may be seen before
 #: its pod's final state (the trainer's result). Wait this long for it before settling.
 RESULT_GRACE_SECONDS = 30.0
@@ -244,9 +247,20 @@ def _progress(out: Outcome, run: Resource, progress: dict | None) -> None:
         out.status["checkpoint"] = progress["checkpoint"]
 
 
-def _current_pool(obs: Observed) -> Resource | None:
-    name = obs.body_status.get("pool")
+def _current_pool(obs: Observed, status: dict) -> Resource | None:
+    name = status.get("pool")
     return obs.catalog.pools.get(name) if name else None
+
+
+def _adopt_job(out: Outcome, obs: Observed) -> None:
+    """Fill what status lacks from the run's Job: the operator may have died after creating
+    the Job and before recording it, and without the pool nothing would be accrued."""
+    meta = (obs.job or {}).get("metadata") or {}
+    if not out.status.get("job") and meta.get("name"):
+        out.status["job"] = meta["name"]
+    pool = (meta.get("annotations") or {}).get(ANNOTATION_POOL)
+    if not out.status.get("pool") and pool:
+        out.status["pool"] = pool
 
 
 def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
@@ -285,6 +299,7 @@ def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
 def _create_children(out: Outcome, obs: Observed, planned: Planned, estimate) -> Outcome:
     run = obs.resource
     out.create = _stamp_generation(planned.children.objects(), run.generation)
+    planned.children.job["metadata"]["annotations"][ANNOTATION_POOL] = planned.placement.pool.name
     job_name = planned.children.job["metadata"]["name"]
     out.status["job"] = job_name
     if planned.base_version:
@@ -317,7 +332,8 @@ def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
             return out
         return _start_run(out, obs, config)
 
-    pool = _current_pool(obs)
+    _adopt_job(out, obs)
+    pool = _current_pool(obs, out.status)
     _accrue(out, obs, pool)
     words = last_words(obs.pod_runs)
 
@@ -328,6 +344,20 @@ def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
     if job.failed:
         return _job_failed(out, obs, job, words, pool)
     return _running(out, obs, job, pool)
+
+
+def final_status(obs: Observed) -> dict:
+    """A deleted run's status with its accrual brought in line with its pods' own timestamps.
+
+    The run's Budgets keep its spending after it is gone; the status the run last carried
+    may be stale (the operator was down while its pods ended), and closing an open segment
+    at the moment of deletion would bill time no pod ran.
+    """
+    out = _start(obs)
+    if obs.job is not None:
+        _adopt_job(out, obs)
+    _accrue(out, obs, _current_pool(obs, out.status))
+    return out.status
 
 
 def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) -> Outcome:
