@@ -50,7 +50,7 @@ RUN case "${TORCH_VARIANT}" in \
         *) echo "TORCH_VARIANT must be cpu, cuNNN or rocmN.N, not '${TORCH_VARIANT}'" >&2; exit 2 ;; \
     esac \
     && pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" "torch==${TORCH_VERSION}" \
-    && pip install ".[trainer]" \
+    && pip install ".[trainer,cloud]" \
     && python -c "import torch, diffusers, accelerate, genforge_trainer.cli"
 
 # ---------------------------------------------------------------------------- operator

@@ -254,7 +254,7 @@ def build_job(
             {"action": "FailJob", "onExitCodes": {
                 "containerName": CONTAINER, "operator": "In", "values": list(PERMANENT_EXIT_CODES)}},
             # Preemption, node drain, eviction: retry without counting against backoffLimit.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]},
         "template": {
             "metadata": {"labels": owner_labels(owner.kind, owner.name, owner.uid) | extra_labels},

@@ -146,7 +146,7 @@ def test_failure_policy_fails_fast_on_config_errors_and_ignores_disruptions():
     assert fail["onExitCodes"] == {"containerName": CONTAINER, "operator": "In",
                                    "values": list(PERMANENT_EXIT_CODES)}
     ignore = next(r for r in rules if r["action"] == "Ignore")
-    assert ignore["onPodConditions"] == [{"type": "DisruptionTarget"}]
+    assert ignore["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
 
