@@ -1,0 +1,399 @@
+"""`genforge demo`: the whole product on this machine, end to end, on the CPU.
+
+Starts `genforge local` (the emulated API server, the local executor, the real operator),
+applies `examples/` plus one extra TrainingRun with a 20-second time limit (so budget
+enforcement shows), follows every Dataset, TrainingRun and
+FineTune to its end with live progress bars (phase, step/total, loss, cost against its
+limit), then prints a summary: dataset counts by reason, per-run time,
+accelerator-seconds, cost and limit (and the operator's `/metrics` figure beside it),
+evaluation metrics, the GenModel's versions, the sample image grids and the metrics
+snapshot. Exits 1 when anything ended otherwise than expected (the over-budget run must
+end `BudgetExceeded`, everything else `Ready`/`Succeeded`). `--keep` leaves the control
+plane running for `kubectl` afterwards.
+
+The data folder must be new or empty: a trainer resumes from checkpoints it finds, so a
+second demo into the same folder would not train at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from ..api import GROUP, KINDS, VERSION
+from ..resources import examples_dir
+from .control_plane import DATA_MOUNT, LocalControlPlane, describe
+
+Body = dict[str, Any]
+
+FOLLOWED = ("Dataset", "TrainingRun", "FineTune")
+FINAL_PHASES = {"Dataset": {"Ready", "Failed"},
+                "TrainingRun": {"Succeeded", "Failed", "BudgetExceeded"},
+                "FineTune": {"Succeeded", "Failed", "BudgetExceeded"}}
+EXPECTED = {"Dataset": "Ready", "TrainingRun": "Succeeded", "FineTune": "Succeeded"}
+OVER_BUDGET = "over-budget"
+OVER_BUDGET_SECONDS = 20  # the extra run's time limit
+DEFAULT_TIMEOUT = 1200.0
+
+
+# ----------------------------------------------------------------------------- manifests
+
+
+def load_manifests(folder: Path) -> list[Body]:
+    docs = []
+    for path in sorted(folder.glob("*.y*ml")):
+        docs += [doc for doc in yaml.safe_load_all(path.read_text()) if isinstance(doc, dict) and doc.get("kind")]
+    return docs
+
+
+def over_budget_run(manifests: list[Body]) -> Body | None:
+    """A copy of the first TrainingRun with a 20-second `maxDuration`: enforcement on show.
+
+    A time limit, not a money one: a `maxCost` below the estimate is refused before the
+    run starts (that is admission, not enforcement); a time limit is admitted and then
+    reached while the trainer runs, so the operator stops it (checkpointed on SIGTERM)
+    and marks it BudgetExceeded.
+    """
+    runs = [m for m in manifests if m["kind"] == "TrainingRun"]
+    if not runs:
+        return None
+    run = copy.deepcopy(runs[0])
+    run["metadata"] = {"name": f"{runs[0]['metadata']['name']}-{OVER_BUDGET}",
+                       "labels": {**(run["metadata"].get("labels") or {}), "genforge.dev/demo": OVER_BUDGET}}
+    run["spec"]["budget"] = {**run["spec"].get("budget", {}), "maxDuration": f"{OVER_BUDGET_SECONDS}s",
+                             "onExceeded": "Stop"}
+    return run
+
+
+def shrink(manifests: list[Body], factor: int) -> list[Body]:
+    """Training steps divided by `factor` (≥ 5 kept), for `--quick` and the tests."""
+    out = copy.deepcopy(manifests)
+    for m in out:
+        training = m.get("spec", {}).get("training")
+        if m["kind"] in ("TrainingRun", "FineTune") and training and training.get("steps"):
+            training["steps"] = max(5, int(training["steps"]) // factor)
+            checkpoint = m["spec"].get("checkpoint")
+            if checkpoint and checkpoint.get("everySteps"):
+                checkpoint["everySteps"] = max(1, min(int(checkpoint["everySteps"]), training["steps"]))
+    return out
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+class Api:
+    """Plain JSON over HTTP to the emulated API server (no credentials, no kubectl needed)."""
+
+    def __init__(self, url: str, namespace: str = "default"):
+        self.url, self.namespace = url.rstrip("/"), namespace
+
+    def path(self, kind: str, name: str | None = None) -> str:
+        k = KINDS[kind]
+        scope = f"/namespaces/{self.namespace}" if k.namespaced else ""
+        return f"/apis/{GROUP}/{VERSION}{scope}/{k.plural}" + (f"/{name}" if name else "")
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return json.loads(response.read())
+
+    def apply(self, obj: Body) -> None:
+        if obj.get("apiVersion") != f"{GROUP}/{VERSION}" or obj["kind"] not in KINDS:
+            raise ValueError(f"the demo applies genforge kinds only, not {obj.get('apiVersion')} {obj['kind']}")
+        try:
+            self.request("POST", self.path(obj["kind"]), obj)
+        except urllib.error.HTTPError as e:
+            if e.code != 409:
+                raise RuntimeError(f"applying {obj['kind']} {obj['metadata']['name']}: "
+                                   f"{e.code} {e.read()[:500]!r}") from e
+
+    def items(self, kind: str) -> list[Body]:
+        return self.request("GET", self.path(kind)).get("items") or []
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    kind: str
+    name: str
+    phase: str
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    cost: str | None = None
+    limit: str | None = None
+    note: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.phase in FINAL_PHASES.get(self.kind, ())
+
+
+def _waiting_note(status: Mapping[str, Any]) -> str:
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("reason"):
+            return f"{condition['reason']}: {condition.get('message', '')}"
+    return ""
+
+
+def row_of(obj: Body) -> Row:
+    status = obj.get("status") or {}
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    phase = status.get("phase") or "Pending"
+    if kind == "Dataset":
+        items = status.get("items") or {}
+        return Row(kind, name, phase, items.get("kept"), items.get("total"),
+                   note=_waiting_note(status) if phase in ("Pending", "Failed") else "")
+    progress = status.get("progress") or {}
+    cost = status.get("cost") or {}
+    return Row(kind, name, phase, progress.get("step"), progress.get("totalSteps") or
+               (obj.get("spec") or {}).get("training", {}).get("steps"), progress.get("loss"),
+               cost.get("accrued"), cost.get("limit") or (obj.get("spec") or {}).get("budget", {}).get("maxCost"),
+               note=_waiting_note(status) if phase in ("Pending", "Waiting", "Failed", "BudgetExceeded") else "")
+
+
+def money(value: Any) -> str:
+    if value in (None, ""):
+        return "-"
+    amount = Decimal(str(value))
+    return f"${amount:.4f}" if amount < 1 else f"${amount:.2f}"
+
+
+def render(row: Row, width: int = 24) -> str:
+    label = f"{row.kind:<11} {row.name:<24} {row.phase:<14}"
+    if row.kind == "Dataset":
+        detail = f"{row.step}/{row.total} kept" if row.total else ""
+    elif row.total:
+        done = min(1.0, (row.step or 0) / row.total)
+        bar = "#" * round(done * width) + "." * (width - round(done * width))
+        loss = f"  loss {row.loss:.4f}" if row.loss is not None else ""
+        detail = f"[{bar}] {row.step or 0:>4}/{row.total}{loss}  {money(row.cost)} of {money(row.limit)}"
+    else:
+        detail = ""
+    note = f"  ({row.note[:70]})" if row.note else ""
+    return f"{label} {detail}{note}".rstrip()
+
+
+class Board:
+    """Live progress: redrawn in place on a terminal, one line per change otherwise."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.tty = out.isatty()
+        self.drawn = 0
+        self.last: dict[tuple[str, str], tuple[str, int]] = {}
+
+    def update(self, rows: list[Row], elapsed: float) -> None:
+        lines = [render(r) for r in rows] + [f"elapsed {elapsed:5.0f} s"]
+        if self.tty:
+            if self.drawn:
+                self.out.write(f"\x1b[{self.drawn}F")
+            self.out.write("".join(f"\x1b[2K{line}\n" for line in lines))
+            self.drawn = len(lines)
+        else:
+            for row in rows:
+                decile = int(10 * (row.step or 0) / row.total) if row.total else 0
+                key = (row.phase, decile)
+                if self.last.get((row.kind, row.name)) != key:
+                    self.last[(row.kind, row.name)] = key
+                    self.out.write(f"[{elapsed:5.0f} s] {render(row)}\n")
+        self.out.flush()
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def local_path(uri: str | None, data_dir: Path) -> str | None:
+    """A `file:///data/...` URI as the laptop path it landed in."""
+    if not uri:
+        return None
+    prefix = f"file://{DATA_MOUNT}"
+    if uri.startswith(prefix):
+        return str(data_dir / uri[len(prefix):].lstrip("/"))
+    return uri
+
+
+_SAMPLE = re.compile(r'^(?P<name>genforge_run_cost_dollars)\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)', re.M)
+
+
+def metric_costs(metrics_text: str) -> dict[tuple[str, str], float]:
+    """`genforge_run_cost_dollars` summed over pools, by (kind, name)."""
+    costs: dict[tuple[str, str], float] = {}
+    for match in _SAMPLE.finditer(metrics_text):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group("labels")))
+        key = (labels.get("kind", ""), labels.get("name", ""))
+        costs[key] = costs.get(key, 0.0) + float(match.group("value"))
+    return costs
+
+
+def expected_phase(obj: Body) -> str:
+    if (obj["metadata"].get("labels") or {}).get("genforge.dev/demo") == OVER_BUDGET:
+        return "BudgetExceeded"
+    return EXPECTED[obj["kind"]]
+
+
+def summarize(objects: list[Body], models: list[Body], data_dir: Path, metrics_text: str,
+              elapsed: float) -> tuple[str, bool]:
+    """The closing report, and whether everything ended as expected."""
+    lines: list[str] = []
+    ok = True
+    costs = metric_costs(metrics_text)
+    for obj in objects:
+        status = obj.get("status") or {}
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        phase, wanted = status.get("phase") or "Pending", expected_phase(obj)
+        mark = "ok" if phase == wanted else f"UNEXPECTED (wanted {wanted})"
+        ok &= phase == wanted
+        lines.append(f"{kind} {name}: {phase}  [{mark}]")
+        if kind == "Dataset":
+            items = status.get("items") or {}
+            dropped = {k: v for k, v in (items.get("dropped") or {}).items() if v}
+            lines.append(f"  items: {items.get('kept', 0)} kept of {items.get('total', 0)}; dropped: "
+                         + (", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none"))
+            lines.append(f"  {status.get('bytes', 0)} bytes, {status.get('contentHash', '-')}")
+            lines.append(f"  at {local_path(status.get('uri'), data_dir)}")
+        else:
+            cost = status.get("cost") or {}
+            from_metrics = costs.get((kind, name))
+            metric = f" (/metrics: {money(from_metrics)})" if from_metrics is not None else ""
+            lines.append(f"  time {status.get('runningSeconds', 0)} s, accelerator-seconds "
+                         f"{status.get('acceleratorSeconds', 0)}, cost {money(cost.get('accrued'))}{metric} "
+                         f"of limit {money(cost.get('limit'))} on pool {status.get('pool', '-')}")
+            if status.get("metrics"):
+                shown = {k: v for k, v in status["metrics"].items() if isinstance(v, (int, float))}
+                lines.append("  metrics: " + ", ".join(f"{k} {v:g}" for k, v in shown.items()))
+            if status.get("version"):
+                lines.append(f"  produced version {status['version']}")
+            if status.get("samples"):
+                lines.append(f"  samples: {local_path(status['samples'], data_dir)}")
+            note = _waiting_note(status)
+            if phase != "Succeeded" and note:
+                lines.append(f"  why: {note}")
+    for model in models:
+        status = model.get("status") or {}
+        lines.append(f"GenModel {model['metadata']['name']}: latest {status.get('latest', '-')}, "
+                     f"promoted {status.get('promoted', '-')}")
+        for version in status.get("versions") or []:
+            shown = {k: v for k, v in (version.get("metrics") or {}).items() if isinstance(v, (int, float))}
+            source = version.get("source") or {}
+            lines.append(f"  {version.get('name')}: from {source.get('kind')} {source.get('name')}, "
+                         + ", ".join(f"{k} {v:g}" for k, v in shown.items()))
+    lines.append(f"finished in {elapsed:.0f} s: " + ("everything ended as expected" if ok else "SOMETHING FAILED"))
+    return "\n".join(lines), ok
+
+
+# ----------------------------------------------------------------------------- the demo
+
+
+@dataclasses.dataclass
+class DemoResult:
+    ok: bool
+    summary: str
+    elapsed: float
+    objects: list[Body]
+    metrics_path: Path | None
+
+
+def run_demo(plane: LocalControlPlane, manifests: list[Body], *, out: TextIO = sys.stdout,
+             timeout: float = DEFAULT_TIMEOUT, stop: threading.Event | None = None) -> DemoResult:
+    """Apply `manifests` to a started control plane, follow them to the end, summarize."""
+    api = Api(plane.url)
+    extra = over_budget_run(manifests)
+    applied = manifests + ([extra] if extra else [])
+    for obj in applied:
+        api.apply(obj)
+    followed = {(o["kind"], o["metadata"]["name"]) for o in applied if o["kind"] in FOLLOWED}
+    board = Board(out)
+    started = time.monotonic()
+    objects: list[Body] = []
+    while True:
+        objects = [o for kind in FOLLOWED for o in api.items(kind) if (kind, o["metadata"]["name"]) in followed]
+        rows = [row_of(o) for o in objects]
+        elapsed = time.monotonic() - started
+        board.update(rows, elapsed)
+        if rows and len(rows) == len(followed) and all(r.final for r in rows):
+            break
+        if elapsed > timeout or (stop is not None and stop.is_set()):
+            out.write("the demo timed out\n" if elapsed > timeout else "interrupted\n")
+            break
+        time.sleep(1.0)
+    elapsed = time.monotonic() - started
+    time.sleep(1.5)  # one more status round (versions, final cost) before the snapshot
+    objects = [o for kind in FOLLOWED for o in api.items(kind) if (kind, o["metadata"]["name"]) in followed]
+    metrics_text, metrics_path = "", None
+    try:
+        with urllib.request.urlopen(plane.metrics_url, timeout=10) as response:
+            metrics_text = response.read().decode()
+        metrics_path = plane.data_dir / "metrics.prom"
+        metrics_path.write_text(metrics_text)
+    except OSError as e:
+        out.write(f"(could not read the operator's metrics at {plane.metrics_url}: {e})\n")
+    summary, ok = summarize(objects, api.items("GenModel"), plane.data_dir, metrics_text, elapsed)
+    if metrics_path is not None:
+        summary += f"\nmetrics snapshot: {metrics_path}"
+    return DemoResult(ok, summary, elapsed, objects, metrics_path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="DIR", help="a new or empty folder for the run data (default: a new "
+                                                      "temporary folder)")
+    parser.add_argument("--examples", metavar="DIR", help="the manifests to apply (default: examples/)")
+    parser.add_argument("--keep", action="store_true", help="leave the control plane running afterwards "
+                                                            "(explore with kubectl; Ctrl-C stops it)")
+    parser.add_argument("--quick", action="store_true", help="a fifth of the training steps (a smoke run)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="give up after this many seconds")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="genforge-demo-"))
+    if data.exists() and any(data.iterdir()):
+        print(f"genforge demo: {data} is not empty; choose a new folder (trainers would resume old checkpoints)",
+              file=sys.stderr)
+        return 2
+    manifests = load_manifests(Path(args.examples) if args.examples else examples_dir())
+    if args.quick:
+        manifests = shrink(manifests, 5)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"genforge demo: starting the local control plane in {data} …", flush=True)
+    plane = LocalControlPlane(data)
+    try:
+        plane.start()
+        print(f"API server {plane.url}, operator metrics {plane.metrics_url}; applying "
+              f"{len(manifests)} manifests + 1 run with a {OVER_BUDGET_SECONDS}-second time limit\n", flush=True)
+        result = run_demo(plane, manifests, timeout=args.timeout, stop=stop)
+        print("\n" + result.summary, flush=True)
+        if args.keep and not stop.is_set():
+            print("\n" + describe(plane), flush=True)
+            while not stop.wait(1.0):
+                pass
+        return 0 if result.ok else 1
+    except Exception as e:  # a failed start or apply: say it plainly
+        print(f"genforge demo: {e}", file=sys.stderr)
+        return 1
+    finally:
+        plane.stop()
+        print(f"data and logs kept in {data}", flush=True)

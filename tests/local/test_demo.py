@@ -1,0 +1,114 @@
+"""`genforge demo`: its pure parts, and its whole path with smaller numbers (real trainer processes)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from genforge_operator.local import demo
+from genforge_operator.local.control_plane import LocalControlPlane
+from genforge_operator.resources import examples_dir
+
+
+@pytest.fixture(scope="module")
+def manifests():
+    return demo.load_manifests(examples_dir())
+
+
+def test_the_extra_run_gets_a_time_limit_it_will_reach(manifests):
+    run = demo.over_budget_run(manifests)
+    original = next(m for m in manifests if m["kind"] == "TrainingRun")
+    assert run["metadata"]["name"] == f"{original['metadata']['name']}-over-budget"
+    assert run["spec"]["budget"]["maxDuration"] == "20s" and run["spec"]["budget"]["onExceeded"] == "Stop"
+    assert run["spec"]["training"] == original["spec"]["training"]
+    assert original["spec"]["budget"].get("maxDuration") != "20s"  # the examples are untouched
+
+
+def test_shrink_divides_steps_and_keeps_checkpoints_inside(manifests):
+    small = demo.shrink(manifests, 10)
+    for before, after in zip(manifests, small, strict=True):
+        if before["kind"] in ("TrainingRun", "FineTune"):
+            assert after["spec"]["training"]["steps"] == max(5, before["spec"]["training"]["steps"] // 10)
+            assert after["spec"]["checkpoint"]["everySteps"] <= after["spec"]["training"]["steps"]
+
+
+def run_obj(phase, **status):
+    return {"kind": "TrainingRun", "metadata": {"name": "r"}, "spec": {"training": {"steps": 100}},
+            "status": {"phase": phase, **status}}
+
+
+ROWS = {
+    "waiting says why": (run_obj("Waiting", conditions=[{"type": "Admitted", "status": "False",
+                                                          "reason": "DatasetNotReady", "message": "not yet"}]),
+                         "TrainingRun r                        Waiting        [........................]    0/100  "
+                         "- of -  (DatasetNotReady: not yet)"),
+    "running with a bar": (run_obj("Running", progress={"step": 50, "totalSteps": 100, "loss": 0.25},
+                                   cost={"accrued": "0.0012", "limit": "1"}),
+                           "TrainingRun r                        Running        [############............]   50/100"
+                           "  loss 0.2500  $0.0012 of $1.00"),
+    "a dataset counts": ({"kind": "Dataset", "metadata": {"name": "d"},
+                          "status": {"phase": "Ready", "items": {"kept": 250, "total": 256}}},
+                         "Dataset     d                        Ready          250/256 kept"),
+}
+
+
+@pytest.mark.parametrize("obj,line", ROWS.values(), ids=ROWS.keys())
+def test_progress_lines(obj, line):
+    assert demo.render(demo.row_of(obj)) == line
+
+
+def test_board_prints_changes_only_when_not_a_terminal():
+    out = io.StringIO()
+    board = demo.Board(out)
+    row = demo.row_of(run_obj("Running", progress={"step": 1, "totalSteps": 100}))
+    board.update([row], 1.0)
+    board.update([row], 2.0)  # nothing changed
+    board.update([demo.row_of(run_obj("Running", progress={"step": 55, "totalSteps": 100}))], 3.0)
+    assert len(out.getvalue().splitlines()) == 2
+
+
+def test_summary_judges_every_outcome_and_quotes_the_metrics_endpoint(tmp_path):
+    objects = [
+        {"kind": "Dataset", "metadata": {"name": "d"}, "status": {
+            "phase": "Ready", "items": {"total": 10, "kept": 8, "dropped": {"duplicate": 2, "corrupt": 0}},
+            "bytes": 100, "contentHash": "sha256:x", "uri": "file:///data/datasets/default/d"}},
+        {"kind": "TrainingRun", "metadata": {"name": "r"}, "status": {
+            "phase": "Succeeded", "runningSeconds": 10, "acceleratorSeconds": 10, "pool": "cpu", "version": "v1",
+            "cost": {"accrued": "0.0002", "limit": "1"}, "metrics": {"fid": 3.5, "featureExtractor": "x"},
+            "samples": "file:///data/runs/default/trainingrun/r/samples.png"}},
+        {"kind": "TrainingRun", "metadata": {"name": "r-over-budget", "labels": {"genforge.dev/demo": "over-budget"}},
+         "status": {"phase": "Succeeded"}},
+    ]
+    metrics = ('genforge_run_cost_dollars{kind="TrainingRun",name="r",namespace="default",pool="cpu"} 0.0002\n'
+               'genforge_run_cost_dollars{kind="TrainingRun",name="r",namespace="default",pool="gpu"} 0.0001\n')
+    text, ok = demo.summarize(objects, [], tmp_path, metrics, 12.0)
+    assert not ok  # the over-budget run should have been stopped
+    assert "r-over-budget: Succeeded  [UNEXPECTED (wanted BudgetExceeded)]" in text
+    assert "dropped: duplicate 2" in text and "corrupt" not in text
+    assert "cost $0.0002 (/metrics: $0.0003) of limit $1.00" in text
+    assert "metrics: fid 3.5" in text
+    assert f"samples: {Path(tmp_path) / 'runs/default/trainingrun/r/samples.png'}" in text
+    assert f"at {tmp_path / 'datasets/default/d'}" in text
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.integration
+def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
+    """Everything the demo shows, with a tenth of the steps: prepare, train, fine-tune, a budget stop."""
+    out = io.StringIO()
+    with LocalControlPlane(tmp_path / "data") as plane:
+        result = demo.run_demo(plane, demo.shrink(manifests, 10), out=out, timeout=600)
+    assert result.ok, out.getvalue() + "\n" + result.summary
+    phases = {(o["kind"], o["metadata"]["name"]): o["status"]["phase"] for o in result.objects}
+    assert sorted(phases.values()) == ["BudgetExceeded", "Ready", "Succeeded", "Succeeded"]
+    for obj in result.objects:
+        status = obj["status"]
+        if obj["kind"] != "Dataset" and status["phase"] == "Succeeded":
+            samples = Path(demo.local_path(status["samples"], plane.data_dir))
+            assert samples.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert status["metrics"]["fid"] > 0
+    assert "GenModel shapes: latest v2" in result.summary
+    assert result.metrics_path is not None and "genforge_run_cost_dollars" in result.metrics_path.read_text()
