@@ -21,19 +21,6 @@ from .test_training import RecordingReporter, tiny_run  # noqa: E402
 pytestmark = pytest.mark.torch
 
 
-@pytest.fixture(scope="module")
-def dataset_uri(tmp_path_factory) -> str:
-    return shapes(tmp_path_factory.mktemp("shapes"), count=32, size=16)
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, dataset_uri):
-    """(artifact URI, spec) of a class-conditional base trained briefly."""
-    tmp = tmp_path_factory.mktemp("base")
-    spec = parse_run_spec(tiny_run(tmp, dataset_uri, steps=20))
-    return train.run(spec, ProgressReporter())["artifact"], spec
-
-
 def finetune(tmp_path, dataset_uri, base_uri, method, steps=8, reporter=None, **blocks):
     doc = tiny_run(
         tmp_path,

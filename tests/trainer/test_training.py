@@ -69,19 +69,6 @@ def tiny_run(tmp: Path, dataset_uri: str, *, steps: int = 30, **overrides) -> di
     return doc
 
 
-@pytest.fixture(scope="module")
-def dataset_uri(tmp_path_factory) -> str:
-    return shapes(tmp_path_factory.mktemp("shapes"), count=32, size=16)
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory, dataset_uri) -> str:
-    """A class-conditional base trained briefly; the start of every fine-tune."""
-    tmp = tmp_path_factory.mktemp("base")
-    result = train.run(parse_run_spec(tiny_run(tmp, dataset_uri, steps=20)), ProgressReporter())
-    return result["artifact"]
-
-
 def _state(module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
