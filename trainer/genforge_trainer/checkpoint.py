@@ -11,6 +11,9 @@ Layout under the run's checkpoint URI::
 A checkpoint is built in a hidden staging directory and renamed into place (object
 stores: uploaded, with ``checkpoint.json`` last), so a directory without a readable
 ``checkpoint.json`` — a writer killed half-way — is never picked: ``latest()`` skips it.
+The marker also records each file's size, and ``list()`` checks sizes and safetensors
+headers, so a damaged checkpoint (truncated, overwritten) is skipped too and a resume
+falls back to the previous one instead of crashing on every retry.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genforge_trainer import storage
@@ -93,6 +98,10 @@ class CheckpointManager:
                 continue
             if meta.get("step") != int(match.group(1)):
                 continue
+            damage = _damage(uri, meta)
+            if damage:
+                log.warning("ignoring damaged checkpoint %s: %s", storage.redact_url(uri), damage)
+                continue
             found.append(CheckpointInfo(int(match.group(1)), uri, meta))
         return sorted(found, key=lambda c: c.step)
 
@@ -118,6 +127,7 @@ class CheckpointManager:
                 workdir = local or tempfile.mkdtemp(prefix="genforge-ckpt-")
                 try:
                     self._write_files(workdir, state)
+                    meta["files"] = {n: os.path.getsize(os.path.join(workdir, n)) for n in sorted(os.listdir(workdir))}
                     if local is None:
                         fs, remote = storage.filesystem(stage.url)
                         fs.put(workdir.rstrip("/") + "/", remote, recursive=True)
@@ -127,7 +137,10 @@ class CheckpointManager:
                     if local is None:
                         shutil.rmtree(workdir, ignore_errors=True)
                 stage.commit()
-        except OSError as exc:
+        except (OSError, SafetensorError, RuntimeError) as exc:
+            # safetensors and torch.save report a full disk as their own errors, not OSError.
+            if not isinstance(exc, OSError) and not _io_failure(exc):
+                raise
             raise StorageError(f"cannot write checkpoint {storage.redact_url(final)}: {exc}") from exc
         log.info(
             "checkpoint step %d written to %s in %.1fs",
@@ -165,3 +178,48 @@ class CheckpointManager:
         return TrainingState(
             info.step, trainable, opt.get("optimizer"), opt.get("lr_scheduler"), ema, info.meta.get("extra")
         )
+
+
+def _io_failure(exc: BaseException) -> bool:
+    """Whether a library's error is the file system failing (ENOSPC, EIO, ...)."""
+    text = str(exc)
+    return any(sign in text for sign in ("I/O error", "os error", "No space left", "failed writing", "unexpected pos"))
+
+
+def _damage(uri: str, meta: dict[str, Any]) -> str | None:
+    """Why the files of a marked checkpoint cannot be what was written, or None."""
+    fs, root = storage.filesystem(uri)
+    files = meta.get("files")
+    names = list(files) if isinstance(files, dict) else ["trainable.safetensors"]  # markers before sizes
+    for name in names:
+        path = f"{root.rstrip('/')}/{name}"
+        try:
+            size = int(fs.size(path))
+        except (FileNotFoundError, OSError):
+            return f"{name} is missing"
+        if isinstance(files, dict) and size != files[name]:
+            return f"{name} has {size} bytes, {files[name]} were written"
+        if name.endswith(".safetensors"):
+            with fs.open(path, "rb") as handle:
+                problem = _safetensors_damage(handle, size)
+            if problem:
+                return f"{name}: {problem}"
+    return None
+
+
+def _safetensors_damage(handle: Any, size: int) -> str | None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes."""
+    head = handle.read(8)
+    if len(head) < 8:
+        return "truncated header"
+    (length,) = struct.unpack("<Q", head)
+    if length > min(size - 8, 100 << 20):
+        return "invalid header length"
+    try:
+        header = json.loads(handle.read(length))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return "unreadable header"
+    if 8 + length + end != size:
+        return f"{size} bytes, the header describes {8 + length + end}"
+    return None

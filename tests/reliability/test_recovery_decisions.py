@@ -1,0 +1,62 @@
+"""The pure decisions behind two restart bugs the kill tests found, pinned as table-free unit tests.
+
+1. The operator died after creating a run's Job and before recording `status.job`/`pool`:
+   the next reconcile takes both from the Job (its `genforge.dev/pool` annotation), so the
+   pods' time is still billed — before the fix the run ended Succeeded with $0 accrued, and
+   enforcement could not suspend a Job whose name status did not know.
+2. A run deleted while the operator was down, after its pod had ended: its Budgets keep
+   the time the pod really ran, not the time until the operator noticed the deletion.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from controller.factories import make_run
+from controller.test_reconcile_run import CONFIG, DEAR, job, observe, pod, ts
+
+from genforge_operator.reconcile import ANNOTATION_POOL, final_status, reconcile_run
+
+
+def annotated_job(**kwargs) -> dict:
+    body = job(**kwargs)
+    body["metadata"]["annotations"] = {ANNOTATION_POOL: DEAR.name}
+    return body
+
+
+def test_status_lost_after_job_creation_is_recovered_from_the_job_and_billed():
+    run = make_run(budget={"maxCost": "1000"})
+    out = reconcile_run(observe(run, status={}, job_obj=annotated_job(), pods=[pod(start=0)], at=12), CONFIG)
+    assert out.status["job"] == "gf-tr-run-1" and out.status["pool"] == DEAR.name
+    assert out.status["cost"]["accrued"] == "12" and out.status["acceleratorSeconds"] == 12
+
+
+def test_recovered_run_over_its_limit_is_suspended():
+    run = make_run(budget={"maxCost": "5"})
+    out = reconcile_run(observe(run, status={}, job_obj=annotated_job(), pods=[pod(start=0)], at=30), CONFIG)
+    assert out.status["phase"] == "BudgetExceeded"
+    assert out.job_patch == {"spec": {"suspend": True}}  # applied to status.job, now known
+
+
+def test_a_new_job_carries_its_pool():
+    run = make_run(budget={"maxCost": "1000"})
+    out = reconcile_run(observe(run), CONFIG)
+    created = next(o for o in out.create if o["kind"] == "Job")
+    assert created["metadata"]["annotations"][ANNOTATION_POOL] == DEAR.name
+
+
+def test_deleted_run_is_settled_at_its_pods_end_not_at_the_deletion():
+    run = make_run()
+    stale = {"pool": DEAR.name, "job": "gf-tr-run-1",
+             "segments": [{"start": ts(0), "pool": DEAR.name, "accelerators": 1, "pricePerHour": "3600"}]}
+    ended = pod(start=0, end=7, exit_code=143)
+    status = final_status(observe(run, status=stale, job_obj=annotated_job(), pods=[ended], at=300))
+    assert status["segments"][0]["end"] == ts(7)
+    assert Decimal(status["cost"]["accrued"]) == 7  # not 300: the pod stopped at 7 s
+
+
+def test_deleted_run_with_a_pod_still_running_is_settled_now():
+    run = make_run()
+    status = final_status(observe(run, status={"pool": DEAR.name}, job_obj=annotated_job(), pods=[pod(start=0)],
+                                  at=40))
+    assert Decimal(status["cost"]["accrued"]) == 40
