@@ -44,9 +44,17 @@ def child_name(kind: str, name: str) -> str:
     """The Job / ConfigMap / Service name for a resource.
 
     Pods of an Indexed Job are named `<job>-<index>-<random5>` and their hostnames
-    `<job>-<index>`, so the Job name keeps room for them within a DNS label.
+    `<job>-<index>`, so the Job name keeps room for them within a DNS label. A headless
+    Service needs a DNS-1035 label, so the dots a resource name may have become dashes;
+    the name then gets the hash suffix, so `a.b` and `a-b` never share children.
     """
-    return fit(f"{KIND_PREFIX[kind]}-{name}", reserve=12)
+    full = f"{KIND_PREFIX[kind]}-{name}"
+    label = re.sub(r"[^a-z0-9-]", "-", full)
+    if label == full:
+        return fit(full, reserve=12)
+    room = DNS_LABEL_MAX - 12
+    suffix = _digest(full)
+    return f"{label[: room - len(suffix) - 1].rstrip('-')}-{suffix}"
 
 
 def label_value(value: str) -> str:
