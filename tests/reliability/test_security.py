@@ -1,0 +1,219 @@
+"""Security, proven through the real operator process against the emulated API server.
+
+One scenario (module-scoped: the operator starts once) in two namespaces: a team
+namespace with a planted storage Secret, a Dataset that uses it, runs that succeed, are
+stopped at their budget and are deleted; a second namespace whose run points at the
+first namespace's Dataset and GenModel; a user who tries to write cost into status. Then:
+
+* RBAC least privilege: every API call the operator made (from the request log) is allowed
+  by `rbac.OPERATOR_RULES`, and every rule is used (or its need explained); the chart's
+  ClusterRole, once it exists, grants exactly those rules;
+* trainer pods mount only their own run's ConfigMap and get only the Dataset's secretRef
+  and the storage Secret, with no service-account token;
+* the planted secret value appears in no status, Event, operator log line or metric;
+* another namespace's Dataset or GenModel cannot be referenced;
+* status cannot be forged through the main resource (the status subresource).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from harness import wait_for
+
+from genforge_operator.config import OperatorConfig, Storage
+from genforge_operator.naming import child_name
+
+from . import rbac
+from .kit import (
+    GROUP,
+    VERSION,
+    Clients,
+    Kubelet,
+    OperatorProcess,
+    RequestRecorder,
+    is_operator,
+    make_world,
+    run_spec,
+)
+
+pytestmark = [pytest.mark.integration]
+
+PLANTED = f"planted-{uuid.uuid4().hex}"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "genforge"
+
+
+def _finish(kubelet: Kubelet, job: dict, exit_code: int = 0, words: dict | None = None) -> None:
+    pod = kubelet.start_pod(job, started=_ago(3))
+    kubelet.finish_pod(pod, exit_code, words or {"outcome": "Succeeded", "step": 20, "metrics": {"fid": 5.0},
+                                                 "artifact": f"file:///data/{job['metadata']['name']}"})
+    kubelet.finish_job(job, "Complete" if exit_code == 0 else "Failed",
+                       None if exit_code == 0 else "PodFailurePolicy")
+
+
+@pytest.fixture(scope="module")
+def scenario(cluster, tmp_path_factory, pool_name):
+    clients = Clients.connect(cluster.url)
+    team, other = f"team-{uuid.uuid4().hex[:6]}", f"other-{uuid.uuid4().hex[:6]}"
+    for ns in (team, other):
+        clients.core.create_namespace({"metadata": {"name": ns}})
+    recorder = RequestRecorder(cluster)
+    operator = OperatorProcess(cluster, tmp_path_factory.mktemp("security"),
+                               env={"GENFORGE_STORAGE_SECRET": "genforge-storage"}).start()
+    try:
+        clients.core.create_namespaced_secret(team, {"metadata": {"name": "s3-creds"}, "data": {
+            "AWS_SECRET_ACCESS_KEY": base64.b64encode(PLANTED.encode()).decode()}})
+        kubelet = Kubelet(clients, team)
+        make_world(clients, kubelet, team)
+        private = clients.create(team, "Dataset", "private", {
+            "source": {"uri": "s3://bucket/raw", "secretRef": {"name": "s3-creds"}},
+            "preparation": {"resolution": 32}})
+        jobs = lambda ns: {j["metadata"]["labels"]["genforge.dev/owner-uid"]: j for j in clients.jobs(ns)}  # noqa: E731
+        job = wait_for(lambda: jobs(team).get(private["metadata"]["uid"]), timeout=30)
+        _finish(kubelet, job, 4, {"outcome": "Failed", "reason": "StorageError", "message": "access denied"})
+
+        runs = {name: clients.create(team, "TrainingRun", name, run_spec(pool_name, budget=budget))["metadata"]["uid"]
+                for name, budget in (("ok", {"maxCost": "1000"}), ("capped", {"maxCost": "36"}),
+                                     ("doomed", {"maxCost": "1000"}))}
+        clients.create(other, "TrainingRun", "thief", run_spec(pool_name))
+        for name in ("ok", "doomed"):
+            _finish(kubelet, wait_for(lambda n=name: jobs(team).get(runs[n]), timeout=30))
+        capped_job = wait_for(lambda: jobs(team).get(runs["capped"]), timeout=30)
+        capped_pod = kubelet.start_pod(capped_job, started=_ago(34))
+        wait_for(lambda: jobs(team)[runs["capped"]]["spec"].get("suspend"), timeout=30, message="capped suspended")
+        kubelet.finish_pod(capped_pod, 143, {"outcome": "Stopped", "reason": "Stopped"})
+        wait_for(lambda: (clients.get(team, "trainingruns", "ok").get("status") or {}).get("phase") == "Succeeded",
+                 timeout=30)
+        clients.delete(team, "trainingruns", "doomed")
+        wait_for(lambda: clients.get(team, "trainingruns", "doomed") is None, timeout=30, message="doomed deleted")
+        wait_for(lambda: (clients.get(other, "trainingruns", "thief").get("status") or {}).get("phase"), timeout=30)
+
+        # A user with edit rights on TrainingRuns writes cost into status through the main resource.
+        before = clients.get(team, "trainingruns", "ok")["status"]
+        clients.custom.patch_namespaced_custom_object(GROUP, VERSION, team, "trainingruns", "ok", {
+            "status": {"cost": {"accrued": "0"}, "phase": "Failed"}})
+        forged = clients.get(team, "trainingruns", "ok")["status"]
+
+        port = operator.metrics_port()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        events = [clients.api.sanitize_for_serialization(e) for ns in (team, other)
+                  for e in clients.core.list_namespaced_event(ns).items]
+        objects = [o for ns in (team, other) for plural in ("trainingruns", "datasets", "genmodels", "budgets")
+                   for o in clients.list(ns, plural)]
+        yield {"team": team, "other": other, "clients": clients, "records": recorder.stop(), "metrics": metrics,
+               "events": events, "objects": objects, "log": operator.log(), "before": before, "forged": forged,
+               "jobs": clients.jobs(team)}
+    finally:
+        operator.kill()
+        for ns in (team, other):
+            cluster.call(lambda handler, n=ns: handler.purge_namespace(n))
+
+
+@pytest.fixture(scope="module")
+def pool_name(cluster):
+    clients = Clients.connect(cluster.url)
+    name = f"sec-{uuid.uuid4().hex[:6]}"
+    clients.create(None, "AcceleratorPool", name, {"accelerator": {"type": "cpu"}, "pricePerHour": "3600",
+                                                   "relativeThroughput": 1000.0})
+    yield name
+    clients.custom.delete_cluster_custom_object(GROUP, VERSION, "acceleratorpools", name)
+
+
+def _ago(seconds: int) -> str:
+    from .kit import ts
+
+    return ts(-seconds)
+
+
+def operator_calls(records) -> set[tuple[str, str, str]]:
+    return {(r.group or "", r.plural + (f"/{r.subresource}" if r.subresource else ""), r.verb)
+            for r in records if is_operator(r) and r.verb and r.plural}
+
+
+def test_rbac_rules_cover_exactly_what_the_operator_calls(scenario):
+    used = operator_calls(scenario["records"])
+    print("operator API calls:", sorted(used))
+    assert used <= rbac.granted(), f"calls the rules do not allow: {sorted(used - rbac.granted())}"
+    unused = rbac.granted() - used - set(rbac.NOT_EXERCISED)
+    assert not unused, f"rules nothing used (least privilege: drop them or explain): {sorted(unused)}"
+
+
+def chart_rules() -> list[tuple[str, str, frozenset[str]]] | None:
+    """The operator's rules as the chart renders them, or None while the chart has no RBAC."""
+    templates = CHART / "templates"
+    if not templates.is_dir() or not any("ClusterRole" in p.read_text() for p in templates.glob("*.y*ml")):
+        return None
+    import yaml
+    from helm_python.chart import Chart
+
+    with Chart.load(str(CHART)) as chart:
+        rendered = chart.render(name="genforge", namespace="genforge")
+    texts = [text for path, text in rendered.items() if path.endswith((".yaml", ".yml"))]
+    docs = [d for text in texts for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+    roles = [d for d in docs if d.get("kind") == "ClusterRole" and d["metadata"]["name"].endswith("-operator")]
+    assert roles, "the chart renders no operator ClusterRole"
+    return [(group, resource, frozenset(rule["verbs"])) for role in roles for rule in role.get("rules", [])
+            for group in rule.get("apiGroups", [""]) for resource in rule.get("resources", [])]
+
+
+def test_the_charts_operator_role_grants_exactly_the_rules():
+    rules = chart_rules()
+    if rules is None:
+        pytest.skip("charts/genforge has no ClusterRole yet; rbac.OPERATOR_RULES is what it must grant")
+    granted = {(g, r, v) for g, r, verbs in rules for v in verbs}
+    assert granted == rbac.granted(), (sorted(granted - rbac.granted()), sorted(rbac.granted() - granted))
+
+
+def test_trainer_pods_get_only_their_runs_configmap_and_the_storage_secret(scenario):
+    for job in scenario["jobs"]:
+        pod = job["spec"]["template"]["spec"]
+        owner = job["metadata"]["labels"]
+        kind, name = owner["genforge.dev/kind"], job["metadata"]["ownerReferences"][0]["name"]
+        assert pod["automountServiceAccountToken"] is False
+        config_maps = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
+        assert config_maps == [child_name(kind, name)]
+        assert not [v for v in pod["volumes"] if "secret" in v or "projected" in v]
+        secrets = [e["secretRef"]["name"] for c in pod["containers"] for e in c.get("envFrom") or []]
+        expected = ["s3-creds", "genforge-storage"] if name == "private" else ["genforge-storage"]
+        assert secrets == expected, (name, secrets)
+        assert not [e for c in pod["containers"] for e in c.get("env") or [] if "secretKeyRef" in (e.get("valueFrom") or {})]
+
+
+def test_a_dataset_without_secret_ref_gets_no_secret_but_storage():
+    from controller.factories import make_dataset
+
+    from genforge_operator.plan import Catalog, plan_dataset
+
+    config = OperatorConfig(storage=Storage(uri="s3://genforge", pvc=None, secret_name="genforge-storage"))
+    planned = plan_dataset(make_dataset(phase=None), Catalog(), config)
+    container = planned.children.job["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "genforge-storage"}}]
+
+
+def test_no_secret_value_in_status_events_logs_or_metrics(scenario):
+    places = {"status and specs": json.dumps(scenario["objects"]), "events": json.dumps(scenario["events"]),
+              "operator log": scenario["log"], "metrics": scenario["metrics"], "jobs": json.dumps(scenario["jobs"])}
+    encoded = base64.b64encode(PLANTED.encode()).decode()
+    leaks = [where for where, text in places.items() if PLANTED in text or encoded in text]
+    assert not leaks, leaks
+    assert "genforge_" in scenario["metrics"] and scenario["events"], "the places searched are not empty"
+
+
+def test_a_namespace_cannot_reference_another_namespaces_dataset_or_model(scenario):
+    clients = scenario["clients"]
+    thief = clients.get(scenario["other"], "trainingruns", "thief")["status"]
+    ready = next(c for c in thief["conditions"] if c["type"] == "Ready")
+    assert thief["phase"] in ("Waiting", "Failed") and ready["reason"] in ("DatasetNotFound", "ModelNotFound"), thief
+    assert clients.jobs(scenario["other"]) == [], "no Job for a run pointing at another namespace"
+
+
+def test_status_cannot_be_forged_through_the_main_resource(scenario):
+    before, after = scenario["before"], scenario["forged"]
+    assert after["cost"]["accrued"] == before["cost"]["accrued"] != "0"
+    assert after["phase"] == "Succeeded"
