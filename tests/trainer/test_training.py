@@ -265,3 +265,32 @@ def test_held_out_loss_is_deterministic(tmp_path, dataset_uri, base_model):
     first = held_out_loss(model, model.denoiser, data, seed=0)
     assert first == held_out_loss(model, model.denoiser, data, seed=0)
     assert math.isfinite(first) and first > 0
+
+
+def test_batch_order_is_a_pure_function_of_position_and_ranks_do_not_overlap():
+    from genforge_trainer.imagedata import BatchSampler
+
+    one = BatchSampler(10, 4, seed=3)
+    again = BatchSampler(10, 4, seed=3)
+    assert [one.indices(k).tolist() for k in (0, 1, 2, 7)] == [
+        again.indices(k).tolist() for k in (0, 1, 2, 7)
+    ]
+    epoch = [i for k in range(5) for i in BatchSampler(20, 4, seed=0).indices(k).tolist()]
+    assert sorted(epoch) == list(range(20))  # one epoch = a permutation
+    rank0, rank1 = BatchSampler(16, 4, 0, rank=0, world=2), BatchSampler(16, 4, 0, rank=1, world=2)
+    both = [i for k in range(2) for r in (rank0, rank1) for i in r.indices(k).tolist()]
+    assert sorted(both) == list(range(16))
+
+
+@pytest.mark.parametrize(
+    ("requested", "steps", "device", "expected"),
+    [
+        (None, 5000, "cuda", True),
+        (None, 100, "cuda", False),
+        (None, 5000, "cpu", False),
+        (True, 10, "cpu", True),
+        (False, 5000, "cuda", False),
+    ],
+)
+def test_compile_is_automatic_only_for_long_cuda_runs(requested, steps, device, expected):
+    assert train._should_compile(requested, steps, torch.device(device)) is expected
