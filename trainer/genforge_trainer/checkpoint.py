@@ -127,7 +127,9 @@ class CheckpointManager:
                 workdir = local or tempfile.mkdtemp(prefix="genforge-ckpt-")
                 try:
                     self._write_files(workdir, state)
-                    meta["files"] = {n: os.path.getsize(os.path.join(workdir, n)) for n in sorted(os.listdir(workdir))}
+                    meta["files"] = {
+                        n: os.path.getsize(os.path.join(workdir, n)) for n in sorted(os.listdir(workdir))
+                    }
                     if local is None:
                         fs, remote = storage.filesystem(stage.url)
                         fs.put(workdir.rstrip("/") + "/", remote, recursive=True)
@@ -183,7 +185,10 @@ class CheckpointManager:
 def _io_failure(exc: BaseException) -> bool:
     """Whether a library's error is the file system failing (ENOSPC, EIO, ...)."""
     text = str(exc)
-    return any(sign in text for sign in ("I/O error", "os error", "No space left", "failed writing", "unexpected pos"))
+    return any(
+        sign in text
+        for sign in ("I/O error", "os error", "No space left", "failed writing", "unexpected pos")
+    )
 
 
 def _damage(uri: str, meta: dict[str, Any]) -> str | None:
