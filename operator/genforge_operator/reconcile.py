@@ -330,6 +330,13 @@ def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
         if phase == FAILED and out.status.get("observedGeneration") == run.generation and obs.body_status.get(
                 "observedGeneration") == run.generation:
             return out
+        if phase in (BUDGET_EXCEEDED, SUSPENDED) and out.status.get("job"):
+            # Stopped by deleting its Job (Kueue-managed runs): stays stopped until the
+            # budget has room again (or it is unsuspended), then starts from its checkpoint.
+            _accrue(out, obs, _current_pool(obs, out.status))
+            if run.spec.suspend or not economics.resumable(economics.enforce(run, obs.catalog, out.status, obs.now)):
+                out.requeue_after = 30.0
+                return out
         return _start_run(out, obs, config)
 
     _adopt_job(out, obs)
@@ -421,6 +428,20 @@ def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: R
     return out
 
 
+def _stop(out: Outcome, run: Resource) -> None:
+    """Stop the trainer gracefully (SIGTERM: it checkpoints, then exits).
+
+    Suspending the Job keeps it for a resume. A Job admitted by Kueue cannot be held
+    suspended from outside (Kueue unsuspends what it admitted), so a Kueue-managed run's
+    Job is deleted instead — its pods still get SIGTERM and their grace period — and a
+    new one is created, queued again, when the run may resume.
+    """
+    if run.spec.queue_name:
+        out.delete_job = True
+    else:
+        out.job_patch = {"spec": {"suspend": True}}
+
+
 def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None) -> Outcome:
     run = obs.resource
     phase = out.status.get("phase")
@@ -429,7 +450,7 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None) 
 
     if run.spec.suspend:
         if not job.suspended:
-            out.job_patch = {"spec": {"suspend": True}}
+            _stop(out, run)
         if phase != SUSPENDED:
             _phase(out, obs, SUSPENDED, REASON_SUSPENDED,
                    "spec.suspend is true: the trainer checkpoints and stops; set it to false to resume")
@@ -454,7 +475,7 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None) 
         return out
 
     if not verdict.allowed:
-        out.job_patch = {"spec": {"suspend": True}}
+        _stop(out, run)
         phase_to = SUSPENDED if verdict.action == "Suspend" else BUDGET_EXCEEDED
         _set(out, obs, cond.BUDGET, cond.FALSE, verdict.reason, verdict.message)
         _phase(out, obs, phase_to, verdict.reason,

@@ -230,3 +230,18 @@ def test_repeated_reconcile_is_quiet():
                            CONFIG)
     assert second.status == first.status
     assert not second.events
+
+
+def test_kueue_run_is_stopped_by_deleting_its_job_and_restarted_when_the_budget_allows():
+    run = make_run(budget={"maxCost": "5"}, queueName="team-a")
+    out = reconcile_run(observe(run, RUNNING, job(), [pod(0)], at=5), CONFIG)
+    assert out.delete_job and out.job_patch is None
+    assert out.status["phase"] == "BudgetExceeded"
+    stopped = {**out.status}
+    still = reconcile_run(observe(run, stopped, None, [], at=30), CONFIG)
+    assert not still.create and still.status["phase"] == "BudgetExceeded"
+    raised = make_run(budget={"maxCost": "500"}, queueName="team-a", generation=2)
+    resumed = reconcile_run(observe(raised, stopped, None, [], at=30), CONFIG)
+    job_obj = next(o for o in resumed.create if o["kind"] == "Job")
+    assert job_obj["spec"]["suspend"] is True  # queued in Kueue again
+    assert resumed.status["phase"] == "Waiting"
