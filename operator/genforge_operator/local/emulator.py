@@ -975,6 +975,8 @@ class EmulatedCluster:
         if self._thread is not None:
             raise RuntimeError("the emulated cluster is already started")
         crds = (load_crds(self.crd_dir) if self.crd_dir is not None else []) + self._extra_crds
+        self._ready.clear()
+        self._error = None
         self._thread = threading.Thread(target=self._run, args=(crds,), name="genforge-emulator", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
