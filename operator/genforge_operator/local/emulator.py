@@ -19,7 +19,8 @@ forever; no selectors; every watch replays everything; no garbage collection), s
 * deletionTimestamp + finalizers; background garbage collection through
   ownerReferences (and `propagationPolicy: Orphan`); namespaces that exist, terminate
   and take their objects with them; CRDs created through the API become resources;
-* fault injection: the next N requests matching a predicate answer an error and/or late.
+* fault injection: the next N requests matching a predicate answer an error and/or late;
+  watch streams that go silent until released.
 
 Not emulated: schema validation, pruning and defaulting (CRD `default`s are not applied),
 CEL rules, admission, server-side apply field ownership, Table output for printer
