@@ -53,6 +53,8 @@ def configure(settings: kopf.OperatorSettings, **_):
     settings.watching.connect_timeout = 30
     settings.execution.max_workers = int(os.environ.get("GENFORGE_WORKERS", "8"))
     settings.posting.level = logging.INFO
+    global _RECONCILER
+    _RECONCILER = None  # a (re)start talks to the API server it is configured for now
     metrics.STORE.clear()  # kopf's initial listing refills it
     try:
         metrics.start_metrics_server()

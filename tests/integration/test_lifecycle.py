@@ -128,7 +128,8 @@ def test_run_waits_for_dataset_then_starts(operator, namespace, custom_api, batc
     status = get(custom_api, namespace, "trainingruns", "r1")["status"]
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "DatasetNotReady"
-    assert [j.metadata.labels["genforge.dev/kind"] for j in jobs_of(batch_api, namespace)] == ["Dataset"]
+    wait_for(lambda: [j.metadata.labels["genforge.dev/kind"] for j in jobs_of(batch_api, namespace)] == ["Dataset"],
+             message="only the Dataset has a Job")
 
     mark_dataset_ready(custom_api, batch_api, core_api, namespace)
     wait_for(lambda: phase_of(custom_api, namespace, "trainingruns", "r1") == "Running", timeout=10,
