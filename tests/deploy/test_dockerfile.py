@@ -99,7 +99,7 @@ def test_the_trainer_torch_build_argument():
     pinned = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trainer"]
     assert f"torch=={args['TORCH_VERSION']}" in pinned, "the Dockerfile's torch is pyproject's torch"
     run = next(a for k, a in stages()["build-trainer"] if k == "RUN")
-    assert "download.pytorch.org/whl/${TORCH_VARIANT}" in run and '".[trainer]"' in run
+    assert "download.pytorch.org/whl/${TORCH_VARIANT}" in run and '".[trainer,cloud]"' in run
 
 
 def test_entrypoints_are_the_projects_console_scripts():
