@@ -112,3 +112,17 @@ def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
             assert status["metrics"]["fid"] > 0
     assert "GenModel shapes: latest v2" in result.summary
     assert result.metrics_path is not None and "genforge_run_cost_dollars" in result.metrics_path.read_text()
+
+
+def test_board_redraws_in_place_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    board = demo.Board(out)
+    rows = [demo.row_of(run_obj("Running", progress={"step": 1, "totalSteps": 100}))]
+    board.update(rows, 1.0)
+    board.update(rows, 2.0)
+    assert out.getvalue().count("\x1b[2F") == 1  # back up over the row and the elapsed line, then redraw
+    assert out.getvalue().count("\x1b[2K") == 4

@@ -173,6 +173,18 @@ def test_jobs_and_pods_run_by_the_executor_print_like_a_cluster(kubectl):
     assert rows[0][1:3] == ["0/1", "Completed"] and rows[0][5].startswith("127.")
     events = kubectl("get", "events")
     assert "SuccessfulCreate" in events and "Completed" in events
+    assert kubectl("logs", rows[0][0]) == "hi\n"
+    assert kubectl("logs", "job/hello", "--tail=1") == "hi\n"
+
+
+def test_logs_follow_until_the_pod_ends(kubectl):
+    script = "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.5)"
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "counter"},
+           "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [
+               {"name": "main", "image": "local", "command": [sys.executable, "-c", script]}]}}}}
+    kubectl("apply", "-f", "-", input=json.dumps(job))
+    wait_for(lambda: "Running" in kubectl("get", "pods"), timeout=30, interval=0.1)
+    assert kubectl("logs", "-f", "job/counter") == "0\n1\n2\n"
 
 
 def test_watch_prints_rows_as_they_change(kubectl, plane):

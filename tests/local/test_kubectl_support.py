@@ -119,3 +119,11 @@ def test_protobuf_bodies_of_kubectl_create():
                                                       "metadata": {"name": "cfg"}, "data": {"a": "b", "c": "d"}}
     with pytest.raises(protobuf.Unsupported, match="Job"):
         protobuf.decode_object(JOB_BODY)
+
+
+@pytest.mark.parametrize("tail,limit,expected", [(None, None, b"a\nb\nc\n"), (2, None, b"b\nc\n"), (0, None, b""),
+                                                 (None, 3, b"a\nb"), (2, 3, b"b\nc")])
+def test_log_tail(tail, limit, expected):
+    from genforge_operator.local.kubectl_support import log_tail
+
+    assert log_tail(b"a\nb\nc\n", tail, limit) == expected

@@ -10,6 +10,8 @@
 * discovery as kube-apiserver answers it: the core group is `v1` (not `/v1`), and
   subresources (`trainingruns/status`) carry no categories or short names (else `kubectl
   get genforge` asks for `…/status`) and only their own verbs;
+* `kubectl logs [-f] [--tail N]`: the pod's log file, which the local executor names in the
+  pod's `local.genforge.dev/log` annotation (followed until the pod ends);
 * protobuf request bodies, which kubectl's typed commands send (`kubectl create namespace
   | configmap | secret`), decoded to JSON for the kinds `protobuf.py` knows; others get 415
   (client-go does not fall back to JSON on its own: use `kubectl apply -f`).
@@ -20,9 +22,11 @@ list request over loopback, so CRDs created later count too).
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +34,7 @@ import aiohttp
 import aiohttp.web
 
 from . import openapi, protobuf, tables
+from .executor import LOG_ANNOTATION
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +92,19 @@ def _resource_of(path: str) -> tuple[str, str, str] | None:
     return group, version, rest[0]
 
 
+_POD_LOG = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<name>[^/]+)/log$")
+
+
+def log_tail(text: bytes, tail_lines: int | None, limit_bytes: int | None) -> bytes:
+    """`kubectl logs --tail N --limit-bytes B` on a log's bytes."""
+    if tail_lines is not None:
+        lines = text.splitlines(keepends=True)
+        text = b"".join(lines[-tail_lines:]) if tail_lines > 0 else b""
+    if limit_bytes is not None:
+        text = text[:limit_bytes]
+    return text
+
+
 class KubectlSupport:
     """The middleware: `await support(handler, request)`."""
 
@@ -94,6 +112,9 @@ class KubectlSupport:
         path = request.path
         if path == "/openapi/v2" or path == "/openapi/v3" or path.startswith("/openapi/v3/"):
             return await self._openapi(handler, request)
+        logs = _POD_LOG.match(path)
+        if logs and request.method == "GET":
+            return await self._pod_log(request, logs.group("namespace"), logs.group("name"))
         if request.headers.get("Content-Type", "").startswith(PROTOBUF):
             try:
                 obj = protobuf.decode_object(await request.read())
@@ -162,6 +183,50 @@ class KubectlSupport:
         return _json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
                                "message": f"no OpenAPI document for {wanted}", "code": 404}, status=404)
 
+    # --- kubectl logs ------------------------------------------------------------------------
+
+    async def _pod_log(self, request: aiohttp.web.BaseRequest, namespace: str, name: str) -> aiohttp.web.StreamResponse:
+        """The pod's log file (written by the local executor), whole, tailed, or followed until the pod ends."""
+        base = self._base(request)
+        pod_path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        async with self._client() as session:
+            async with session.get(base + pod_path) as response:
+                if response.status != 200:
+                    return _json_response(await response.json(), status=response.status)
+                pod = await response.json()
+            log = (pod["metadata"].get("annotations") or {}).get(LOG_ANNOTATION)
+            if not log:
+                return _json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 400,
+                                       "reason": "BadRequest", "message": f"pod {name} has no local log "
+                                                                          "(not run by the local executor)"},
+                                      status=400)
+            query = request.query
+            tail = int(query["tailLines"]) if query.get("tailLines") else None
+            limit = int(query["limitBytes"]) if query.get("limitBytes") else None
+            content = await asyncio.to_thread(_read, log)
+            if query.get("follow") not in ("true", "1"):
+                return aiohttp.web.Response(body=log_tail(content, tail, limit), content_type="text/plain")
+            response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            await response.write(log_tail(content, tail, None))
+            offset = len(content)
+            try:
+                while True:
+                    async with session.get(base + pod_path) as current:
+                        phase = (await current.json()).get("status", {}).get("phase") if current.status == 200 else None
+                    more = (await asyncio.to_thread(_read, log))[offset:]
+                    if more:
+                        await response.write(more)
+                        offset += len(more)
+                    if phase not in ("Pending", "Running"):
+                        break
+                    await asyncio.sleep(0.5)
+                await response.write_eof()
+            except ConnectionError:
+                pass  # kubectl went away (Ctrl-C)
+            return response
+
     # --- watch as Tables ---------------------------------------------------------------------
 
     async def _table_watch(self, request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -192,3 +257,9 @@ class KubectlSupport:
         return response
 
 
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
