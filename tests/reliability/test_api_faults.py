@@ -22,15 +22,21 @@ pytestmark = [pytest.mark.integration]
 FAST_ENV = {"GENFORGE_API_TIMEOUT": "2", "GENFORGE_WATCH_SERVER_TIMEOUT": "20", "GENFORGE_WATCH_CLIENT_TIMEOUT": "3"}
 
 
+@pytest.fixture(scope="module")
+def fast_operator(cluster, tmp_path_factory):
+    """One operator process for the module's tests (each works in its own namespace)."""
+    operator = OperatorProcess(cluster, tmp_path_factory.mktemp("api-faults"), env=FAST_ENV).start()
+    yield operator
+    operator.kill()
+
+
 @pytest.fixture
-def faulty(cluster, tmp_path, clients, kubelet, namespace, pool, recorder):
-    operator = OperatorProcess(cluster, tmp_path, env=FAST_ENV).start()
+def faulty(cluster, fast_operator, clients, kubelet, namespace, pool, recorder):
     make_world(clients, kubelet, namespace)
     world = World(clients, kubelet, namespace, cluster, recorder)
-    yield world, operator, pool
+    yield world, fast_operator, pool
     cluster.clear_faults()
-    operator.kill()
-    print(f"--- operator log ---\n{operator.log()[-15000:]}")
+    print(f"--- operator log ---\n{fast_operator.log()[-15000:]}")
 
 
 def start_runs(world: World, pool: str, count: int, prefix: str = "r", seconds: float = 1.0) -> list[Story]:

@@ -219,10 +219,12 @@ def _kill_when(process: subprocess.Popen, port: int, predicate, timeout: float =
     raise TimeoutError("the trainer did not get there")
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_steps_resumes_from_the_last_complete_checkpoint(tmp_path, dataset_uri):
+def sigkill_and_resume(tmp_path: Path, dataset_uri: str, kills: int) -> list[tuple[int, int | None]]:
+    """Train, SIGKILL the trainer `kills` times, each at a checkpoint step after a random one
+    (so the kill usually lands while that checkpoint is being written), then let it finish.
+    Returns (killed at step, latest complete checkpoint then) per kill."""
     rng = random.Random(int(os.environ.get("GENFORGE_RELIABILITY_SEED") or time.time_ns() % 1_000_000))
-    steps, every = 24, 3
+    steps, every = 9 * (kills + 1), 3
     config = tmp_path / "run.json"
     uri = f"file://{tmp_path}/out/checkpoints"
     config.write_text(json.dumps(tiny_run(tmp_path, dataset_uri, steps=steps,
@@ -231,24 +233,34 @@ def test_sigkill_at_random_steps_resumes_from_the_last_complete_checkpoint(tmp_p
     env = {**os.environ, "GENFORGE_METRICS_HOST": "127.0.0.1", "GENFORGE_METRICS_PORT": str(port),
            "GENFORGE_TERMINATION_LOG": str(tmp_path / "termination-log"), "OMP_NUM_THREADS": "1"}
     manager = CheckpointManager(uri, keep=2)
-    kills = []
-    # A random step; then the moment a checkpoint step is reached (its checkpoint being written).
-    first = rng.randrange(4, 10)
-    targets = [lambda s: s >= first, lambda s: s > 12 and s % every == 0]
-    for predicate in targets:
+    history: list[tuple[int, int | None]] = []
+    for number in range(kills):
         before = manager.latest()
+        # Past at least one more checkpoint step, so there is always a complete one to resume from.
+        floor = (before.step if before else 0) + every + rng.randrange(1, every + 1)
         trainer = _launch(config, env)
-        killed_at = _kill_when(trainer, port, lambda s, p=predicate, b=before: s > (b.step if b else 0) and p(s))
+        killed_at = _kill_when(trainer, port, lambda s, f=floor: s >= f and s % every == 0)
         latest = manager.latest()
-        kills.append((killed_at, latest.step if latest else None))
-        assert latest is None or latest.step <= killed_at
-        if latest is not None:
-            manager.load(latest)  # what the next attempt loads is whole
+        history.append((killed_at, latest.step if latest else None))
+        assert latest is not None and killed_at - every <= latest.step <= killed_at, history
+        manager.load(latest)  # what the next attempt will load is whole
+        assert number == 0 or latest.step >= history[-2][1], "no progress lost"
     final = _launch(config, env)
     output = final.communicate(timeout=300)[0]
     assert final.returncode == 0, output
     words = json.loads((tmp_path / "termination-log").read_text())
     assert words["outcome"] == "Succeeded" and words["step"] == steps
-    resumed_from = kills[-1][1]
-    assert f"resumed from {uri}/step-{resumed_from:06d}" in output, (kills, output[-3000:])
-    print(f"killed at steps {[k for k, _ in kills]}; resumed from checkpoints {[c for _, c in kills]}")
+    resumed_from = history[-1][1]
+    assert f"resumed from {uri}/step-{resumed_from:06d}" in output, (history, output[-3000:])
+    print(f"killed at steps {[k for k, _ in history]}; latest complete checkpoints {[c for _, c in history]}")
+    return history
+
+
+@pytest.mark.slow
+def test_sigkill_while_checkpointing_resumes_from_the_last_complete_checkpoint(tmp_path, dataset_uri):
+    sigkill_and_resume(tmp_path, dataset_uri, kills=1)
+
+
+@pytest.mark.soak
+def test_soak_sigkill_at_random_checkpoint_steps(tmp_path, dataset_uri):
+    sigkill_and_resume(tmp_path, dataset_uri, kills=int(os.environ.get("GENFORGE_SOAK_TRAINER_KILLS", "5")))
