@@ -178,7 +178,16 @@ def open_url(url: str, mode: str = "rb", **kwargs: Any) -> IO[Any]:
 
 
 def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
-    """The whole object; with ``max_bytes``, a longer object raises :class:`StorageError`."""
+    """The whole object; with ``max_bytes``, a longer object raises :class:`StorageError`
+    (refused from its size when the store reports one, so it is never read into memory)."""
+    if max_bytes is not None:
+        fs, path = filesystem(url)
+        try:
+            size = fs.size(path)
+        except (OSError, NotImplementedError, ValueError):  # the read below reports a missing file
+            size = None
+        if size is not None and size > max_bytes:
+            raise StorageError(f"{redact_url(url)} is larger than {max_bytes} bytes ({size})")
     with open_url(url, "rb") as handle:
         data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:
