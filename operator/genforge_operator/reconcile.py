@@ -175,8 +175,13 @@ def reconcile_dataset(obs: Observed, config: OperatorConfig) -> Outcome:
 
 
 def _awaiting_result(out: Outcome, obs: Observed, job: JobState, words: dict) -> bool:
-    """True (and requeue) while a finished Job's trainer result may still be on its way."""
-    if words:
+    """True (and requeue) while a finished Job's trainer result may still be on its way.
+
+    A Job that succeeded needs its succeeded pod: after a retry, the failed attempt's words
+    are already there, and settling on them would record its result and bill only its time
+    (a Succeeded run is never accrued again).
+    """
+    if words and (not job.succeeded or any(p.exit_code == 0 and p.end for p in obs.pod_runs)):
         return False
     finished = cond.parse_time(job.finished_at) or obs.now
     if (obs.now - finished).total_seconds() >= RESULT_GRACE_SECONDS:

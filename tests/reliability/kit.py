@@ -45,6 +45,25 @@ def is_operator(record: RequestRecord) -> bool:
     return record.user_agent.startswith(OPERATOR_AGENTS)
 
 
+def operator_calls(records: Iterable[RequestRecord]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource[/subresource], verb) of every API request the operator made."""
+    return {(r.group or "", r.plural + (f"/{r.subresource}" if r.subresource else ""), r.verb)
+            for r in records if is_operator(r) and r.verb and r.plural}
+
+
+def chart_operator_grants() -> set[tuple[str, str, str]]:
+    """What the chart's operator ClusterRole grants — the one place the operator's RBAC lives."""
+    from chart.rendering import one, render
+    from chart.test_rbac import triples
+
+    return triples(one(render({}), "ClusterRole", "genforge-operator")["rules"])
+
+
+def ungranted(records: Iterable[RequestRecord]) -> list[tuple[str, str, str]]:
+    """The operator's calls that its ClusterRole would refuse (a real cluster answers them 403)."""
+    return sorted(operator_calls(records) - chart_operator_grants())
+
+
 # ------------------------------------------------------------------ clients
 @dataclass
 class Clients:

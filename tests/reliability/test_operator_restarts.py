@@ -43,6 +43,7 @@ from .kit import (
     money,
     run_spec,
     seconds,
+    ungranted,
     wait_until,
 )
 
@@ -237,6 +238,8 @@ def check(world: World, stories: list[Story], operator: OperatorProcess, dataset
     sources = Counter(v["source"]["name"] for v in model["versions"])
     succeeded = {s.name for s in stories if EXPECTED_PHASE.get(s.scenario) == "Succeeded"}
     assert set(sources) == succeeded and max(sources.values()) == 1, sources
+    # Every call of this chaotic traffic (retries, resumes, deletions) is one RBAC grants.
+    assert not ungranted(world.recorder.records), ungranted(world.recorder.records)
     return {"runs": len(stories), "kills": dict(chaos.points), "duplicates": len(duplicates),
             "drift": drift, "jobs_created": len(created), "operator_starts": operator.starts}
 
@@ -266,5 +269,8 @@ def test_soak_operator_kills(clients, pool, cluster, core_api, recorder, rng, tm
         totals["runs"] += figures["runs"]
         totals["kills"] += sum(figures["kills"].values())
         totals["duplicates"] += figures["duplicates"]
+        totals["drift"] += figures["drift"]
+        totals["jobs_created"] += figures["jobs_created"]
         print(f"round {round_number}: {figures}")
     print("soak totals:", dict(totals))
+    assert totals["duplicates"] == 0 and totals["drift"] == 0

@@ -6,6 +6,10 @@
    enforcement could not suspend a Job whose name status did not know.
 2. A run deleted while the operator was down, after its pod had ended: its Budgets keep
    the time the pod really ran, not the time until the operator noticed the deletion.
+3. A retried run whose Job is seen Complete before its second pod's final state (separate
+   watch streams; after a restart, separate initial listings): the first attempt's words
+   are no result — before the fix the run settled Succeeded on them and never billed the
+   second pod (found by the soak: $3 recorded for 5 s of pods).
 """
 
 from __future__ import annotations
@@ -60,3 +64,17 @@ def test_deleted_run_with_a_pod_still_running_is_settled_now():
     status = final_status(observe(run, status={"pool": DEAR.name}, job_obj=annotated_job(), pods=[pod(start=0)],
                                   at=40))
     assert Decimal(status["cost"]["accrued"]) == 40
+
+
+def test_a_retried_runs_completion_waits_for_its_succeeded_pod():
+    run = make_run(budget={"maxCost": "1000"})
+    status = {"pool": DEAR.name, "job": "gf-tr-run-1", "phase": "Running"}
+    complete = annotated_job(conditions=[("Complete", "Completed")], active=0)
+    complete["status"]["completionTime"] = ts(8)  # just now: the pod's final state may still be on its way
+    failed_first = pod(start=0, end=3, exit_code=1, message={"outcome": "Failed", "reason": "Error"}, name="p0")
+    early = reconcile_run(observe(run, status=status, job_obj=complete, pods=[failed_first], at=10), CONFIG)
+    assert early.status["phase"] == "Running" and early.requeue_after
+    succeeded = pod(start=5, end=7, exit_code=0, message={"outcome": "Succeeded", "step": 100}, name="p1")
+    done = reconcile_run(observe(run, status=early.status, job_obj=complete, pods=[failed_first, succeeded], at=11),
+                         CONFIG)
+    assert done.status["phase"] == "Succeeded" and Decimal(done.status["cost"]["accrued"]) == 5
