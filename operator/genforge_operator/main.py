@@ -27,7 +27,7 @@ from .naming import LABEL_MANAGED_BY, LABEL_UID, MANAGER, owner_selector
 from .observe import pod_run, rank_zero
 from .plan import Catalog
 from .reconcile import FINAL_PHASES, Observed, Outcome, final_status, reconcile_dataset, reconcile_run
-from .registry import add_version
+from .registry import RegistryBusy, add_version
 
 log = logging.getLogger("genforge")
 CONFIG = OperatorConfig.from_env()
@@ -241,7 +241,10 @@ class Reconciler:
         if outcome.delete_job and job_name:
             self.kube.delete_job(namespace, job_name)
         if outcome.new_version is not None:
-            version = add_version(self.kube, namespace, body, outcome.new_version)
+            try:
+                version = add_version(self.kube, namespace, body, outcome.new_version)
+            except RegistryBusy as exc:  # not Succeeded without its version: the next pass retries
+                raise kopf.TemporaryError(str(exc), delay=1) from exc
             if version:
                 outcome.status["version"] = version
         if outcome.measure is not None and outcome.status.get("pool"):

@@ -6,6 +6,9 @@ GenModel's resourceVersion, so two runs finishing at once never lose a version.
 
 from __future__ import annotations
 
+import random
+import time
+
 from .api import GenModelSpec, from_dict
 
 MAX_ATTEMPTS = 5
@@ -42,11 +45,20 @@ def register(model_body: dict, version: dict) -> tuple[dict | None, str]:
     return patch, name
 
 
+class RegistryBusy(RuntimeError):
+    """Every attempt lost the optimistic lock to another writer: try again later."""
+
+
 def add_version(kube, namespace: str, run_body: dict, version: dict) -> str | None:
-    """Record `version` on the run's GenModel; returns the version name."""
+    """Record `version` on the run's GenModel; returns the version name (None: no GenModel).
+
+    Raises `RegistryBusy` when other writers won every attempt (many runs finishing at
+    once, all reconciled again after a restart): the caller must not record the run as
+    finished without its version.
+    """
     spec = run_body.get("spec") or {}
     model_name = (spec.get("modelRef") or spec.get("baseModel") or {}).get("name")
-    for _ in range(MAX_ATTEMPTS):
+    for attempt in range(MAX_ATTEMPTS):
         model = kube.get("GenModel", namespace, model_name)
         if model is None:
             return None
@@ -56,4 +68,5 @@ def add_version(kube, namespace: str, run_body: dict, version: dict) -> str | No
         if kube.replace_status_guarded("GenModel", namespace, model_name,
                                        model["metadata"]["resourceVersion"], patch):
             return name
-    return None
+        time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # jitter: the writers fall out of step
+    raise RegistryBusy(f"GenModel {namespace}/{model_name} changed under each of {MAX_ATTEMPTS} attempts")

@@ -198,8 +198,11 @@ def check(world: World, stories: list[Story], operator: OperatorProcess, dataset
         status = runs[story.name]["status"]
         accrued = money(status["cost"]["accrued"])
         drift += abs(accrued - truth[story.uid] * PRICE_PER_SECOND)
-        assert accrued == truth[story.uid] * PRICE_PER_SECOND, (story, status, kubelet.lives[story.uid])
-        assert status["acceleratorSeconds"] == truth[story.uid], (story, status)
+        why = (f"{story.name} ({story.scenario}): accrued {accrued}, truth {truth[story.uid]} s; segments "
+               f"{[(g['start'], g.get('end')) for g in status.get('segments') or []]}; pods "
+               f"{[(p.started, p.finished, p.exit_code) for p in kubelet.lives[story.uid]]}")
+        assert accrued == truth[story.uid] * PRICE_PER_SECOND, why
+        assert status["acceleratorSeconds"] == truth[story.uid], why
         if story.scenario == "fail":
             assert condition(status)["reason"] == "DataError", status
         if story.scenario == "enforce":

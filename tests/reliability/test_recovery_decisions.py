@@ -10,16 +10,21 @@
    watch streams; after a restart, separate initial listings): the first attempt's words
    are no result — before the fix the run settled Succeeded on them and never billed the
    second pod (found by the soak: $3 recorded for 5 s of pods).
+4. Many runs finishing at once (all reconciled again right after a restart) race for the
+   GenModel's optimistic lock: a run that lost every attempt was recorded Succeeded
+   without its registry version, for good (found by the soak). Now it is retried.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from controller.factories import make_run
 from controller.test_reconcile_run import CONFIG, DEAR, job, observe, pod, ts
 
 from genforge_operator.reconcile import ANNOTATION_POOL, final_status, reconcile_run
+from genforge_operator.registry import RegistryBusy, add_version
 
 
 def annotated_job(**kwargs) -> dict:
@@ -78,3 +83,25 @@ def test_a_retried_runs_completion_waits_for_its_succeeded_pod():
     done = reconcile_run(observe(run, status=early.status, job_obj=complete, pods=[failed_first, succeeded], at=11),
                          CONFIG)
     assert done.status["phase"] == "Succeeded" and Decimal(done.status["cost"]["accrued"]) == 5
+
+
+class ContendedKube:
+    """A GenModel that another writer changes between every read and write."""
+
+    def __init__(self):
+        self.writes = 0
+
+    def get(self, kind, namespace, name):
+        return {"metadata": {"resourceVersion": str(self.writes)},
+                "spec": {"purpose": "p", "architecture": "unet2d-ddpm", "resolution": 32}, "status": {}}
+
+    def replace_status_guarded(self, *args):
+        self.writes += 1
+        return False
+
+
+def test_a_version_that_loses_every_optimistic_lock_is_retried_not_dropped():
+    run_body = {"spec": {"modelRef": {"name": "shapes"}}}
+    with pytest.raises(RegistryBusy):
+        add_version(ContendedKube(), "team-a", run_body, {"source": {"kind": "TrainingRun", "name": "r"},
+                                                          "uri": "file:///m", "metrics": {}})
