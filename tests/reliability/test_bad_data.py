@@ -88,9 +88,11 @@ PREPARE = textwrap.dedent("""
     from genforge_trainer.data.process import Settings
     manifest = prepare(sys.argv[1], sys.argv[2], Settings(resolution=32, dedupe=False), workers=2,
                        progress_bar=False)
+    # This process's own peak (VmHWM restarts at exec; ru_maxrss would carry the forking
+    # parent's), and its workers' (their ru_maxrss, in KiB like VmHWM).
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     print(json.dumps({"items": manifest["items"], "details": manifest.get("droppedDetails"),
-                      "rss": max(resource.getrusage(who).ru_maxrss
-                                 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))}))
+                      "rss": max(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)}))
 """)
 
 

@@ -255,6 +255,7 @@ def test_operator_killed_at_random_and_chosen_points_loses_and_duplicates_nothin
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_soak_operator_kills(clients, pool, cluster, core_api, recorder, rng, tmp_path):
     """More rounds of the same, each in a fresh namespace with its own seed-derived schedule."""
     totals: Counter = Counter()

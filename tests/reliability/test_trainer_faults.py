@@ -262,5 +262,6 @@ def test_sigkill_while_checkpointing_resumes_from_the_last_complete_checkpoint(t
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800)
 def test_soak_sigkill_at_random_checkpoint_steps(tmp_path, dataset_uri):
     sigkill_and_resume(tmp_path, dataset_uri, kills=int(os.environ.get("GENFORGE_SOAK_TRAINER_KILLS", "5")))
