@@ -95,20 +95,18 @@ def test_5xx_429_409_and_slow_responses_are_retried_until_the_runs_converge(faul
         inject(500, times=3, verb="get", resource="trainingruns", namespace=ns, user_agent="genforge-operator"),
         inject(503, times=3, verb="patch", resource="trainingruns", namespace=ns, user_agent="kopf"),
         inject(409, times=2, verb="patch", resource="trainingruns", namespace=ns, user_agent="kopf"),
-        inject(500, times=2, verb="list", resource="pods", namespace=ns, user_agent="genforge-operator"),
         # Slower than the operator's 2 s request timeout: it gives up and tries again.
         inject(None, delay=4.0, times=3, verb="get", resource="trainingruns", namespace=ns,
-               user_agent="genforge-operator"),
-        inject(None, delay=4.0, times=2, verb="patch", resource="jobs", namespace=ns,
                user_agent="genforge-operator"),
     ]
     stories = start_runs(world, pool, 6)
     play_until_done(world, stories, timeout=90)
     seconds = assert_converged(world, stories, timeout=60)
     hit = sum(f.hits for f in faults)
+    print("faults injected per kind:", [(f.status or f"{f.delay:.0f}s late", f.hits) for f in faults])
     print(f"faults injected: {hit}; error answers seen by the operator: "
           f"{operator_answers(world, 409, 429, 500, 503)}; converged {seconds:.1f} s after the last pod")
-    assert all(f.spent for f in faults[:5]), [(f.status, f.hits, f.times) for f in faults]
+    assert all(f.spent for f in faults), [(f.status, f.hits, f.times) for f in faults]
     assert operator.running, "the operator never crashes on API errors"
 
 
