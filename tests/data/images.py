@@ -21,6 +21,28 @@ def photo(name: str = "astronaut") -> Image.Image:
     return Image.fromarray(array[..., :3])
 
 
+def faces_found(image: Image.Image) -> list[tuple[float, float, float, float]]:
+    """Faces genforge's detector finds anywhere in ``image`` (searched as an output of its own size)."""
+    from genforge_trainer.data import faces
+
+    return [
+        f.box
+        for f in faces.detector().detect(image, (0.0, 0.0, float(image.width), float(image.height)), 1.0)
+    ]
+
+
+def haar_faces(image: Image.Image) -> list[tuple[int, int, int, int]]:
+    """A second opinion from an unrelated detector: OpenCV's Haar cascade (shipped by
+    opencv-python-headless 4.x), with its usual settings."""
+    import cv2
+
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    assert not cascade.empty()
+    grey = cv2.equalizeHist(np.asarray(image.convert("L")))
+    found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(20, 20))
+    return [(int(x), int(y), int(x + w), int(y + h)) for (x, y, w, h) in (found if len(found) else [])]
+
+
 def textured(size: tuple[int, int] = (96, 80), seed: int = 0) -> Image.Image:
     """A smooth random picture: distinct seeds give images that are not near-duplicates."""
     rng = np.random.default_rng(seed)

@@ -20,9 +20,8 @@ from genforge_operator.config import OperatorConfig
 from genforge_operator.plan import Catalog
 from genforge_operator.reconcile import ANNOTATION_GENERATION, Observed, reconcile_dataset
 from genforge_operator.runspec import build_dataset_spec
-from genforge_trainer.data import imageops
 
-from .images import has_metadata
+from .images import faces_found, haar_faces, has_metadata
 from .test_prepare import EXPECTED_DROPPED, mixed_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,7 +150,8 @@ def test_mixed_real_world_folder_ends_ready_with_exact_counts(tmp_path):
     assert len(images) == 6
     assert all(has_metadata(p.read_bytes()) == [] for p in images)
     for path in images:  # the astronaut's face was found and blurred; none is left to find
-        assert imageops.detect_faces(Image.open(path).convert("RGB"), 256)[0] == [], path.name
+        picture = Image.open(path).convert("RGB")
+        assert faces_found(picture) == [] and haar_faces(picture) == [], path.name
 
 
 def test_all_dropped_ends_failed_with_the_trainers_reason(tmp_path):

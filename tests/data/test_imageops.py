@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genforge_trainer.data import imageops
+from genforge_trainer.data import faces, imageops
 from genforge_trainer.data.dedupe import NearDuplicateIndex
 from genforge_trainer.data.imageops import Rejected
 
-from .images import encode, gps_exif, jpeg, photo, png, png_header_only, textured
+from .images import encode, faces_found, gps_exif, haar_faces, jpeg, photo, png, png_header_only, textured
 
 
 @pytest.mark.parametrize(
@@ -116,16 +116,17 @@ def test_random_crop_is_seeded():
 
 
 def test_faces_found_in_a_real_photograph_and_anonymised():
-    astronaut = photo("astronaut")
-    boxes, scale = imageops.detect_faces(astronaut, 256)
-    assert boxes, "the cascade finds the astronaut's face"
+    astronaut = photo("astronaut")  # 512x512; her face spans about x 175-275, y 75-180
     where = imageops.placement(astronaut.size, 256, "center")
+    found = faces.detector().detect(astronaut, where.box, 256 / 512)
+    assert len(found) == 1, found
+    x0, y0, x1, y1 = found[0].box
+    assert 160 < x0 < 195 and 255 < x1 < 290 and 55 < y0 < 95 and 160 < y1 < 195
     output = imageops.render(astronaut, where)
-    regions = [where.to_output(imageops.grow(b, 0.25), scale) for b in boxes]
+    regions = [where.to_output(imageops.grow(f.box, 0.25)) for f in found]
     blurred = imageops.anonymise(output, regions)
-    assert imageops.detect_faces(output, 256)[0]
-    assert imageops.detect_faces(blurred, 256)[0] == []
-    x0, y0, x1, y1 = regions[0]
+    assert faces_found(output) and haar_faces(output)
+    assert faces_found(blurred) == [] and haar_faces(blurred) == []
     before = np.asarray(output.crop(regions[0]), dtype=float)
     after = np.asarray(blurred.crop(regions[0]), dtype=float)
     assert np.abs(before - after).mean() > 10
@@ -142,8 +143,9 @@ def _detail(pixels: np.ndarray) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_32F).var())
 
 
-def test_no_faces_in_a_cat():
-    assert imageops.detect_faces(photo("chelsea"), 256)[0] == []
+@pytest.mark.parametrize("name", ["chelsea", "coffee", "rocket", "hubble_deep_field"])
+def test_no_faces_in_photographs_without_people(name):
+    assert faces_found(photo(name)) == []
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,7 @@ Pillow images; nothing here does I/O or knows about items.
 Speed comes from never touching more pixels than the output needs: JPEGs are decoded
 with libjpeg's DCT scaling (``Image.draft``) at the smallest scale that still covers
 the output, resizing uses Pillow's ``reducing_gap`` (integer box reduction before the
-filter), faces are searched at a bounded working resolution, and the resize and the crop
-are one operation.
+filter), and the resize and the crop are one operation. Face detection is in :mod:`faces`.
 """
 
 from __future__ import annotations
@@ -30,20 +29,6 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_IMAGE_PIXELS = 80_000_000
 #: Encoded size above which a file is not even opened (dropped as corrupt).
 MAX_FILE_BYTES = 200 * 1024 * 1024
-#: Face search resolution: the detector sees the image with its short side at the output
-#: resolution (so every face of >= DETECT_MIN_FACE output pixels is searched for), but at
-#: least DETECT_MIN_SHORT_SIDE (small outputs: faces down to ~19% of 64 px) and at most
-#: DETECT_MAX_SHORT_SIDE (bounded cost for huge outputs); never above the original.
-DETECT_MIN_SHORT_SIDE = 128
-DETECT_MAX_SHORT_SIDE = 720
-#: Smallest face the detector reports, in pixels of the detection image (the cascade's window).
-DETECT_MIN_FACE = 24
-#: Detector pyramid step and agreement: OpenCV's standard step, and fewer neighbours than
-#: the usual 5 — privacy prefers a blurred false positive to a missed face (on LFW faces
-#: pasted into photos at 26–56 px: recall 81% with 3 neighbours, 77% with 4, no more
-#: false positives).
-DETECT_SCALE_STEP = 1.1
-DETECT_MIN_NEIGHBOURS = 3
 #: A face region is pixelated into this many cells across, then blurred: irreversible.
 PIXELATE_CELLS = 6
 PNG_COMPRESS_LEVEL = 1
@@ -199,55 +184,8 @@ def render(image: Image.Image, where: Placement) -> Image.Image:
 # --------------------------------------------------------------------------- faces
 
 
-_CASCADE = None
-
-
-def _cascade():  # one classifier per process, loaded on first use
-    global _CASCADE
-    if _CASCADE is None:
-        import cv2
-
-        cv2.setNumThreads(1)  # parallelism comes from the process pool
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
-        cascade = cv2.CascadeClassifier(path)
-        if cascade.empty():
-            raise RuntimeError(
-                f"cannot load the face detector from {path} (opencv-python-headless<5 ships it)"
-            )
-        _CASCADE = cascade
-    return _CASCADE
-
-
-def detection_short_side(resolution: int) -> int:
-    """The short side, in pixels, of the image the face detector searches."""
-    return min(max(resolution, DETECT_MIN_SHORT_SIDE), DETECT_MAX_SHORT_SIDE)
-
-
-def detection_scale(size: tuple[int, int], resolution: int) -> float:
-    """The factor (<= 1) by which an image of ``size`` is shrunk for face search."""
-    return min(1.0, detection_short_side(resolution) / min(size))
-
-
-def detect_faces(image: Image.Image, resolution: int) -> tuple[list[tuple[int, int, int, int]], float]:
-    """Frontal faces in ``image`` as ``(x0, y0, x1, y1)`` boxes in detection pixels, and
-    the detection scale (detection pixels per image pixel)."""
-    import cv2
-
-    scale = detection_scale(image.size, resolution)
-    grey = image.convert("L")
-    if scale < 1.0:
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    array = cv2.equalizeHist(np.asarray(grey))
-    found = _cascade().detectMultiScale(
-        array, scaleFactor=1.1, minNeighbors=5, minSize=(DETECT_MIN_FACE, DETECT_MIN_FACE)
-    )
-    boxes = [(int(x), int(y), int(x + w), int(y + h)) for (x, y, w, h) in (found if len(found) else [])]
-    return boxes, scale
-
-
 def grow(box: tuple[float, float, float, float], factor: float) -> tuple[float, float, float, float]:
-    """A box enlarged around its centre (faces: hair, ears and chin, not just the cascade's core)."""
+    """A box enlarged around its centre (faces: hair, ears and chin, not just the detector's core)."""
     x0, y0, x1, y1 = box
     dx, dy = (x1 - x0) * factor / 2, (y1 - y0) * factor / 2
     return (x0 - dx, y0 - dy * 1.3, x1 + dx, y1 + dy)

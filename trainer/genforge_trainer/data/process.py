@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from genforge_trainer.data import imageops, redact
+from genforge_trainer.data import faces, imageops, redact
 from genforge_trainer.data.imageops import Crop, Rejected
 from genforge_trainer.data.sources import ItemRef, normalize_license, read_image, read_metadata
 from genforge_trainer.exitcodes import StorageError
@@ -160,11 +160,8 @@ def _prepare(ref: ItemRef, settings: Settings, out: Outcome) -> None:
         if not settings.strip_metadata:
             exif = imageops.kept_exif(opened)
         need = settings.resolution
-        if settings.blur_faces:
-            need = max(
-                need,
-                min(max(settings.resolution, imageops.DETECT_MIN_SHORT_SIDE), imageops.DETECT_MAX_SHORT_SIDE),
-            )
+        if settings.blur_faces:  # the detector sees the crop at its own input size at least
+            need = max(need, faces.INPUT_SIZE)
         image = imageops.decode(opened, need)
 
     where = imageops.placement(
@@ -175,8 +172,8 @@ def _prepare(ref: ItemRef, settings: Settings, out: Outcome) -> None:
     )
     output = imageops.render(image, where)
     if settings.blur_faces:
-        boxes, scale = imageops.detect_faces(image, settings.resolution)
-        regions = [where.to_output(imageops.grow(box, 0.25), scale) for box in boxes]
+        found = faces.detector().detect(image, where.box, where.size[0] / (where.box[2] - where.box[0]))
+        regions = [where.to_output(imageops.grow(face.box, 0.25)) for face in found]
         regions = [r for r in regions if r[2] > r[0] and r[3] > r[1]]
         output = imageops.anonymise(output, regions)
         out.faces = len(regions)

@@ -1,0 +1,117 @@
+"""Face detection (BlazeFace on OpenCV DNN): search windows, the shipped model, small faces."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from genforge_trainer.data import faces, imageops
+
+from .images import photo
+
+
+@pytest.mark.parametrize(
+    "image_size,resolution",
+    [
+        ((400, 300), 64),
+        ((400, 300), 128),
+        ((346, 346), 256),
+        ((1200, 800), 256),
+        ((2000, 1500), 512),
+        ((900, 300), 96),
+    ],
+)
+def test_every_face_from_the_minimum_size_up_lies_whole_in_a_window_that_can_find_it(image_size, resolution):
+    where = imageops.placement(image_size, resolution, "center")
+    x0, y0, x1, y1 = where.box
+    per_pixel = resolution / (x1 - x0)
+    windows = faces.search_windows((x0, y0, x1, y1), per_pixel)
+    rng = np.random.default_rng(0)
+    smallest = faces.MIN_FACE_OUTPUT / per_pixel
+    for size in np.geomspace(smallest, min(x1 - x0, y1 - y0), 12):
+        for fx, fy in zip(rng.uniform(x0, x1 - size, 25), rng.uniform(y0, y1 - size, 25), strict=True):
+            assert any(_finds(w, fx, fy, size) for w in windows), (size, fx, fy)
+
+
+def _finds(w: faces.Window, fx: float, fy: float, size: float) -> bool:
+    """The face lies whole in ``w`` and is at least the smallest the model finds there."""
+    inside = w.x0 <= fx and w.y0 <= fy and fx + size <= w.x0 + w.width and fy + size <= w.y0 + w.height
+    return inside and size >= faces.MIN_FACE_FRACTION * max(w.width, w.height) - 1e-6
+
+
+def test_window_counts_stay_small():
+    def count(side, resolution):
+        return len(
+            faces.search_windows(
+                (0, 0, side * 1.2, side * 1.2),
+                resolution / side,
+                (0.1 * side, 0.1 * side, 1.1 * side, 1.1 * side),
+            )
+        )
+
+    # one window up to 160 px outputs (a face of 1/8 of the crop and its margin is 24 px
+    # there), then one finer level of 2x2 tiles up to 320 px
+    assert [count(400, r) for r in (32, 64, 128, 160)] == [1, 1, 1, 1]
+    assert count(400, 192) == count(400, 256) == count(400, 320) == 5
+    assert count(1200, 512) == 21
+
+
+def test_the_shipped_model_is_checked():
+    assert hashlib.sha256(faces.MODEL_PATH.read_bytes()).hexdigest() == faces.MODEL_SHA256
+    assert faces.MODEL_PATH.stat().st_size < 300_000
+
+
+def test_a_different_model_file_is_refused(tmp_path):
+    other = tmp_path / "model.tflite"
+    data = bytearray(faces.MODEL_PATH.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    other.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        faces.FaceDetector(other)
+
+
+def test_overlapping_boxes_are_one_face():
+    a = faces.Face((0, 0, 10, 10), 0.9)
+    b = faces.Face((1, 1, 11, 11), 0.7)
+    c = faces.Face((20, 20, 30, 30), 0.65)
+    assert faces.suppress([b, c, a]) == [a, c]
+
+
+def _head() -> Image.Image:
+    """The astronaut's head and some of its surroundings (face about 55 % of the width)."""
+    return photo("astronaut").crop((135, 40, 315, 220))
+
+
+@pytest.mark.parametrize(
+    "resolution,face_px",
+    [(64, 16), (128, 24), (256, 24), (256, 40), (512, 32)],
+)
+def test_small_faces_are_found_anywhere_in_the_output(resolution, face_px):
+    """A real face pasted at ``face_px`` output pixels into a photograph without people,
+    at several positions (some only the finer tiles can see): found every time."""
+    background = ImageOps.fit(photo("coffee"), (resolution * 2, resolution * 2))
+    head = _head()
+    paste = round(face_px * 2 / 0.55)  # source pixels for a face of face_px output pixels
+    head = head.resize((paste, paste), Image.Resampling.LANCZOS)
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        picture = background.copy()
+        x, y = (int(v) for v in rng.integers(0, picture.width - paste, size=2))
+        picture.paste(head, (x, y))
+        where = imageops.placement(picture.size, resolution, "center")
+        found = faces.detector().detect(picture, where.box, resolution / picture.width)
+        centre = (x + paste / 2, y + paste / 2)
+        assert any(f.box[0] <= centre[0] <= f.box[2] and f.box[1] <= centre[1] <= f.box[3] for f in found), (
+            x,
+            y,
+        )
+
+
+def test_a_face_cut_by_the_crop_edge_is_still_found():
+    astronaut = photo("astronaut")  # face at x 175-275: a crop whose left edge cuts it in half
+    crop = (225.0, 0.0, 512.0, 287.0)
+    found = faces.detector().detect(astronaut, crop, 128 / 287)
+    assert found and found[0].box[0] < 225 < found[0].box[2]
