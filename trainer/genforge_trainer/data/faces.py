@@ -1,21 +1,22 @@
 """Face detection for ``blurFaces``: MediaPipe's BlazeFace (short range) run by OpenCV's DNN
 module, searched over the part of the image that becomes the output.
 
-Why this detector: on real faces pasted into photographs it finds far more faces than
-OpenCV's Haar cascade did at every size (≥ 95 % of faces of ≥ 1/8 of its window against
-0–68 % for the cascade at 16–32 output pixels), at a fraction of the cost (≈ 4 ms per
-128×128 window on one core, against 15–75 ms for the cascade); see docs/benchmarks.md.
-The model (229 KB, Apache-2.0, from MediaPipe) ships inside the package, so nothing is
-downloaded and the Dataset Job needs no network; its SHA-256 is checked when it is loaded.
+Why this detector: on real faces pasted into photographs it finds many more faces than
+OpenCV's Haar cascade (which genforge used before) at every size — at 128 px output, 100 %
+of 24 px faces against 10 % — for a third of the CPU time (≈ 4.5 ms per 128×128 window
+on one core; the cascade took 15 ms per image at 64–128 px and 75 ms at 256 px);
+``benchmarks/bench_faces.py``, figures in docs/benchmarks.md. The model (229 KB,
+Apache-2.0, from MediaPipe) ships inside the package, so nothing is downloaded and the
+Dataset Job needs no network; its SHA-256 is checked when it is loaded.
 
 Where faces are searched: only faces that end up in the output matter, so the detector
 sees the output's crop box grown by a margin (a face cut by the crop edge still shows
-enough of itself to be found), as square windows of the model's input size. One window
-level covers faces from ~1/8 of the window up to the whole window; when the output is
-large enough that faces smaller than that still measure :data:`MIN_FACE_OUTPUT` output
-pixels or more, a finer level of overlapping tiles (each 0.6 of the previous level's side,
-overlapping by a third, so any face up to the overlap lies whole in one tile) is added,
-until every face of ``MIN_FACE_OUTPUT`` output pixels is inside the searched range.
+enough of itself to be found), stretched to the model's square input. That window covers
+faces from ~1/8 of its side up to all of it; when the output is large enough that faces
+smaller than that still measure :data:`MIN_FACE_OUTPUT` output pixels or more, finer
+levels of overlapping square tiles (each 0.6 of the previous level's side, overlapping by
+a third, so any face up to the overlap lies whole in one tile) are added until every face
+of ``MIN_FACE_OUTPUT`` output pixels is inside the searched range.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ NMS_IOU = 0.3
 MARGIN = 0.1
 #: Each finer window level has tiles this fraction of the previous level's side.
 LEVEL_SHRINK = 0.6
-#: A region at most this much longer than wide is one letterboxed window (a square crop
-#: with its margin cut by the image edge), else squares slide along it.
-MAX_LETTERBOX_ASPECT = 4 / 3
+#: A region at most this much longer than wide is one window, stretched to the model's
+#: square input (a square crop whose margin is cut by the image edge on two sides: faces
+#: keep their full resolution along the other axis); longer regions get sliding squares.
+MAX_STRETCH = 4 / 3
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,8 @@ class Face:
 @dataclass(frozen=True)
 class Window:
     """A rectangle of the source image (``x0, y0, width, height``) that the model sees,
-    scaled to fit its input (letterboxed), and the search level it belongs to (0: the
-    whole region; 1, 2, …: finer tiles)."""
+    scaled to its square input, and the search level it belongs to (0: the whole region;
+    1, 2, …: finer tiles)."""
 
     x0: float
     y0: float
@@ -103,9 +105,9 @@ def search_windows(
         return []
     side = min(width, height)
     smallest = MIN_FACE_OUTPUT / max(output_per_pixel, 1e-9)  # in source pixels
-    if max(width, height) <= side * MAX_LETTERBOX_ASPECT:
+    if max(width, height) <= side * MAX_STRETCH:
         windows = [Window(x0, y0, width, height, 0)]
-        fit = max(width, height)  # the letterboxed window is this wide in the model's input
+        fit = max(width, height)  # the stretched window's worse axis
     else:
         windows = [Window(x, y, side, side, 0) for x, y in _tile(x0, y0, width, height, side)]
         fit = side
@@ -174,8 +176,8 @@ class FaceDetector:
         self._anchors = _anchors()
 
     def detect_window(self, window: Image.Image, threshold: float = SCORE_THRESHOLD) -> list[Face]:
-        """Faces in an RGB image no larger than the model's input (letterboxed into it:
-        placed top-left on mid-grey), as boxes in the window's own pixels."""
+        """Faces in an RGB image no larger than the model's input (a smaller one is placed
+        top-left on mid-grey), as boxes in the window's own pixels."""
         pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.float32)  # 0 is mid-grey in [-1, 1]
         pixels[: window.height, : window.width] = (np.asarray(window, dtype=np.float32) - 127.5) / 127.5
         self._net.setInput(np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis]))  # NCHW
@@ -212,23 +214,19 @@ class FaceDetector:
         )
         found: list[Face] = []
         for w in search_windows(region, output_per_pixel, crop):
-            scale = INPUT_SIZE / max(w.width, w.height)  # model pixels per source pixel
-            size = (
-                max(1, min(INPUT_SIZE, round(w.width * scale))),
-                max(1, min(INPUT_SIZE, round(w.height * scale))),
-            )
-            crop = image.resize(
-                size,
-                Image.Resampling.BILINEAR,
+            # the window fills the model's input: a slightly oblong window (a crop and its
+            # margin) is stretched, at most MAX_STRETCH, rather than letterboxed
+            sx, sy = INPUT_SIZE / w.width, INPUT_SIZE / w.height  # model pixels per source pixel
+            crop = image.resize(  # area averaging: the cheapest filter that does not alias
+                (INPUT_SIZE, INPUT_SIZE),
+                Image.Resampling.BOX,
                 box=(w.x0, w.y0, w.x0 + w.width, w.y0 + w.height),
                 reducing_gap=2.0,
             )
             threshold = SCORE_THRESHOLD if w.level == 0 else TILE_SCORE_THRESHOLD
             for face in self.detect_window(crop, threshold):
                 a, b, c, d = face.box
-                found.append(
-                    Face((w.x0 + a / scale, w.y0 + b / scale, w.x0 + c / scale, w.y0 + d / scale), face.score)
-                )
+                found.append(Face((w.x0 + a / sx, w.y0 + b / sy, w.x0 + c / sx, w.y0 + d / sy), face.score))
         return suppress(found)
 
 
