@@ -48,6 +48,9 @@ ANNOTATION_GENERATION = "genforge.dev/owner-generation"
 #: The pool a run's Job was placed on, so that status can be recovered from the Job when the
 #: operator died between creating it and recording status (accrual needs the pool's price).
 ANNOTATION_POOL = "genforge.dev/pool"
+#: The GenModel version a FineTune's Job starts from, as resolved when the Job was created
+#: (the promoted or latest version may change while it runs): recorded on the new version.
+ANNOTATION_BASE_VERSION = "genforge.dev/base-version"
 #: The Job and its pods arrive on separate watch streams: a finished Job may be seen before
 #: its pod's final state (the trainer's result). Wait this long for it before settling.
 RESULT_GRACE_SECONDS = 30.0
@@ -308,7 +311,7 @@ def _create_children(out: Outcome, obs: Observed, planned: Planned, estimate) ->
     job_name = planned.children.job["metadata"]["name"]
     out.status["job"] = job_name
     if planned.base_version:
-        out.status.setdefault("metrics", {})
+        planned.children.job["metadata"]["annotations"][ANNOTATION_BASE_VERSION] = planned.base_version
     _set(out, obs, cond.ADMITTED, cond.TRUE, REASON_JOB_CREATED,
          f"estimated {estimate.duration_seconds}s and {format_money(estimate.cost)} on pool "
          f"{planned.placement.pool.name}")
@@ -395,13 +398,21 @@ def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) 
             "uri": out.status["artifact"],
             "metrics": metrics,
             "createdAt": cond.timestamp(obs.now),
-            **({"method": run.spec.method} if run.kind == "FineTune" else {}),
+            **(_finetune_lineage(run, obs.job) if run.kind == "FineTune" else {}),
         }
     cost = (out.status.get("cost") or {}).get("accrued", "0")
     _phase(out, obs, SUCCEEDED, REASON_SUCCEEDED,
            f"finished {total} steps in {out.status.get('runningSeconds', 0):.0f}s for {cost}"
            + (f"; metrics {', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}" if metrics else ""))
     return out
+
+
+def _finetune_lineage(run: Resource, job: dict | None) -> dict:
+    """A FineTune's version: its method and the version it started from (the Job's record of
+    what was resolved; a pinned `baseModel.version` when the Job predates that record)."""
+    annotations = ((job or {}).get("metadata") or {}).get("annotations") or {}
+    base = annotations.get(ANNOTATION_BASE_VERSION) or run.spec.base_model.version
+    return {"method": run.spec.method, **({"baseVersion": base} if base else {})}
 
 
 def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: Resource | None) -> Outcome:

@@ -218,6 +218,25 @@ def test_finetune_without_versions_waits_for_a_trained_model():
     assert condition(out, "Ready")["reason"] == "BaseVersionNotFound"
 
 
+def test_finetune_version_records_its_method_and_the_base_version_its_job_started_from():
+    promoted = {**VERSIONED, "versions": VERSIONED["versions"] + [{**VERSIONED["versions"][0], "name": "v2"}],
+                "latest": "v2", "promoted": "v1"}
+    cat = catalog(model=make_model(status=promoted))
+    out = reconcile_run(observe(make_finetune(budget={"maxCost": "1000"}), cat=cat), CONFIG)
+    created = next(o for o in out.create if o["kind"] == "Job")
+    assert created["metadata"]["annotations"]["genforge.dev/base-version"] == "v1"  # promoted wins over latest
+    assert json.loads(next(o for o in out.create if o["kind"] == "ConfigMap")["data"]["run.json"])[
+        "finetune"]["baseVersion"] == "v1"
+    words = {"outcome": "Succeeded", "step": 50, "artifact": "file:///data/runs/ft/adapter"}
+    done = job(conditions=[("Complete", "")])
+    done["metadata"]["annotations"] = created["metadata"]["annotations"]
+    out = reconcile_run(observe(make_finetune(budget={"maxCost": "1000"}), RUNNING, done,
+                                [pod(0, 8, exit_code=0, message=words)], at=10, cat=cat), CONFIG)
+    assert out.status["phase"] == "Succeeded"
+    assert out.new_version["method"] == "lora" and out.new_version["baseVersion"] == "v1"
+    assert out.new_version["source"] == {"kind": "FineTune", "name": "ft-1"}
+
+
 def test_succeeded_run_is_final():
     out = reconcile_run(observe(make_run(), {"phase": "Succeeded"}), CONFIG)
     assert out.status == {"phase": "Succeeded", "observedGeneration": 1} and not out.create and not out.events
