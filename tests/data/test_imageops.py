@@ -187,5 +187,26 @@ def test_encoded_png_has_no_metadata():
     assert reopened.format == "PNG" and not reopened.getexif() and "exif" not in reopened.info
 
 
+def _chunks(data: bytes) -> list[bytes]:
+    import struct
+
+    chunks, at = [], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        chunks.append(data[at + 4 : at + 8])
+        at += 12 + length
+    return chunks
+
+
+@pytest.mark.parametrize("keep_exif", [False, True], ids=["fresh", "kept-exif"])
+def test_encoded_png_is_lossless_deterministic_and_only_image_chunks(keep_exif):
+    image = photo("coffee").resize((96, 64))
+    exif = gps_exif() if keep_exif else None
+    data = imageops.encode_png(image, exif=exif)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), np.asarray(image))
+    assert set(_chunks(data)) == ({b"IHDR", b"IDAT", b"IEND"} | ({b"eXIf"} if keep_exif else set()))
+    assert data == imageops.encode_png(image, exif=exif)
+
+
 def test_png_round_trip_sizes():
     assert Image.open(io.BytesIO(png(textured((33, 17))))).size == (33, 17)

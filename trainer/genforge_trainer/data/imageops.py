@@ -236,13 +236,34 @@ def perceptual_hash(image: Image.Image) -> tuple[int, bytes]:
 
 
 def encode_png(image: Image.Image, exif: bytes | None = None) -> bytes:
-    """A fresh PNG with no metadata chunks (``exif`` only when metadata is kept)."""
-    buffer = io.BytesIO()
-    params: dict[str, object] = {"compress_level": PNG_COMPRESS_LEVEL}
-    if exif:
-        params["exif"] = exif
-    image.save(buffer, format="PNG", **params)
-    return buffer.getvalue()
+    """A fresh PNG with no metadata chunks (``exif`` only when metadata is kept).
+
+    Without EXIF, libpng through OpenCV with one filter for every row (average) and
+    zlib's run-length strategy at level 1: at 256² about half the time of Pillow's
+    adaptive per-row filtering at the same level, and ~7 % smaller files (measured on
+    photographs, docs/benchmarks.md). Lossless either way; the same pixels give the same
+    bytes, so content hashes stay deterministic."""
+    if exif or image.mode != "RGB":
+        buffer = io.BytesIO()
+        params: dict[str, object] = {"compress_level": PNG_COMPRESS_LEVEL}
+        if exif:
+            params["exif"] = exif
+        image.save(buffer, format="PNG", **params)
+        return buffer.getvalue()
+    import cv2
+
+    ok, data = cv2.imencode(
+        ".png",
+        cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR),
+        [
+            cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESS_LEVEL,
+            cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG,
+            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+        ],
+    )  # fmt: skip
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return data.tobytes()
 
 
 def kept_exif(image: Image.Image) -> bytes | None:
