@@ -13,6 +13,7 @@ import shutil
 import uuid
 
 import pytest
+from harness import status_schema_violations
 
 
 def pytest_collection_modifyitems(config, items):
@@ -74,13 +75,24 @@ def batch_api(api_client):
 
 
 @pytest.fixture
-def namespace(cluster, raw_api):
-    """A fresh namespace for one test; it and everything in it is removed afterwards."""
+def namespace(cluster, raw_api, request):
+    """A fresh namespace for one test; it and everything in it is removed afterwards.
+
+    Afterwards every genforge object's status in it must fit its CRD's schema (see
+    :func:`status_schema_violations`), unless the test is marked ``writes_status`` (it
+    writes status itself, e.g. to test the emulator)."""
     name = f"test-{uuid.uuid4().hex[:8]}"
     status, body = raw_api.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
     assert status == 201, body
     yield name
-    cluster.call(lambda handler: handler.purge_namespace(name))
+    try:
+        problems = [] if request.node.get_closest_marker("writes_status") else status_schema_violations(raw_api, name)
+    finally:
+        cluster.call(lambda handler: handler.purge_namespace(name))
+    assert not problems, (
+        "the operator wrote status that the CRD schema does not allow (a real API server "
+        "prunes or rejects it):\n" + "\n".join(problems)
+    )
 
 
 @pytest.fixture

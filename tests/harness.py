@@ -240,3 +240,30 @@ def _take(items: Iterator[T], count: int) -> Iterator[T]:
         yield item
         if index + 1 >= count:
             return
+
+
+def status_schema_violations(raw_api, namespace: str) -> list[str]:
+    """Every genforge object in ``namespace`` whose ``status`` breaks its CRD's schema.
+
+    The emulated API server does not validate or prune (a real one does), so a status field
+    the CRD lacks would pass every test here and vanish on a cluster. Only ``status`` is
+    checked: tests create invalid specs on purpose."""
+    from genforge_operator import schema
+
+    problems = []
+    for crd in schema.load_crds().values():
+        spec = crd["spec"]
+        if spec["scope"] != "Namespaced":
+            continue
+        status, body = raw_api.request(
+            "GET", f"/apis/{spec['group']}/{schema.VERSION}/namespaces/{namespace}/{spec['names']['plural']}"
+        )
+        if status != 200:
+            continue
+        for obj in body.get("items") or []:
+            if not obj.get("status"):
+                continue
+            for error in schema.validate_schema(obj):
+                if error.path == "status" or error.path.startswith(("status.", "status[")):
+                    problems.append(f"{obj['kind']} {obj['metadata']['name']}: {error.path}: {error.message}")
+    return problems

@@ -17,6 +17,9 @@ from harness import RawApi, wait_for
 
 from genforge_operator.local import EmulatedCluster
 
+#: These tests write arbitrary status themselves to test the API semantics.
+pytestmark = pytest.mark.writes_status
+
 RUNS = "/apis/genforge.dev/v1alpha1/namespaces/{ns}/trainingruns"
 RUN = RUNS + "/r"
 JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
@@ -392,3 +395,19 @@ def test_request_logs_stay_bounded(cluster, raw_api):
     kmock_log, our_log, limit = cluster.call(
         lambda handler: (len(handler._requests), len(handler.requests()), handler.request_log_size))
     assert kmock_log <= 10 and our_log <= limit
+
+
+def test_status_schema_check_finds_what_a_real_api_server_would_prune(raw_api, namespace):
+    """The teardown check of every `namespace` test (tests/harness.py) is not blind."""
+    from harness import status_schema_violations
+
+    status, _ = raw_api.request("POST", RUNS.format(ns=namespace), run("checked"))
+    assert status == 201
+    path = RUNS.format(ns=namespace) + "/checked/status"
+    good = {"status": {"phase": "Running", "observedGeneration": 1}}
+    assert raw_api.request("PATCH", path, good, content_type="application/merge-patch+json")[0] == 200
+    assert status_schema_violations(raw_api, namespace) == []
+    bad = {"status": {"phase": "Done", "notInTheCrd": 1}}
+    assert raw_api.request("PATCH", path, bad, content_type="application/merge-patch+json")[0] == 200
+    problems = status_schema_violations(raw_api, namespace)
+    assert any("status.phase" in p for p in problems) and any("status.notInTheCrd" in p for p in problems)
