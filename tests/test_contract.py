@@ -46,7 +46,8 @@ def test_trainer_accepts_multi_node_tpu_and_object_storage_runs(source, document
 def test_model_knobs_reach_the_trainer():
     (_, document), = [d for d in EXAMPLES if d[1]["command"] == "train"]
     document = json.loads(json.dumps(document))
-    document["model"]["config"].update(attention=[False, True, True], numTrainTimesteps=500, inferenceSteps=20,
+    document["model"]["config"].update(blockOutChannels=[16, 32, 32], attention=[False, True, True],
+                                       numTrainTimesteps=500, inferenceSteps=20,
                                        predictionType="v_prediction")
     spec = parse_run_spec(document)
     assert spec.model.config.attention == (False, True, True)

@@ -63,7 +63,8 @@ def test_demo_examples_are_small_enough_for_two_cpu_cores():
     for _, doc in EXAMPLES:
         if doc["kind"] in ("TrainingRun", "FineTune"):
             training = doc["spec"]["training"]
-            assert training["steps"] * training["batchSize"] <= 4000
+            # ~100 samples/s on two cores: 24k samples is the demo's ~4-minute TrainingRun (docs/local.md)
+            assert training["steps"] * training["batchSize"] <= 24_000
             assert doc["spec"]["hardware"]["pool"] == "cpu"
             assert doc["spec"]["budget"]["maxCost"]
         if doc["kind"] == "GenModel":

@@ -65,7 +65,8 @@ def test_kubernetes_only_keys_are_dropped():
 
 
 def test_defaults_fill_nested_blocks_and_drop_nulls():
-    run = make("TrainingRun", {"spec.budget": None, "spec.checkpoint": {"keep": None}})
+    run = make("TrainingRun", {"spec.budget": None, "spec.checkpoint": {"keep": None},
+                             "spec.training.lrScheduler": None})
     defaulted = schema.apply_defaults(run)
     assert defaulted["spec"]["budget"] == {"onExceeded": "Stop"}
     assert defaulted["spec"]["checkpoint"] == {"everySteps": 500, "keep": 3}
