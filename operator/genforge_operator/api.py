@@ -298,6 +298,7 @@ class ModelVersion:
     metrics: dict[str, float] = field(default_factory=dict)
     method: str | None = None
     base_version: str | None = None
+    format: Literal["model", "lora-adapter"] | None = None
 
 
 @dataclass

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .api import Resource
+from .api import ModelVersion, Resource
 from .builders import Children, active_deadline_from_duration, build_children
 from .config import OperatorConfig
-from .runspec import Placement, build_dataset_spec, build_training_spec
+from .runspec import BaseChain, Placement, build_dataset_spec, build_training_spec
 
 # Reasons a run cannot start (yet) — the condition reasons users see.
 REASON_DATASET_NOT_FOUND = "DatasetNotFound"
@@ -20,6 +20,7 @@ REASON_DATASET_NOT_READY = "DatasetNotReady"
 REASON_DATASET_FAILED = "DatasetFailed"
 REASON_MODEL_NOT_FOUND = "ModelNotFound"
 REASON_BASE_VERSION_NOT_FOUND = "BaseVersionNotFound"
+REASON_ADAPTER_BASE_NOT_FOUND = "AdapterBaseNotFound"
 REASON_POOL_NOT_FOUND = "PoolNotFound"
 REASON_NO_POOL = "NoPoolAvailable"
 REASON_BASE_REQUIRED = "BaseWeightsRequired"
@@ -66,13 +67,35 @@ class Planned:
     children: Children
     placement: Placement
     document: dict
-    base_version: str | None = None
+    base: BaseChain | None = None
+
+    @property
+    def base_version(self) -> str | None:
+        return self.base.version if self.base else None
 
 
-def resolve_base_version(run: Resource, model: Resource) -> tuple[str, str] | Blocked:
-    """A FineTune's starting point: the named version, else the promoted, else the latest."""
+FORMAT_LORA_ADAPTER = "lora-adapter"
+
+
+def is_adapter(version: ModelVersion) -> bool:
+    """Whether a version's artifact is a LoRA adapter folder (it needs its base's weights)
+    rather than a complete model. Versions recorded before `format` existed: a LoRA
+    FineTune's artifact is its `<output>/adapter` folder unless it was merged."""
+    if version.format:
+        return version.format == FORMAT_LORA_ADAPTER
+    return version.method == "lora" and version.uri.rstrip("/").endswith("/adapter")
+
+
+def resolve_base_version(run: Resource, model: Resource) -> BaseChain | Blocked:
+    """A FineTune's starting point: the named version, else the promoted, else the latest.
+
+    Any version will do, a LoRA adapter too: an adapter's `baseVersion` is followed (through
+    further adapters) to the complete model it was trained on, and the chain goes to the
+    trainer, which merges the adapters into that model before it fine-tunes.
+    """
     versions = {v.name: v for v in model.status.versions}
-    wanted = run.spec.base_model.version or model.status.promoted or model.status.latest
+    pinned = run.spec.base_model.version
+    wanted = pinned or model.status.promoted or model.status.latest
     if not wanted:
         return Blocked(REASON_BASE_VERSION_NOT_FOUND,
                        f"GenModel {model.name} has no versions yet; a FineTune needs a trained version")
@@ -80,7 +103,29 @@ def resolve_base_version(run: Resource, model: Resource) -> tuple[str, str] | Bl
         known = ", ".join(versions) or "none"
         return Blocked(REASON_BASE_VERSION_NOT_FOUND,
                        f"GenModel {model.name} has no version {wanted!r} (versions: {known})")
-    return wanted, versions[wanted].uri
+    chain: list[ModelVersion] = []
+    current = versions[wanted]
+    while is_adapter(current):
+        chain.append(current)
+        parent = current.base_version
+        if parent in versions and parent not in {v.name for v in chain}:
+            current = versions[parent]
+            continue
+        which = "promoted" if wanted == model.status.promoted else "latest"
+        how = "baseModel.version is" if pinned else f"the {which} version is"
+        if not parent:
+            missing = f"{current.name} records no baseVersion"
+        elif parent in versions:
+            missing = f"its chain of bases loops back to {parent}"
+        else:
+            missing = f"{current.name}'s base {parent} is no longer a version of GenModel {model.name}"
+        return Blocked(REASON_ADAPTER_BASE_NOT_FOUND,
+                       f"{how} {wanted}, a LoRA adapter, and the model it adapts is unknown: {missing}. "
+                       f"Set baseModel.version to a complete version (one made with lora.merge: true "
+                       f"or by another method)")
+    return BaseChain(version=wanted, uri=current.uri, root=current.name,
+                     adapters=tuple(v.uri for v in reversed(chain)),
+                     through=tuple(v.name for v in reversed(chain)))
 
 
 def resolve_references(run: Resource, catalog: Catalog) -> tuple[Resource, Resource] | Blocked:
@@ -158,5 +203,4 @@ def plan_run(
         run, document, placement, config,
         active_deadline_seconds=active_deadline_seconds, suspend=suspend or run.spec.suspend,
     )
-    return Planned(children=children, placement=placement, document=document,
-                   base_version=base[0] if base else None)
+    return Planned(children=children, placement=placement, document=document, base=base)

@@ -23,7 +23,16 @@ from . import economics
 from .api import Resource, to_dict
 from .config import OperatorConfig
 from .observe import JobState, PodRun, job_state, last_words, pod_run
-from .plan import Blocked, Catalog, Planned, plan_dataset, plan_run, resolve_base_version, resolve_references
+from .plan import (
+    FORMAT_LORA_ADAPTER,
+    Blocked,
+    Catalog,
+    Planned,
+    plan_dataset,
+    plan_run,
+    resolve_base_version,
+    resolve_references,
+)
 from .units import format_money, money_str
 
 # Phases.
@@ -310,8 +319,12 @@ def _create_children(out: Outcome, obs: Observed, planned: Planned, estimate) ->
     planned.children.job["metadata"]["annotations"][ANNOTATION_POOL] = planned.placement.pool.name
     job_name = planned.children.job["metadata"]["name"]
     out.status["job"] = job_name
-    if planned.base_version:
-        planned.children.job["metadata"]["annotations"][ANNOTATION_BASE_VERSION] = planned.base_version
+    if planned.base:
+        planned.children.job["metadata"]["annotations"][ANNOTATION_BASE_VERSION] = planned.base.version
+        if planned.base.adapters:
+            out.event("BaseIsAdapter",
+                      f"base version {planned.base.version} is a LoRA adapter: the trainer merges "
+                      f"{', '.join(planned.base.through)} into {planned.base.root}'s weights, then fine-tunes")
     _set(out, obs, cond.ADMITTED, cond.TRUE, REASON_JOB_CREATED,
          f"estimated {estimate.duration_seconds}s and {format_money(estimate.cost)} on pool "
          f"{planned.placement.pool.name}")
@@ -399,6 +412,7 @@ def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) 
             "metrics": metrics,
             "createdAt": cond.timestamp(obs.now),
             **(_finetune_lineage(run, obs.job) if run.kind == "FineTune" else {}),
+            "format": _artifact_format(run),
         }
     cost = (out.status.get("cost") or {}).get("accrued", "0")
     _phase(out, obs, SUCCEEDED, REASON_SUCCEEDED,
@@ -413,6 +427,14 @@ def _finetune_lineage(run: Resource, job: dict | None) -> dict:
     annotations = ((job or {}).get("metadata") or {}).get("annotations") or {}
     base = annotations.get(ANNOTATION_BASE_VERSION) or run.spec.base_model.version
     return {"method": run.spec.method, **({"baseVersion": base} if base else {})}
+
+
+def _artifact_format(run: Resource) -> str:
+    """What a run's artifact is: a complete model folder, or (a LoRA FineTune not merged)
+    the adapter alone, which needs its baseVersion's weights (see plan.resolve_base_version)."""
+    if run.kind == "FineTune" and run.spec.method == "lora" and not (run.spec.lora and run.spec.lora.merge):
+        return FORMAT_LORA_ADAPTER
+    return "model"
 
 
 def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: Resource | None) -> Outcome:

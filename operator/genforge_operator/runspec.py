@@ -17,6 +17,20 @@ METHOD_DEFAULTS = {"lora": LoraSpec, "dreambooth": DreamboothSpec}
 
 
 @dataclass(frozen=True)
+class BaseChain:
+    """Where a FineTune's weights start: the GenModel version it names (`version`) and how
+    to rebuild that version's weights — the complete model of version `root` at `uri`, with
+    the LoRA `adapters` (artifact URIs, oldest first; of the versions `through`) merged into
+    it. A complete version is its own root and has no adapters."""
+
+    version: str
+    uri: str
+    root: str
+    adapters: tuple[str, ...] = ()
+    through: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Placement:
     """Where a run executes: the chosen pool and how many processes it spans."""
 
@@ -71,7 +85,7 @@ def build_dataset_spec(dataset: Resource, config: OperatorConfig) -> dict:
     }
 
 
-def _model_block(model: Resource, base_uri: str | None) -> dict:
+def _model_block(model: Resource, base_uri: str | None, adapters: tuple[str, ...] = ()) -> dict:
     spec = model.spec
     return {
         "name": model.name,
@@ -79,6 +93,7 @@ def _model_block(model: Resource, base_uri: str | None) -> dict:
         "resolution": spec.resolution,
         "config": to_dict(spec.config),
         "baseUri": base_uri,
+        "baseAdapters": list(adapters),
     }
 
 
@@ -89,23 +104,25 @@ def build_training_spec(
     placement: Placement,
     config: OperatorConfig,
     *,
-    base_version: tuple[str, str] | None = None,
+    base_version: BaseChain | None = None,
 ) -> dict:
     """The document for a TrainingRun or a FineTune.
 
-    `base_version` is (version name, artifact uri) of the GenModel version a FineTune
-    starts from; a TrainingRun starts from `GenModel.spec.base.uri` when given.
+    `base_version` is the GenModel version a FineTune starts from (`plan.resolve_base_version`):
+    `model.baseUri` is its complete model, `model.baseAdapters` the LoRA adapters the trainer
+    merges into it first (when the version is an adapter). A TrainingRun starts from
+    `GenModel.spec.base.uri` when given.
     """
     spec = run.spec
     out = run_output_uri(run, config)
-    base_uri = base_version[1] if base_version else (model.spec.base.uri if model.spec.base else None)
+    base_uri = base_version.uri if base_version else (model.spec.base.uri if model.spec.base else None)
     document = {
         "schemaVersion": SCHEMA_VERSION,
         "command": COMMANDS[run.kind],
         "run": _identity(run),
         "output": {"uri": out},
         "checkpoint": {"uri": f"{out}/checkpoints", **to_dict(spec.checkpoint)},
-        "model": _model_block(model, base_uri),
+        "model": _model_block(model, base_uri, base_version.adapters if base_version else ()),
         "dataset": {"name": dataset.name, "uri": dataset.status.uri or dataset_uri(dataset, config)},
         "training": to_dict(spec.training),
         "evaluation": to_dict(spec.evaluation) if spec.evaluation else None,
@@ -122,7 +139,7 @@ def build_training_spec(
             block = METHOD_DEFAULTS[spec.method]()
         document["finetune"] = {
             "method": spec.method,
-            "baseVersion": base_version[0] if base_version else None,
+            "baseVersion": base_version.version if base_version else None,
             **({spec.method: to_dict(block)} if block is not None else {}),
         }
     return document

@@ -11,6 +11,9 @@ evaluation metrics and an artifact of the method's form on disk.
 The preference feedback (JSON Lines, thumbs up/down) is written here from the prepared
 dataset's own images: circles rated up, squares rated down, both for the label "circle".
 
+Then one more FineTune starts from the LoRA version, which is an adapter, not a model: the
+operator sends the trainer v1 plus the adapter, the trainer merges it before fine-tuning.
+
 The trainer pods get `OMP_NUM_THREADS=1` through the operator's own knob
 (`GENFORGE_TRAINER_EXTRA_ENV`): the five fine-tunes then share the two cores as five
 single-threaded processes instead of fighting over them with two threads each.
@@ -42,6 +45,7 @@ EVALUATION = {"samples": 4, "metrics": ["loss", "fid"]}
 CONCEPT = "my-shape"
 INSTANCE = "sks-star"
 FEEDBACK = f"file://{DATA_MOUNT}/feedback/shapes.jsonl"
+FROM_ADAPTER = "shapes-full-from-lora"
 
 
 def manifest(kind: str, name: str, spec: dict) -> dict:
@@ -85,9 +89,9 @@ BLOCKS = {
 }
 
 
-def finetune_manifest(method: str) -> dict:
-    return manifest("FineTune", f"shapes-{method}", {
-        "baseModel": {"name": MODEL, "version": "v1"}, "datasetRef": {"name": DATASET},
+def finetune_manifest(method: str, name: str | None = None, base: str = "v1") -> dict:
+    return manifest("FineTune", name or f"shapes-{method}", {
+        "baseModel": {"name": MODEL, "version": base}, "datasetRef": {"name": DATASET},
         "method": method, **BLOCKS[method],
         "training": {"steps": 6, "batchSize": 8, "learningRate": 1.0e-3},
         "hardware": {"pool": "cpu"},
@@ -212,6 +216,17 @@ def finetuned(plane, api, trained):
     return {m: done[("FineTune", f"shapes-{m}")] for m in METHODS}, model
 
 
+@pytest.fixture(scope="module")
+def from_adapter(plane, api, finetuned):
+    """A full FineTune pinned to the LoRA FineTune's version (an adapter): (body, GenModel)."""
+    adapter_version = finetuned[0]["lora"]["status"]["version"]
+    started = time.monotonic()
+    api.apply(finetune_manifest("full", name=FROM_ADAPTER, base=adapter_version))
+    done = wait_final(plane, api, {("FineTune", FROM_ADAPTER)})
+    print(f"\nfine-tune from the adapter version: {time.monotonic() - started:.1f} s")
+    return done[("FineTune", FROM_ADAPTER)], model_with_versions(plane, api, {("FineTune", FROM_ADAPTER)})
+
+
 # ----------------------------------------------------------------------------- tests
 
 
@@ -222,6 +237,7 @@ def test_training_run_makes_a_class_conditional_v1(plane, trained):
     assert run["status"]["version"] == "v1"
     v1 = model["status"]["versions"][0]
     assert v1["name"] == "v1" and v1["source"] == {"kind": "TrainingRun", "name": RUN} and "method" not in v1
+    assert v1["format"] == "model"
     model_dir = local(plane, v1["uri"])
     assert len(labels(model_dir)) == 8  # one class-embedding row per shape
     assert unet_weights(model_dir)["class_embedding.weight"].shape[0] == 8
@@ -249,6 +265,7 @@ def test_finetune_succeeds_and_records_a_version(plane, api, trained, finetuned,
     assert version["baseVersion"] == "v1"
     assert version["uri"] == status["artifact"]
     assert version["metrics"] == status["metrics"]
+    assert version["format"] == ("lora-adapter" if method == "lora" else "model")
 
     base_dir = local(plane, versions["v1"]["uri"])
     base = unet_weights(base_dir)
@@ -308,3 +325,23 @@ def test_every_run_succeeded_and_the_model_has_six_versions(plane, api, finetune
     assert sorted(v["name"] for v in versions) == [f"v{i}" for i in range(1, 7)]
     assert sorted(v.get("method") or "-" for v in versions) == sorted(["-", *METHODS])
     assert model["status"]["latest"] == "v6"
+
+
+def test_a_finetune_starts_from_the_lora_adapter_version_merged_into_its_base(plane, api, finetuned, from_adapter):
+    ft, model = from_adapter
+    status = ft["status"]
+    assert status["phase"] == "Succeeded", f"{demo.render(demo.row_of(ft))}\n{diagnose(plane)}"
+    versions = {v["name"]: v for v in model["status"]["versions"]}
+    adapter = versions[finetuned[0]["lora"]["status"]["version"]]
+    assert adapter["format"] == "lora-adapter" and adapter["baseVersion"] == "v1"
+    version = versions[status["version"]]
+    assert version["baseVersion"] == adapter["name"] and version["format"] == "model"
+    # The run spec sent v1's model plus the adapter; the trainer merged it before it trained.
+    config = api.request("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps")["items"]
+    (document,) = [json.loads(c["data"]["run.json"]) for c in config
+                   if json.loads(c["data"].get("run.json", "{}")).get("run", {}).get("name") == FROM_ADAPTER]
+    assert document["model"]["baseUri"] == versions["v1"]["uri"]
+    assert document["model"]["baseAdapters"] == [adapter["uri"]]
+    pod_log = "".join(p.read_text() for p in (plane.logs_dir / NAMESPACE).glob(f"{status['job']}-*.log"))
+    assert "merged LoRA adapter" in pod_log, pod_log[-2000:]
+    assert unet_weights(local(plane, version["uri"])).keys() == unet_weights(local(plane, versions["v1"]["uri"])).keys()

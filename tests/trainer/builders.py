@@ -17,6 +17,7 @@ BASE_DOCUMENT: dict[str, Any] = {
         "resolution": 64,
         "config": {"blockOutChannels": [32, 64, 64], "layersPerBlock": 1},
         "baseUri": None,
+        "baseAdapters": [],
     },
     "dataset": {"name": "shapes", "uri": "file:///data/datasets/default/shapes"},
     "training": {

@@ -13,7 +13,10 @@ from .builders import make_document
 
 FINETUNE = {
     "command": "finetune",
-    "model": {"baseUri": "file:///data/runs/default/shapes-v1/model"},
+    "model": {
+        "baseUri": "file:///data/runs/default/shapes-v1/model",
+        "baseAdapters": ["file:///data/runs/default/finetune/style/adapter"],
+    },
     "finetune": {
         "method": "lora",
         "baseVersion": "v1",
@@ -88,6 +91,17 @@ REJECTED = [
     ("bad-architecture", {"model": {"architecture": "gan"}}, "model.architecture: must be one of"),
     ("resolution-not-divisible", {"model": {"resolution": 30}}, "model.resolution: must be divisible by 4"),
     ("sd-without-base", {"model": {"architecture": "stable-diffusion"}}, "model.baseUri: is required"),
+    (
+        "adapters-without-base",
+        {"model": {"baseAdapters": ["file:///data/runs/default/finetune/style/adapter"]}},
+        "model.baseAdapters: needs model.baseUri",
+    ),
+    (
+        "empty-adapter-uri",
+        {**FINETUNE, "model": {"baseAdapters": [""]}},
+        "model.baseAdapters: must not contain empty",
+    ),
+    ("adapters-not-a-list", {"model": {"baseAdapters": "file:///a"}}, "model.baseAdapters: must be a list"),
     ("bad-groups", {"model": {"config": {"normNumGroups": 5}}}, "model.config.normNumGroups: must divide"),
     (
         "unknown-model-config",

@@ -11,8 +11,9 @@ torch = pytest.importorskip("torch")
 
 from genforge_trainer import train  # noqa: E402
 from genforge_trainer.config import parse_run_spec  # noqa: E402
+from genforge_trainer.exitcodes import DataError  # noqa: E402
 from genforge_trainer.methods import load_lora_adapter, merge_lora  # noqa: E402
-from genforge_trainer.models import load_pretrained  # noqa: E402
+from genforge_trainer.models import load_or_build, load_pretrained, merge_adapters  # noqa: E402
 from genforge_trainer.progress import ProgressReporter  # noqa: E402
 
 from .datasets import shapes  # noqa: E402
@@ -21,13 +22,13 @@ from .test_training import RecordingReporter, tiny_run  # noqa: E402
 pytestmark = pytest.mark.torch
 
 
-def finetune(tmp_path, dataset_uri, base_uri, method, steps=8, reporter=None, **blocks):
+def finetune(tmp_path, dataset_uri, base_uri, method, steps=8, reporter=None, adapters=(), **blocks):
     doc = tiny_run(
         tmp_path,
         dataset_uri,
         steps=steps,
         command="finetune",
-        model={"baseUri": base_uri},
+        model={"baseUri": base_uri, "baseAdapters": list(adapters)},
         finetune={"method": method, "baseVersion": "v1", **blocks},
     )
     spec = parse_run_spec(doc)
@@ -74,6 +75,54 @@ def test_lora_writes_a_small_adapter_that_round_trips_and_merges(tmp_path, datas
         merged_here = merge_lora(adapted_net)(x, t, class_labels=y).sample
     assert not torch.allclose(plain, adapted)  # the adapter learned something
     assert torch.allclose(adapted, merged, atol=1e-5) and torch.allclose(adapted, merged_here, atol=1e-5)
+
+
+def test_finetune_from_a_lora_adapter_version_merges_it_into_its_base_first(tmp_path, dataset_uri, base):
+    """A GenModel version that is an adapter (lora without merge) is a valid base: the run spec
+    names the model it was trained on (``baseUri``) and the adapters (``baseAdapters``)."""
+    base_uri, base_spec = base
+    _, first = finetune(tmp_path / "v2", dataset_uri, base_uri, "lora", lora={"rank": 4, "alpha": 8})
+    adapter = first["artifact"]
+    assert adapter == first["adapter"] and adapter.endswith("/v2/out/adapter")
+
+    # The adapter folder alone is not a model, and says so.
+    with pytest.raises(DataError, match="is a LoRA adapter, not a model"):
+        load_pretrained(adapter, base_spec.model)
+
+    # baseUri + baseAdapters: the adapted weights, merged (no peft wrappers left).
+    spec, second = finetune(
+        tmp_path / "v3",
+        dataset_uri,
+        base_uri,
+        "lora",
+        steps=4,
+        adapters=[adapter],
+        lora={"rank": 4, "alpha": 8},
+    )
+    assert spec.model.base_adapters == (adapter,)
+    start = load_or_build(spec.model, [])
+    assert not any("lora_" in name for name, _ in start.denoiser.named_parameters())
+    plain = load_pretrained(base_uri, base_spec.model)
+    x, t, y = _inputs(spec, len(plain.labels))
+    with torch.no_grad():
+        expected = load_lora_adapter(load_pretrained(base_uri, base_spec.model).denoiser, adapter)(
+            x, t, class_labels=y
+        ).sample
+        assert torch.allclose(start.denoiser(x, t, class_labels=y).sample, expected, atol=1e-5)
+        assert not torch.allclose(plain.denoiser(x, t, class_labels=y).sample, expected)
+
+    # The second fine-tune (a LoRA on the adapter version) ran and left its own adapter; a
+    # third run can start from it through both adapters, oldest first.
+    assert second["artifact"].endswith("/v3/out/adapter") and math.isfinite(second["loss"])
+    _, third = finetune(
+        tmp_path / "v4", dataset_uri, base_uri, "full", steps=2, adapters=[adapter, second["artifact"]]
+    )
+    tuned = load_pretrained(third["artifact"], spec.model)
+    assert tuned.labels == plain.labels
+
+    # A folder that is not an adapter, given as one, is a data error (exit code 3), not a crash.
+    with pytest.raises(DataError, match="is not a LoRA adapter folder"):
+        merge_adapters(load_pretrained(base_uri, base_spec.model), [base_uri])
 
 
 def test_embedding_learns_one_new_class_row_and_nothing_else(tmp_path, dataset_uri, base):

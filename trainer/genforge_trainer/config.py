@@ -189,13 +189,19 @@ class ModelConfig:
 class ModelSpec:
     """The GenModel: architecture, resolution and, for fine-tunes, evaluation of an
     existing version or ``stable-diffusion``, the pretrained weights at ``baseUri``
-    (a save_pretrained folder at a ``file://``/fsspec URI or a plain local path)."""
+    (a save_pretrained folder at a ``file://``/fsspec URI or a plain local path).
+
+    ``baseAdapters``: LoRA adapter folders (peft ``adapter_config.json`` +
+    ``adapter_model.safetensors``, as a ``lora`` fine-tune without ``merge`` leaves them),
+    merged in order into the weights at ``baseUri`` before the run starts — how a run
+    starts from a GenModel version that is an adapter. Empty by default."""
 
     architecture: Architecture
     resolution: int
     name: str = "model"
     config: ModelConfig = field(default_factory=ModelConfig)
     base_uri: str | None = None
+    base_adapters: tuple[str, ...] = ()
 
     def validate(self, path: str, errors: list[str]) -> None:
         _check(
@@ -213,6 +219,18 @@ class ModelSpec:
                 f"must be divisible by {factor} (2^(levels-1) for {len(self.config.block_out_channels)} levels), "
                 f"got {self.resolution}",
             )
+        _check(
+            errors,
+            not self.base_adapters or bool(self.base_uri),
+            f"{path}.baseAdapters",
+            "needs model.baseUri (the model the adapters are merged into)",
+        )
+        _check(
+            errors,
+            all(self.base_adapters),
+            f"{path}.baseAdapters",
+            "must not contain empty URIs",
+        )
         if self.architecture == "stable-diffusion":
             _check(
                 errors,

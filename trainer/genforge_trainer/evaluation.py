@@ -259,16 +259,17 @@ def evaluate_model(
 
 
 def run(spec: RunSpec, reporter) -> dict[str, Any]:
-    """``genforge-trainer evaluate``: evaluate the model at ``model.baseUri`` (default:
-    ``<output>/model``) on the dataset's held-out split."""
+    """``genforge-trainer evaluate``: evaluate the model at ``model.baseUri`` (with
+    ``model.baseAdapters`` merged in; default: ``<output>/model``) on the dataset's held-out
+    split."""
     import dataclasses
 
     from genforge_trainer.imagedata import load_images, split_held_out
-    from genforge_trainer.models import load_pretrained
+    from genforge_trainer.models import load_base, load_pretrained
 
     reporter.update(phase="evaluate")
     uri = spec.model.base_uri or spec.model_uri
-    model = load_pretrained(uri, spec.model)
+    model = load_base(spec.model) if spec.model.base_uri else load_pretrained(uri, spec.model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.denoiser.to(device)
     model.to(device)

@@ -42,7 +42,13 @@ from genforge_trainer import storage
 from genforge_trainer.config import RunSpec
 from genforge_trainer.exitcodes import ConfigError, DataError
 from genforge_trainer.imagedata import BatchSampler, ImageSet, decode_image, to_model_input
-from genforge_trainer.models import DiffusionModel, publish_dir, save_model
+from genforge_trainer.models import (  # noqa: F401  (load_lora_adapter: re-exported)
+    DiffusionModel,
+    load_lora_adapter,
+    merge_lora,
+    publish_dir,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,19 +210,6 @@ def default_lora_targets(module: nn.Module) -> list[str]:
     return ["conv1", "conv2"]
 
 
-def merge_lora(module: nn.Module) -> nn.Module:
-    """Fold injected LoRA weights into the base layers and remove the adapter wrappers."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for name, child in list(module.named_modules()):
-        if isinstance(child, BaseTunerLayer):
-            child.merge()
-            parent_name, _, attr = name.rpartition(".")
-            parent = module.get_submodule(parent_name) if parent_name else module
-            setattr(parent, attr, child.get_base_layer())
-    return module
-
-
 class Lora(Method):
     name = "lora"
 
@@ -264,28 +257,6 @@ class Lora(Method):
             merged = merge_lora(copy.deepcopy(denoiser))
             result["artifact"] = save_model(self.model, self.spec.model_uri, denoiser=merged)
         return result
-
-
-def load_lora_adapter(denoiser: nn.Module, adapter_uri: str) -> nn.Module:
-    """Inject a saved adapter (``Lora.save_artifacts``) into a base UNet, in place."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    from genforge_trainer.models import local_dir
-
-    with local_dir(adapter_uri) as path:
-        with open(f"{path}/adapter_config.json", encoding="utf-8") as f:
-            raw = json.load(f)
-        weights = load_file(f"{path}/adapter_model.safetensors")
-    config = LoraConfig(
-        r=raw["r"],
-        lora_alpha=raw["lora_alpha"],
-        target_modules=raw["target_modules"],
-        lora_dropout=raw.get("lora_dropout", 0.0),
-    )
-    inject_adapter_in_model(config, denoiser)
-    set_peft_model_state_dict(denoiser, weights)
-    return denoiser
 
 
 # --------------------------------------------------------------------------- embeddings

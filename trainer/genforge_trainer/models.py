@@ -270,9 +270,20 @@ def build_unet2d(spec: ModelSpec, labels: list[str]) -> DiffusionModel:
     return DiffusionModel("unet2d-ddpm", spec.resolution, unet, scheduler, labels=list(labels))
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
 def load_pretrained(uri: str, spec: ModelSpec) -> DiffusionModel:
     """Load a pipeline folder written by ``save_pretrained`` (ours or diffusers')."""
     with local_dir(uri) as path:
+        if os.path.exists(os.path.join(path, ADAPTER_CONFIG)) and not os.path.isdir(
+            os.path.join(path, "unet")
+        ):
+            raise DataError(
+                f"{storage.redact_url(uri)} is a LoRA adapter, not a model: give the model it was "
+                f"trained on as model.baseUri and the adapter in model.baseAdapters"
+            )
         meta = {}
         if os.path.exists(os.path.join(path, GENFORGE_FILE)):
             with open(os.path.join(path, GENFORGE_FILE), encoding="utf-8") as f:
@@ -322,10 +333,77 @@ def _load_stable_diffusion(path: str, spec: ModelSpec) -> DiffusionModel:
     )
 
 
+# --------------------------------------------------------------------------- LoRA adapters
+
+
+def merge_lora(module: nn.Module) -> nn.Module:
+    """Fold injected LoRA weights into the base layers and remove the adapter wrappers."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, BaseTunerLayer):
+            child.merge()
+            parent_name, _, attr = name.rpartition(".")
+            parent = module.get_submodule(parent_name) if parent_name else module
+            setattr(parent, attr, child.get_base_layer())
+    if hasattr(module, "peft_config"):
+        del module.peft_config  # no adapter left: a later injection starts clean
+    return module
+
+
+def load_lora_adapter(denoiser: nn.Module, adapter_uri: str) -> nn.Module:
+    """Inject a saved adapter (``methods.Lora.save_artifacts``) into a base UNet, in place."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    with local_dir(adapter_uri) as path:
+        try:
+            with open(os.path.join(path, ADAPTER_CONFIG), encoding="utf-8") as f:
+                raw = json.load(f)
+            weights = load_file(os.path.join(path, ADAPTER_WEIGHTS))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{storage.redact_url(adapter_uri)} is not a LoRA adapter folder: {exc}") from exc
+    config = LoraConfig(
+        r=raw["r"],
+        lora_alpha=raw["lora_alpha"],
+        target_modules=raw["target_modules"],
+        lora_dropout=raw.get("lora_dropout", 0.0),
+    )
+    inject_adapter_in_model(config, denoiser)
+    result = set_peft_model_state_dict(denoiser, weights)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise DataError(
+            f"LoRA adapter {storage.redact_url(adapter_uri)} does not fit the model it is applied to "
+            f"(unexpected {sorted(unexpected)[:3]})"
+        )
+    return denoiser
+
+
+def merge_adapters(model: DiffusionModel, adapter_uris: tuple[str, ...] | list[str]) -> DiffusionModel:
+    """Merge each LoRA adapter, in order, into the model's denoiser: the weights of the
+    GenModel version the last adapter is (a plain model again, no peft wrappers left)."""
+    for uri in adapter_uris:
+        try:
+            load_lora_adapter(model.denoiser, uri)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise DataError(f"cannot apply LoRA adapter {storage.redact_url(uri)}: {exc}") from exc
+        merge_lora(model.denoiser)
+        log.info("merged LoRA adapter %s into the base model", storage.redact_url(uri))
+    return model
+
+
+def load_base(spec: ModelSpec) -> DiffusionModel:
+    """The model at ``baseUri`` with ``baseAdapters`` merged into it."""
+    assert spec.base_uri
+    return merge_adapters(load_pretrained(spec.base_uri, spec), spec.base_adapters)
+
+
 def load_or_build(spec: ModelSpec, labels: list[str]) -> DiffusionModel:
-    """The model a run starts from: the base at ``baseUri`` when given, else a fresh one."""
+    """The model a run starts from: the base at ``baseUri`` (with ``baseAdapters`` merged
+    in) when given, else a fresh one."""
     if spec.base_uri:
-        return load_pretrained(spec.base_uri, spec)
+        return load_base(spec)
     if spec.architecture == "stable-diffusion":  # pragma: no cover - config validation forbids it
         raise ConfigError("stable-diffusion needs model.baseUri")
     return build_unet2d(spec, labels)
