@@ -33,7 +33,8 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from bench_prepare import jittered, sample_photo
+from PIL import Image, ImageOps
 
 from genforge_trainer.data import faces, imageops
 
@@ -41,41 +42,16 @@ NO_PEOPLE = ("coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "cat"
 SIZES = (12, 16, 20, 24, 32, 48, 64)
 
 
-def _sample(name: str) -> Image.Image | None:
-    import skimage.data
-
-    try:
-        array = getattr(skimage.data, name)()
-    except Exception:  # a sample that needs a download
-        return None
-    if array.ndim == 2:
-        array = np.stack([array] * 3, axis=-1)
-    return Image.fromarray(array[..., :3].astype(np.uint8))
-
-
 def backgrounds(count: int, rng: np.random.Generator) -> list[Image.Image]:
-    bases = [b for b in (_sample(n) for n in NO_PEOPLE) if b is not None]
-    out = []
-    for i in range(count):
-        base = bases[i % len(bases)]
-        w, h = base.size
-        frac = rng.uniform(0.7, 1.0)
-        cw, ch = int(w * frac), int(h * frac)
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        image = base.crop((x, y, x + cw, y + ch))
-        if rng.random() < 0.5:
-            image = ImageOps.mirror(image)
-        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.8, 1.2))
-        scale = (rng.uniform(0.7, 1.3) * 1e6 / (cw * ch)) ** 0.5
-        out.append(image.resize((int(cw * scale), int(ch * scale)), Image.Resampling.BICUBIC))
-    return out
+    bases = [b for b in map(sample_photo, NO_PEOPLE) if b is not None]
+    return [jittered(bases[i % len(bases)], rng, (0.7, 1.3), colour=False) for i in range(count)]
 
 
 def real_heads() -> list[tuple[Image.Image, float]]:
     """(head picture, face width as a fraction of the picture's width)."""
     heads = []
     for name in ("astronaut", "camera"):
-        picture = _sample(name)
+        picture = sample_photo(name)
         found = faces.detector().detect(picture, (0.0, 0.0, float(picture.width), float(picture.height)), 1.0)
         x0, y0, x1, y1 = found[0].box
         w, cx, cy = x1 - x0, (x0 + x1) / 2, (y0 + y1) / 2

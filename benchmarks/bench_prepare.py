@@ -56,22 +56,43 @@ SAMPLES = (
 )
 
 
-def _base_images() -> list[Image.Image]:
+def sample_photo(name: str) -> Image.Image | None:
+    """One of scikit-image's sample pictures as RGB, or None if it needs a download."""
     import skimage.data
 
-    images = []
-    for name in SAMPLES:
-        loader = getattr(skimage.data, name, None)
-        if loader is None:
-            continue
-        try:
-            array = loader()
-        except Exception:  # a sample that needs a download: skip it
-            continue
-        if array.ndim == 2:
-            array = np.stack([array] * 3, axis=-1)
-        images.append(Image.fromarray(array[..., :3].astype(np.uint8)))
-    return images
+    loader = getattr(skimage.data, name, None)
+    if loader is None:
+        return None
+    try:
+        array = loader()
+    except Exception:  # a sample that needs a download: skip it
+        return None
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return Image.fromarray(array[..., :3].astype(np.uint8))
+
+
+def _base_images() -> list[Image.Image]:
+    return [image for image in map(sample_photo, SAMPLES) if image is not None]
+
+
+def jittered(
+    base: Image.Image, rng: np.random.Generator, megapixels: tuple[float, float], colour: bool = True
+) -> Image.Image:
+    """A random crop of ``base`` (70–100 %), mirrored half the time, brightness (and colour)
+    jittered, rescaled to a random size in ``megapixels``."""
+    w, h = base.size
+    frac = rng.uniform(0.7, 1.0)
+    cw, ch = int(w * frac), int(h * frac)
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    image = base.crop((x, y, x + cw, y + ch))
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.8, 1.2))
+    if colour:
+        image = ImageEnhance.Color(image).enhance(rng.uniform(0.7, 1.3))
+    scale = (rng.uniform(*megapixels) * 1e6 / (cw * ch)) ** 0.5
+    return image.resize((int(cw * scale), int(ch * scale)), Image.Resampling.BICUBIC)
 
 
 def _gps_exif() -> bytes:
@@ -90,19 +111,7 @@ def build_photos(directory: str, count: int, seed: int = 0) -> tuple[int, int]:
     total_bytes = total_pixels = 0
     lines = []
     for i in range(count):
-        base = bases[i % len(bases)]
-        w, h = base.size
-        frac = rng.uniform(0.7, 1.0)
-        cw, ch = int(w * frac), int(h * frac)
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        image = base.crop((x, y, x + cw, y + ch))
-        if rng.random() < 0.5:
-            image = ImageOps.mirror(image)
-        image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.8, 1.2))
-        image = ImageEnhance.Color(image).enhance(rng.uniform(0.7, 1.3))
-        megapixels = rng.uniform(1.0, 2.0)
-        scale = (megapixels * 1e6 / (cw * ch)) ** 0.5
-        image = image.resize((int(cw * scale), int(ch * scale)), Image.Resampling.BICUBIC)
+        image = jittered(bases[i % len(bases)], rng, (1.0, 2.0))
         buffer = io.BytesIO()
         params = {"quality": int(rng.integers(85, 96))}
         if i % 3 == 0:

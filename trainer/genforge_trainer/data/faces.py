@@ -176,10 +176,12 @@ class FaceDetector:
         self._anchors = _anchors()
 
     def detect_window(self, window: Image.Image, threshold: float = SCORE_THRESHOLD) -> list[Face]:
-        """Faces in an RGB image no larger than the model's input (a smaller one is placed
-        top-left on mid-grey), as boxes in the window's own pixels."""
-        pixels = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.float32)  # 0 is mid-grey in [-1, 1]
-        pixels[: window.height, : window.width] = (np.asarray(window, dtype=np.float32) - 127.5) / 127.5
+        """Faces in an RGB image of the model's input size, as boxes in its pixels."""
+        if window.size != (INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(
+                f"the face model takes {INPUT_SIZE}x{INPUT_SIZE} windows, got {window.width}x{window.height}"
+            )
+        pixels = (np.asarray(window, dtype=np.float32) - 127.5) / 127.5  # [-1, 1]
         self._net.setInput(np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis]))  # NCHW
         outputs = self._net.forward(self._outputs)
         raw_scores = next(o for o in outputs if o.shape[-1] == 1).reshape(-1)
