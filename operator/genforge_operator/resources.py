@@ -24,3 +24,7 @@ def crd_dir() -> Path:
 
 def examples_dir() -> Path:
     return _find("examples")
+
+
+def charts_dir() -> Path:
+    return _find("charts")

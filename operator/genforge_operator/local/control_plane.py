@@ -18,6 +18,14 @@ Three parts, started in this order and stopped in reverse:
 
 Stopping stops the operator first (so it does not react to its pods going away), then
 every trainer process (SIGTERM, SIGKILL after the grace period), then the API server.
+
+With ``kube=True`` (``genforge local --kube``) the emulator is replaced by a real control
+plane built from the pinned Kubernetes binaries (:class:`~.real_cluster.RealCluster`:
+etcd, kube-apiserver with RBAC, kube-controller-manager); the executor becomes the node's
+kubelet (:class:`~.kubelet.LocalKubelet`: the real Job controller creates the pods, it
+binds and runs them); the CRDs are applied with ``kubectl apply --server-side``; and the
+operator runs as the Helm chart's ServiceAccount with exactly the chart's RBAC (a bound
+token, no admin rights). The kubeconfig written for you is the cluster admin's.
 """
 
 from __future__ import annotations
@@ -64,7 +72,8 @@ class LocalControlPlane:
                  kubeconfig_path: str | os.PathLike[str] | None = None,
                  crd_dir: str | os.PathLike[str] | None = None, operator: bool = True,
                  operator_env: Mapping[str, str] | None = None,
-                 executor_options: Mapping[str, Any] | None = None):
+                 executor_options: Mapping[str, Any] | None = None, kube: bool = False,
+                 chart_values: Mapping[str, Any] | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.metrics_port = metrics_port
@@ -73,7 +82,11 @@ class LocalControlPlane:
         self.with_operator = operator
         self.operator_env = dict(operator_env or {})
         self.executor_options = dict(executor_options or {})
+        self.kube = kube
+        self.chart_values = dict(chart_values or {})
         self.cluster: EmulatedCluster | None = None
+        self.real: Any = None  # a RealCluster in kube mode
+        self.operator_account: tuple[str, str] | None = None  # (namespace, name) in kube mode
         self.executor: LocalExecutor | None = None
         self.operator_process: subprocess.Popen[bytes] | None = None
         self._operator_log: TextIO | None = None
@@ -82,6 +95,8 @@ class LocalControlPlane:
 
     @property
     def url(self) -> str:
+        if self.real is not None:
+            return self.real.url
         if self.cluster is None or self.cluster.url is None:
             raise RuntimeError("the local control plane is not started")
         return self.cluster.url
@@ -98,15 +113,32 @@ class LocalControlPlane:
     def operator_log_path(self) -> Path:
         return self.logs_dir / "operator.log"
 
+    def api(self, namespace: str = "default"):
+        """A small JSON client (`demo.Api`) for this control plane, as its admin."""
+        from .demo import Api
+
+        return Api(self.url, namespace, ssl_context=self.real.ssl_context() if self.real is not None else None)
+
     def kubectl_env(self) -> dict[str, str]:
         """This process's environment with KUBECONFIG pointing here (for `kubectl` subprocesses)."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig_path)}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def operator_kubeconfig_path(self) -> Path:
+        return self.data_dir / "operator.kubeconfig"
+
     def start(self, timeout: float = 60.0) -> LocalControlPlane:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        if self.kube:
+            try:
+                self._start_real(max(timeout, 120.0))
+            except BaseException:
+                self.stop()
+                raise
+            return self
         try:
             self.cluster = EmulatedCluster(crd_dir=self.crd_dir, port=self.port, middleware=KubectlSupport())
             self.cluster.start()
@@ -120,6 +152,33 @@ class LocalControlPlane:
             raise
         return self
 
+    def _start_real(self, timeout: float) -> None:
+        from . import chart
+        from .kubelet import LocalKubelet
+        from .real_cluster import RealCluster
+
+        account = f"system:serviceaccount:{chart.NAMESPACE}:"
+        self.real = RealCluster(self.data_dir / "kube", audit_users=[account + "genforge"]).start(timeout)
+        self.real.write_kubeconfig(self.kubeconfig_path)
+        self.install_crds()
+        objects, name = chart.operator_rbac(self.chart_values)
+        if f"{account}{name}" not in self.real.audit_users:
+            raise RuntimeError(f"the chart's operator ServiceAccount is {name!r}, not 'genforge'")
+        self.real.kubectl("create", "namespace", chart.NAMESPACE)
+        self.real.kubectl("apply", "--server-side", "-f", "-", input=_yaml_documents(objects))
+        self.operator_account = (chart.NAMESPACE, name)
+        self.real.service_account_kubeconfig(chart.NAMESPACE, name, self.operator_kubeconfig_path)
+        options = {"pvc_dirs": {DATA_CLAIM: self.data_dir}, **self.executor_options}
+        self.executor = LocalKubelet(self.url, self.data_dir, ssl_context=self.real.ssl_context(), **options).start()
+        if self.with_operator:
+            self._start_operator(timeout)
+
+    def install_crds(self) -> None:
+        """`kubectl apply --server-side` every CRD and wait until each is Established."""
+        assert self.real is not None
+        self.real.kubectl("apply", "--server-side", "-f", str(self.crd_dir))
+        self.real.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(self.crd_dir))
+
     def stop(self) -> None:
         self._stop_operator()
         if self.executor is not None:
@@ -128,6 +187,9 @@ class LocalControlPlane:
         if self.cluster is not None:
             self.cluster.stop()
             self.cluster = None
+        if self.real is not None:
+            self.real.stop()
+            self.real = None
 
     def __enter__(self) -> LocalControlPlane:
         return self.start()
@@ -139,9 +201,12 @@ class LocalControlPlane:
 
     def operator_environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        if self.real is not None:  # the chart's ServiceAccount through its kubeconfig, as on a cluster
+            env.pop("GENFORGE_API_SERVER", None)
+            env["KUBECONFIG"] = str(self.operator_kubeconfig_path)
+        else:
+            env.update({"GENFORGE_API_SERVER": self.url, "KUBECONFIG": str(self.kubeconfig_path)})
         env.update({
-            "GENFORGE_API_SERVER": self.url,
-            "KUBECONFIG": str(self.kubeconfig_path),  # any client that looks goes here, never elsewhere
             "GENFORGE_STORAGE_URI": f"file://{DATA_MOUNT}",
             "GENFORGE_STORAGE_PVC": DATA_CLAIM,
             "GENFORGE_STORAGE_MOUNT_PATH": DATA_MOUNT,
@@ -152,10 +217,9 @@ class LocalControlPlane:
         return env
 
     def _start_operator(self, timeout: float) -> None:
-        assert self.cluster is not None
         if not self.metrics_port:
             self.metrics_port = _free_port()
-        mark = self.cluster.mark()
+        mark = self.real.audit_mark() if self.real is not None else self.cluster.mark()
         self._operator_log = open(self.operator_log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop
         self.operator_process = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "-A", "--standalone", "-m", OPERATOR_MODULE],
@@ -164,18 +228,33 @@ class LocalControlPlane:
         atexit.register(self._kill_operator)
         self._wait_operator_watching(mark, timeout)
 
+    def _watched_since(self, mark: int) -> set[tuple[str, str]]:
+        if self.real is not None:
+            return {((e.get("objectRef") or {}).get("apiGroup", ""), (e.get("objectRef") or {}).get("resource", ""))
+                    for e in self.real.audit_events(mark) if e.get("verb") == "watch"}
+        assert self.cluster is not None
+        return {(r.group, r.plural) for r in self.cluster.requests(since=mark)
+                if r.verb == "watch" and r.user_agent.startswith("kopf")}
+
+    def _genforge_plurals(self) -> set[tuple[str, str]]:
+        if self.real is not None:
+            from ..schema import load_yaml_documents
+
+            return {(OPERATOR_GROUP, doc["spec"]["names"]["plural"])
+                    for path in sorted(self.crd_dir.glob("*.yaml")) for doc in load_yaml_documents(path)}
+        assert self.cluster is not None
+        return {(res.group, res.plural) for res in self.cluster.resources() if res.group == OPERATOR_GROUP}
+
     def _wait_operator_watching(self, mark: int, timeout: float) -> None:
         """Return once the operator watches every genforge kind, Jobs and Pods."""
-        assert self.cluster is not None and self.operator_process is not None
-        wanted = {(res.group, res.plural) for res in self.cluster.resources() if res.group == OPERATOR_GROUP}
-        wanted |= {("batch", "jobs"), ("", "pods")}
+        assert self.operator_process is not None
+        wanted = self._genforge_plurals() | {("batch", "jobs"), ("", "pods")}
         deadline = time.monotonic() + timeout
         while True:
             if self.operator_process.poll() is not None:
                 raise RuntimeError(f"the operator exited during startup (code {self.operator_process.returncode}); "
                                    f"its log:\n{_tail(self.operator_log_path)}")
-            watched = {(r.group, r.plural) for r in self.cluster.requests(since=mark)
-                       if r.verb == "watch" and r.user_agent.startswith("kopf")}
+            watched = self._watched_since(mark)
             if wanted <= watched:
                 return
             if time.monotonic() > deadline:
@@ -205,8 +284,28 @@ class LocalControlPlane:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
 
+    def kill_operator(self) -> None:
+        """SIGKILL the operator (no cleanup, as a node failure would): for restart tests."""
+        process = self.operator_process
+        if process is not None:
+            self._kill_operator()
+            process.wait()
+        self._stop_operator()
+
+    def start_operator(self, timeout: float = 60.0) -> None:
+        """Start the operator again (after :meth:`kill_operator`); returns once it watches everything."""
+        if self.operator_alive():
+            raise RuntimeError("the operator is running")
+        self._start_operator(timeout)
+
     def operator_alive(self) -> bool:
         return self.operator_process is not None and self.operator_process.poll() is None
+
+
+def _yaml_documents(objects: list[dict]) -> str:
+    import yaml
+
+    return "".join("---\n" + yaml.safe_dump(o, sort_keys=False) for o in objects)
 
 
 def _free_port() -> int:
@@ -236,12 +335,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the operator's Prometheus port (default: a free one)")
     parser.add_argument("--no-operator", action="store_true",
                         help="run the API server and the executor only (to run the operator yourself)")
+    parser.add_argument("--kube", action="store_true",
+                        help="a real control plane (etcd, kube-apiserver, kube-controller-manager built by "
+                             "scripts/kube-binaries) instead of the emulated API server; the operator runs "
+                             "with the Helm chart's RBAC")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plane = LocalControlPlane(args.data, port=args.port, metrics_port=args.metrics_port,
-                              kubeconfig_path=args.kubeconfig, operator=not args.no_operator)
+                              kubeconfig_path=args.kubeconfig, operator=not args.no_operator,
+                              kube=getattr(args, "kube", False))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -266,7 +370,8 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(plane: LocalControlPlane) -> str:
     lines = [
-        "genforge local control plane is running",
+        "genforge local control plane is running" + (
+            f" (real Kubernetes {plane.real.binaries.kubernetes_version})" if plane.real is not None else ""),
         f"  API server:  {plane.url}",
         f"  kubeconfig:  {plane.kubeconfig_path}",
         f"               export KUBECONFIG={plane.kubeconfig_path}",

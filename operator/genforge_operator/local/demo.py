@@ -99,10 +99,12 @@ def shrink(manifests: list[Body], factor: int) -> list[Body]:
 
 
 class Api:
-    """Plain JSON over HTTP to the emulated API server (no credentials, no kubectl needed)."""
+    """Plain JSON over HTTP(S) to the local API server (no kubectl needed); for the real
+    control plane, `ssl_context` trusts its CA and presents the admin's certificate."""
 
-    def __init__(self, url: str, namespace: str = "default"):
+    def __init__(self, url: str, namespace: str = "default", ssl_context: Any = None):
         self.url, self.namespace = url.rstrip("/"), namespace
+        self.ssl_context = ssl_context
 
     def path(self, kind: str, name: str | None = None) -> str:
         k = KINDS[kind]
@@ -113,7 +115,7 @@ class Api:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as response:
+        with urllib.request.urlopen(req, timeout=30, context=self.ssl_context) as response:
             return json.loads(response.read())
 
     def apply(self, obj: Body) -> None:

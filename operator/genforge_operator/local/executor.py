@@ -89,13 +89,16 @@ class ApiError(Exception):
 class _Api:
     """The few API calls the executor makes, over aiohttp, with JSON bodies."""
 
-    def __init__(self, url: str, token: str | None):
+    def __init__(self, url: str, token: str | None, ssl_context: Any = None):
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.ssl_context = ssl_context
         self.session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context is not None else None
         self.session = aiohttp.ClientSession(
+            connector=connector,
             headers={**self.headers, "User-Agent": "genforge-local-executor"},
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), read_bufsize=2**22)
 
@@ -291,7 +294,7 @@ class LocalExecutor:
                  work_dir: str | os.PathLike[str] | None = None, node_name: str = NODE_NAME,
                  backoff_base: float = 1.0, backoff_cap: float = 60.0, shutdown_grace: float = 15.0,
                  env: Mapping[str, str] | None = None, register_node: bool = True,
-                 namespace: str | None = None):
+                 namespace: str | None = None, ssl_context: Any = None):
         self.api_url = api_url
         self.data_dir = Path(data_dir).resolve()
         self.pvc_dirs = {name: Path(path).resolve() for name, path in (pvc_dirs or {}).items()}
@@ -305,7 +308,7 @@ class LocalExecutor:
         self.namespace = namespace
         scope = f"/namespaces/{namespace}" if namespace else ""
         self._jobs_url, self._pods_url = f"/apis/batch/v1{scope}/jobs", f"/api/v1{scope}/pods"
-        self._api = _Api(api_url, token)
+        self._api = _Api(api_url, token, ssl_context)
         self._jobs: dict[str, _Job] = {}
         self._pods_by_uid: dict[str, _Pod] = {}
         self._ips_in_use: set[str] = set()
@@ -960,6 +963,10 @@ class LocalExecutor:
                 for source in volume["projected"].get("sources") or []:
                     if "configMap" in source or "secret" in source:
                         await self._materialise(p.namespace, source, target)
+                    elif "serviceAccountToken" in source:
+                        await self._project_token(p, spec, source["serviceAccountToken"], target)
+                    elif "downwardAPI" in source:
+                        self._project_downward(p, source["downwardAPI"], target)
                 target.mkdir(parents=True, exist_ok=True)
             elif "emptyDir" in volume:
                 target.mkdir(parents=True, exist_ok=True)
@@ -981,6 +988,38 @@ class LocalExecutor:
                 target.mkdir(parents=True, exist_ok=True)
             path_map[mount["mountPath"]] = str(target)
         return path_map
+
+    async def _project_token(self, p: _Pod, spec: Body, source: Body, target: Path) -> None:
+        """A projected ServiceAccount token, bound to the pod (TokenRequest), as the kubelet writes it."""
+        account = spec.get("serviceAccountName") or "default"
+        request: Body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                         "spec": {"expirationSeconds": int(source.get("expirationSeconds") or 3607),
+                                  "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": p.name, "uid": p.uid}}}
+        if source.get("audience"):
+            request["spec"]["audiences"] = [source["audience"]]
+        try:
+            answer = await self._api.request(
+                "POST", f"/api/v1/namespaces/{p.namespace}/serviceaccounts/{account}/token", request)
+        except ApiError as e:
+            raise jc.ConfigError("ContainerCreating", f"MountVolume.SetUp failed: cannot get a token for "
+                                                      f"serviceaccount {account!r}: {e}") from e
+        path = target / source.get("path", "token")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(answer["status"]["token"])
+
+    def _project_downward(self, p: _Pod, source: Body, target: Path) -> None:
+        meta = (p.body or {}).get("metadata") or {}
+        for item in source.get("items") or []:
+            field = (item.get("fieldRef") or {}).get("fieldPath", "")
+            value = {"metadata.namespace": p.namespace, "metadata.name": p.name,
+                     "metadata.uid": p.uid or ""}.get(field)
+            if value is None and field.startswith(("metadata.labels", "metadata.annotations")):
+                kind = "labels" if field.startswith("metadata.labels") else "annotations"
+                value = "\n".join(f'{k}="{v}"' for k, v in sorted((meta.get(kind) or {}).items()))
+            if value is not None:
+                path = target / item["path"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(value)
 
     async def _materialise(self, namespace: str, source: Body, target: Path) -> None:
         """A ConfigMap or Secret volume (source) as files in `target`."""
@@ -1100,7 +1139,7 @@ class LocalExecutor:
             conditions.append(p.disruption)
         status: Body = {
             "phase": phase, "conditions": conditions, "hostIP": HOST_IP, "hostIPs": [{"ip": HOST_IP}],
-            "startTime": started, "qosClass": "BestEffort",
+            "startTime": started,
             "containerStatuses": [{
                 "name": container.get("name", ""), "image": container.get("image", ""), "imageID": "",
                 "ready": running, "started": running, "restartCount": 0, "state": state,
@@ -1109,6 +1148,8 @@ class LocalExecutor:
         }
         if p.ip:
             status.update(podIP=p.ip, podIPs=[{"ip": p.ip}])
+        if not ((p.body or {}).get("status") or {}).get("qosClass"):
+            status["qosClass"] = "BestEffort"  # a real API server sets it at creation
         try:
             result = await self._api.patch(_pods_path(p.namespace, p.name, "status"), {"status": status})
         except ApiError as e:
