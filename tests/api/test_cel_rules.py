@@ -146,7 +146,7 @@ REJECTED = [
      "spec.resolution", "multiple of 8"),
     ("model-unet-resolution-not-divisible", "GenModel",
      {"spec.resolution": 30, "spec.config.blockOutChannels": [16, 32, 32]},
-     "spec.resolution", "resolution 30 must be divisible by 4: each of the 2 down blocks halves it"),
+     "spec.resolution", "resolution must be divisible by 2^(number of config.blockOutChannels entries - 1)"),
     ("model-norm-groups-not-dividing", "GenModel", {"spec.config.normNumGroups": 3},
      "spec.config.normNumGroups", "normNumGroups must divide every blockOutChannels entry"),
     ("model-attention-wrong-length", "GenModel", {"spec.config.attention": [True]},

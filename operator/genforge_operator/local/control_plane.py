@@ -157,13 +157,11 @@ class LocalControlPlane:
         from .kubelet import LocalKubelet
         from .real_cluster import RealCluster
 
-        account = f"system:serviceaccount:{chart.NAMESPACE}:"
-        self.real = RealCluster(self.data_dir / "kube", audit_users=[account + "genforge"]).start(timeout)
+        objects, name = chart.operator_rbac(self.chart_values)
+        account = f"system:serviceaccount:{chart.NAMESPACE}:{name}"
+        self.real = RealCluster(self.data_dir / "kube", audit_users=[account]).start(timeout)
         self.real.write_kubeconfig(self.kubeconfig_path)
         self.install_crds()
-        objects, name = chart.operator_rbac(self.chart_values)
-        if f"{account}{name}" not in self.real.audit_users:
-            raise RuntimeError(f"the chart's operator ServiceAccount is {name!r}, not 'genforge'")
         self.real.kubectl("create", "namespace", chart.NAMESPACE)
         self.real.kubectl("apply", "--server-side", "-f", "-", input=_yaml_documents(objects))
         self.operator_account = (chart.NAMESPACE, name)
