@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .api import API_VERSION, Resource
 from .config import OperatorConfig
-from .naming import LABEL_KUEUE_QUEUE, LABEL_ROLE, child_name, owner_labels
+from .naming import LABEL_KUEUE_QUEUE, LABEL_MANAGED_BY, LABEL_ROLE, MANAGER, child_name, owner_labels
 from .runspec import Placement
 
 CONFIG_MOUNT = "/etc/genforge"
@@ -63,6 +63,22 @@ def _metadata(owner: Resource, name: str, extra_labels: dict | None = None) -> d
         "namespace": owner.namespace,
         "labels": labels,
         "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def build_trainer_service_account(namespace: str, config: OperatorConfig) -> dict:
+    """The ServiceAccount every trainer pod runs as (`config.service_account`).
+
+    A real API server refuses to create a pod whose ServiceAccount does not exist, and the
+    Job controller only records that as an Event on the Job: the run would wait forever.
+    So the operator makes sure it exists in the run's namespace before creating a Job.
+    Shared by every run there (no owner); no token is mounted and no role is bound to it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": config.service_account, "namespace": namespace,
+                     "labels": {LABEL_MANAGED_BY: MANAGER, "app.kubernetes.io/component": "trainer"}},
+        "automountServiceAccountToken": False,
     }
 
 

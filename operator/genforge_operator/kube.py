@@ -166,6 +166,8 @@ class Kube:
                 self.core.create_namespaced_config_map(namespace, obj)
             elif kind == "Service":
                 self.core.create_namespaced_service(namespace, obj)
+            elif kind == "ServiceAccount":
+                self.core.create_namespaced_service_account(namespace, obj)
             else:  # pragma: no cover - the builders make nothing else
                 raise ValueError(f"unexpected child kind {kind}")
         except ApiException as exc:

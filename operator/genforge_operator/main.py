@@ -21,6 +21,7 @@ import kopf
 
 from . import budget, economics, metrics
 from .api import GROUP, VERSION, SpecError, parse_resource
+from .builders import build_trainer_service_account
 from .config import OperatorConfig
 from .kube import Kube, merge_patch
 from .naming import LABEL_MANAGED_BY, LABEL_UID, MANAGER, owner_selector
@@ -233,6 +234,8 @@ class Reconciler:
     def apply(self, kind: str, body: dict, outcome: Outcome) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        if any(obj["kind"] == "Job" for obj in outcome.create):
+            self.kube.create(build_trainer_service_account(namespace, self.config))
         for obj in outcome.create:
             self.kube.create(obj)
         job_name = outcome.status.get("job")

@@ -33,7 +33,7 @@ OPERATOR_NAMESPACED = (
     | grant(GENFORGE, ["datasets/finalizers", "finetunes/finalizers", "trainingruns/finalizers"], ["update"])
     | grant("batch", ["jobs"], ["get", "list", "watch", "create", "patch", "delete"])
     | grant("", ["pods"], ["list", "watch"])
-    | grant("", ["configmaps", "services"], ["create"])
+    | grant("", ["configmaps", "serviceaccounts", "services"], ["create"])
     | grant("", ["events"], ["create"])
 )
 OPERATOR_CLUSTER = (

@@ -63,14 +63,42 @@ def kube(tmp_path_factory):
     plane.stop()
 
 
-@pytest.fixture
-def kube_namespace(kube):
-    """A fresh namespace (deleted afterwards by the real namespace controller)."""
+_LIVE_NAMESPACES: list[str] = []
+
+
+def delete_namespace(kube, name: str) -> None:
+    """Delete the genforge objects first (the operator, if running, handles their finalizers while
+    the namespace still takes Events), then the namespace, and wait until both are gone."""
+    kube.real.kubectl("delete", "genforge", "--all", "-n", name, "--wait=true", "--timeout=120s", check=False)
+    kube.real.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
+    if name in _LIVE_NAMESPACES:
+        _LIVE_NAMESPACES.remove(name)
+
+
+def new_namespace(kube) -> str:
     name = f"real-{uuid.uuid4().hex[:8]}"
     kube.real.kubectl("create", "namespace", name)
     kube.real.wait_namespace_ready(name)
+    _LIVE_NAMESPACES.append(name)
+    return name
+
+
+@pytest.fixture
+def kube_namespace(kube):
+    """A fresh namespace, deleted afterwards (objects first, then the namespace) and waited for."""
+    name = new_namespace(kube)
     yield name
-    kube.real.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    if name in _LIVE_NAMESPACES:
+        delete_namespace(kube, name)
+
+
+@pytest.fixture(scope="module")
+def module_namespace(kube):
+    """One namespace for a module's many short cases (objects with unique names)."""
+    name = new_namespace(kube)
+    yield name
+    if name in _LIVE_NAMESPACES:
+        delete_namespace(kube, name)
 
 
 _LOG_PROBLEM = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback \(most recent call last\)")
@@ -84,6 +112,8 @@ def kube_operator(kube):
     kube.with_operator = True
     kube.start_operator(timeout=90)
     yield kube
+    for name in list(_LIVE_NAMESPACES):  # while the operator can still remove its finalizers
+        delete_namespace(kube, name)
     kube._stop_operator()
     kube.with_operator = False
     with open(kube.operator_log_path, encoding="utf-8", errors="replace") as f:

@@ -101,11 +101,11 @@ EXAMPLES = example_documents()
 
 @pytest.mark.parametrize(("file_name", "doc"), EXAMPLES,
                          ids=[f"{f}:{d['metadata']['name']}" for f, d in EXAMPLES])
-def test_the_server_defaults_each_example_as_the_project_assumes(kube, kube_namespace, file_name, doc):
+def test_the_server_defaults_each_example_as_the_project_assumes(kube, module_namespace, file_name, doc):
     """What the API server stores equals `schema.apply_defaults` (what render, estimate, the
     emulator and the contract test assume), and parses to the same typed model."""
     obj = _unique(doc)
-    status, stored = create(kube.real, obj, kube_namespace, dry_run=False)
+    status, stored = create(kube.real, obj, module_namespace, dry_run=False)
     assert status == 201, _server_errors(stored)
     try:
         expected = schema.apply_defaults(obj)
@@ -187,7 +187,8 @@ def _replay_cases():
 
 
 @pytest.mark.parametrize(("kind", "changes", "path", "message"), list(_replay_cases()))
-def test_the_server_agrees_with_the_offline_verdict(kube, kube_namespace, kind, changes, path, message):
+def test_the_server_agrees_with_the_offline_verdict(kube, module_namespace, kind, changes, path, message):
+    kube_namespace = module_namespace
     obj = _case_object(kind, changes)
     offline = schema.validate(obj)
     assert bool(offline) == (path is not None), offline  # the table itself is what tests/api checks
@@ -202,7 +203,8 @@ def test_the_server_agrees_with_the_offline_verdict(kube, kube_namespace, kind, 
 
 
 @pytest.mark.parametrize(("old_kind", "changes", "path"), [c[1:] for c in _updates()], ids=[c[0] for c in _updates()])
-def test_the_server_agrees_on_updates(kube, kube_namespace, old_kind, changes, path):
+def test_the_server_agrees_on_updates(kube, module_namespace, old_kind, changes, path):
+    kube_namespace = module_namespace
     kind, old_changes = _OLD[old_kind]
     old = _unique(make(kind, old_changes))
     status, created = create(kube.real, old, kube_namespace, dry_run=False)

@@ -32,10 +32,11 @@ operator against the emulated API server and checks every request it made is all
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# The run spec (ConfigMap) and the headless Service of multi-node runs: created once,
-# never read back or changed (an existing one is fine: HTTP 409).
+# The run spec (ConfigMap), the headless Service of multi-node runs, and the trainer
+# ServiceAccount (no token, no role; a pod naming a missing one is never created): created
+# once, never read back or changed (an existing one is fine: HTTP 409).
 - apiGroups: [""]
-  resources: [configmaps, services]
+  resources: [configmaps, serviceaccounts, services]
   verbs: [create]
 # Events that explain decisions (kopf posts core/v1 Events).
 - apiGroups: [""]

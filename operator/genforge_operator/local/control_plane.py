@@ -176,6 +176,14 @@ class LocalControlPlane:
         assert self.real is not None
         self.real.kubectl("apply", "--server-side", "-f", str(self.crd_dir))
         self.real.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(self.crd_dir))
+        # Established is not yet listable: until its watch cache is up the server answers 429
+        # "storage is (re)initializing" (kopf would log each retry as an error).
+        for group, plural in sorted(self._genforge_plurals()):
+            deadline = time.monotonic() + 60
+            while self.real.request("GET", f"/apis/{group}/v1alpha1/{plural}?limit=1")[0] != 200:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{plural}.{group} is not listable 60 s after its CRD was established")
+                time.sleep(0.1)
 
     def stop(self) -> None:
         self._stop_operator()
