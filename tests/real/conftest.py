@@ -26,6 +26,7 @@ import uuid
 
 import pytest
 
+from genforge_operator.api import KINDS
 from genforge_operator.local import kube_binaries
 
 pytestmark = pytest.mark.kube
@@ -69,7 +70,9 @@ _LIVE_NAMESPACES: list[str] = []
 def delete_namespace(kube, name: str) -> None:
     """Delete the genforge objects first (the operator, if running, handles their finalizers while
     the namespace still takes Events), then the namespace, and wait until both are gone."""
-    kube.real.kubectl("delete", "genforge", "--all", "-n", name, "--wait=true", "--timeout=120s", check=False)
+    # Not `delete genforge --all`: the category includes the cluster-scoped AcceleratorPools.
+    kinds = ",".join(k.plural for k in KINDS.values() if k.namespaced)
+    kube.real.kubectl("delete", kinds, "--all", "-n", name, "--wait=true", "--timeout=120s", check=False)
     kube.real.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
     if name in _LIVE_NAMESPACES:
         _LIVE_NAMESPACES.remove(name)

@@ -9,6 +9,7 @@ trainer pods get one thread each (`OMP_NUM_THREADS=1`, see conftest).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -48,6 +49,9 @@ def phase(plane, namespace, kind, name) -> str | None:
 
 def diagnose(plane: LocalControlPlane, namespace: str) -> str:
     parts = [f"--- operator log\n{_tail(plane.operator_log_path, 40)}"]
+    for what in ("jobs,pods", "events"):
+        out = plane.real.kubectl("get", what, "-n", namespace, "-o", "wide", check=False)
+        parts.append(f"--- kubectl get {what}\n{out.stdout}{out.stderr}")
     for log in sorted((plane.logs_dir / namespace).glob("*.log")):
         parts.append(f"--- {log.name}\n{_tail(log, 20)}")
     return "\n".join(parts)
@@ -73,9 +77,9 @@ def wait_phase(plane, namespace, kind, name, phases: tuple[str, ...], timeout: f
     return wait(plane, namespace, reached, f"{kind} {name} in {phases}", timeout)
 
 
-def jobs(plane: LocalControlPlane, namespace: str) -> list[dict]:
+def jobs(plane: LocalControlPlane, namespace: str, kind: str = "TrainingRun") -> list[dict]:
     status, body = plane.real.request(
-        "GET", f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector=app.kubernetes.io%2Fmanaged-by%3Dgenforge")
+        "GET", f"/apis/batch/v1/namespaces/{namespace}/jobs?labelSelector=genforge.dev%2Fkind%3D{kind}")
     assert status == 200, body
     return body["items"]
 
@@ -189,7 +193,8 @@ def test_run_stopped_by_its_budget_resumes_from_its_checkpoint_when_raised(kube_
 
     stopped = wait_phase(plane, ns, "TrainingRun", "capped", ("BudgetExceeded", "Succeeded", "Failed"), timeout=180)
     assert stopped["status"]["phase"] == "BudgetExceeded", diagnose(plane, ns)
-    assert condition(stopped, "Ready").get("reason") or stopped["status"]["conditions"]
+    reasons = {c.get("reason") for c in stopped["status"]["conditions"]}
+    assert "MaxDurationReached" in reasons, stopped["status"]["conditions"]
     (job,) = jobs(plane, ns)
     assert job["spec"]["suspend"] is True
     # The real Job controller deleted the pod; the kubelet gave it SIGTERM and it checkpointed.
@@ -203,11 +208,12 @@ def test_run_stopped_by_its_budget_resumes_from_its_checkpoint_when_raised(kube_
                        "-p", json.dumps({"spec": {"budget": {"maxDuration": "20m"}}}))
     wait_phase(plane, ns, "TrainingRun", "capped", ("Running",), timeout=60)
     assert len(jobs(plane, ns)) == 1 and jobs(plane, ns)[0]["spec"]["suspend"] is False
-    logs = "".join(p.read_text() for p in (plane.logs_dir / ns).glob("capped-*.log"))
-    wait(plane, ns, lambda: "resumed from" in "".join(p.read_text() for p in (plane.logs_dir / ns).glob("capped*.log")),
-         "the trainer to resume from its checkpoint", timeout=120)
-    logs = "".join(p.read_text() for p in (plane.logs_dir / ns).glob("capped*.log"))
-    assert "resumed from" in logs and checkpointed
+    def trainer_log() -> str:
+        return "".join(p.read_text() for p in (plane.logs_dir / ns).glob(f"{job['metadata']['name']}-*.log"))
+
+    wait(plane, ns, lambda: "resumed from" in trainer_log(), "the trainer to resume from its checkpoint", timeout=120)
+    resumed = int(re.search(r"resumed from \S+ \(step (\d+) of 3000\)", trainer_log()).group(1))
+    assert resumed >= step_at_stop - 20 and checkpointed, (resumed, step_at_stop)
     plane.real.kubectl("delete", "trainingrun", "capped", "-n", ns, "--wait=false")
 
 
@@ -215,14 +221,16 @@ def test_namespace_budget_stops_a_run_and_holds_new_ones(kube_operator, kube_nam
     plane, ns = kube_operator, kube_namespace
     apply(plane, ns, *model_and_dataset(pools["cpu"]))
     wait_phase(plane, ns, "Dataset", DATASET, ("Ready",))
-    apply(plane, ns, manifest("Budget", "team", {"limit": "8", "period": "Monthly", "onExhausted": "Stop"}))
+    # The estimate on the pricey pool is about $31 (mostly the start-up prior): it fits the $40
+    # limit, and the run then spends it at a dollar a second.
+    apply(plane, ns, manifest("Budget", "team", {"limit": "40", "period": "Monthly", "onExhausted": "Stop"}))
     apply(plane, ns, training_run("spender", pools["pricey"], steps=3000, every=50, evaluation=False,
                                   budget={"maxCost": "100", "maxDuration": "30m"}))
     stopped = wait_phase(plane, ns, "TrainingRun", "spender", ("BudgetExceeded", "Succeeded", "Failed"), timeout=180)
-    assert stopped["status"]["phase"] == "BudgetExceeded", diagnose(plane, ns)
-    assert condition(stopped, "Ready").get("reason") == "BudgetExhausted", stopped["status"]["conditions"]
+    assert stopped["status"]["phase"] == "BudgetExceeded", f"{stopped['status']}\n{diagnose(plane, ns)}"
+    assert "BudgetExhausted" in {c.get("reason") for c in stopped["status"]["conditions"]}, stopped["status"]
     budget = wait(plane, ns, lambda: (b := get(plane, ns, "Budget", "team"))["status"].get("spent") and
-                  Decimal(b["status"]["spent"]) >= 8 and b, "the Budget's spending")
+                  Decimal(b["status"]["spent"]) >= 40 and b, "the Budget's spending")
     assert Decimal(budget["status"]["remaining"]) <= 0
 
     apply(plane, ns, training_run("newcomer", pools["pricey"], steps=20, evaluation=False,
@@ -250,7 +258,7 @@ def test_operator_killed_mid_run_restarts_without_a_duplicate_job_and_cost_conti
     plane.start_operator(timeout=90)
     done = wait_phase(plane, ns, "TrainingRun", "survivor", ("Succeeded", "Failed", "BudgetExceeded"))
     assert done["status"]["phase"] == "Succeeded", diagnose(plane, ns)
-    assert len(jobs(plane, ns)) == 2  # the Dataset's and the run's: no duplicate after the restart
+    assert len(jobs(plane, ns)) == 1  # no duplicate Job after the restart
     accrued = Decimal(done["status"]["cost"]["accrued"])
     assert accrued >= before
     # Cost is the pod's running time at $1/s: billed for the whole run, the outage included.
