@@ -454,6 +454,41 @@ def evaluate_rule(
     return _program(expression).execute(cel.Context(variables=variables, functions=_functions()))
 
 
+def default_errors(crd: dict, version: str = VERSION) -> list[FieldError]:
+    """What kube-apiserver refuses at CRD creation: every `default` must be valid against its
+    own schema **and** its CEL rules, as written — nested defaults are not applied first
+    (apiextensions-apiserver, pkg/apiserver/schema/defaulting/validation.go). A rule that
+    reads a field the default leaves out fails with "no such key"."""
+    import jsonschema
+
+    errors: list[FieldError] = []
+
+    def visit(schema: dict, path: str) -> None:
+        if not isinstance(schema, dict):
+            return
+        if "default" in schema:
+            value = schema["default"]
+            where = f"{path}.default" if path else "default"
+            validator = jsonschema.Draft4Validator(to_json_schema(schema))
+            for error in validator.iter_errors(value):
+                errors.append(FieldError(where, f"Invalid value: {error.message}"))
+            fake = {"metadata": {"name": "default"},
+                    "spec": {"versions": [{"name": VERSION, "schema": {"openAPIV3Schema": schema}}]}}
+            for rule, error in check_rules(fake, value):
+                if error is not None:
+                    errors.append(FieldError(where, f"{error.message} (rule {rule.rule!r} on the default "
+                                                    f"as written, before nested defaults)"))
+        for name, sub in (schema.get("properties") or {}).items():
+            visit(sub, f"{path}.properties[{name}]" if path else f"properties[{name}]")
+        if isinstance(schema.get("items"), dict):
+            visit(schema["items"], f"{path}.items")
+        if isinstance(schema.get("additionalProperties"), dict):
+            visit(schema["additionalProperties"], f"{path}.additionalProperties")
+
+    visit(openapi_schema(crd, version), "openAPIV3Schema")
+    return errors
+
+
 def evaluate_validations(crd: dict, obj: dict, old: dict | None = None) -> list[FieldError]:
     """Run every `x-kubernetes-validations` rule of `crd` on `obj` (an update of `old`, if given).
 

@@ -351,6 +351,37 @@ def test_a_crd_created_through_the_api_becomes_a_resource(raw_api, namespace):
     assert raw_api.request("GET", widgets)[0] == 404
 
 
+def test_a_crd_whose_default_breaks_its_rule_is_refused_like_kube_apiserver(raw_api):
+    rule = {"rule": "self.size <= self.limit", "message": "size cannot exceed limit"}
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": "gadgets.example.test"},
+           "spec": {"group": "example.test", "scope": "Namespaced",
+                    "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                    "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                        "type": "object", "properties": {"spec": {
+                            "type": "object", "default": {}, "x-kubernetes-validations": [rule],
+                            "properties": {"size": {"type": "integer", "default": 1},
+                                           "limit": {"type": "integer", "default": 2}}}}}}}]}}
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    status, body = raw_api.request("POST", crds, crd)
+    assert status == 422, body
+    assert "properties[spec].default" in body["message"] and "size" in body["message"]
+    assert raw_api.request("GET", f"{crds}/gadgets.example.test")[0] == 404
+    rule["rule"] = "!has(self.size) || !has(self.limit) || self.size <= self.limit"
+    _create(raw_api, crds, crd)
+    raw_api.request("DELETE", f"{crds}/gadgets.example.test")
+
+
+def test_a_pod_naming_a_missing_service_account_is_refused_like_kube_apiserver(raw_api, namespace):
+    pods = f"/api/v1/namespaces/{namespace}/pods"
+    pod = {"metadata": {"name": "p"}, "spec": {"serviceAccountName": "trainer",
+                                               "containers": [{"name": "c", "image": "i"}]}}
+    status, body = raw_api.request("POST", pods, pod)
+    assert status == 403 and 'serviceaccount "trainer" not found' in body["message"], body
+    _create(raw_api, f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": "trainer"}})
+    assert _create(raw_api, pods, pod)["spec"]["serviceAccountName"] == "trainer"
+
+
 def test_discovery_serves_the_genforge_kinds_and_their_status(raw_api):
     status, discovery = raw_api.request("GET", "/apis/genforge.dev/v1alpha1")
     assert status == 200

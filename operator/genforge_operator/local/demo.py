@@ -320,7 +320,7 @@ class DemoResult:
 def run_demo(plane: LocalControlPlane, manifests: list[Body], *, out: TextIO = sys.stdout,
              timeout: float = DEFAULT_TIMEOUT, stop: threading.Event | None = None) -> DemoResult:
     """Apply `manifests` to a started control plane, follow them to the end, summarize."""
-    api = Api(plane.url)
+    api = plane.api()
     extra = over_budget_run(manifests)
     applied = manifests + ([extra] if extra else [])
     for obj in applied:
@@ -365,6 +365,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                             "(explore with kubectl; Ctrl-C stops it)")
     parser.add_argument("--quick", action="store_true", help="a fifth of the training steps (a smoke run)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="give up after this many seconds")
+    parser.add_argument("--kube", action="store_true",
+                        help="on a real control plane (etcd, kube-apiserver, kube-controller-manager built by "
+                             "scripts/kube-binaries) instead of the emulated API server")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -381,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     print(f"genforge demo: starting the local control plane in {data} …", flush=True)
-    plane = LocalControlPlane(data)
+    plane = LocalControlPlane(data, kube=getattr(args, "kube", False))
     try:
         plane.start()
         print(f"API server {plane.url}, operator metrics {plane.metrics_url}; applying "

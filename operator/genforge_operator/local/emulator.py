@@ -69,6 +69,8 @@ Key = tuple[kmock.resource, str | None, str]
 
 CRD_RESOURCE = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES = kmock.resource("", "v1", "namespaces")
+PODS = kmock.resource("", "v1", "pods")
+SERVICE_ACCOUNTS = kmock.resource("", "v1", "serviceaccounts")
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 ALL_VERBS = frozenset({"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"})
 
@@ -339,8 +341,24 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
 
     # --- resources -----------------------------------------------------------------------
 
+    @staticmethod
+    def check_crd(crd: Mapping[str, Any]) -> None:
+        """Refuse a CRD as kube-apiserver does when a `default` breaks its own schema or CEL rules
+        (checked as written, before nested defaults). The API server's CEL cost estimation is not
+        emulated: only a real kube-apiserver says whether a rule is too expensive (tests/real)."""
+        from .. import schema
+
+        versions = [v["name"] for v in (crd.get("spec") or {}).get("versions") or [] if v.get("schema")]
+        errors = [e for version in versions for e in schema.default_errors(dict(crd), version)]
+        if errors:
+            name = (crd.get("metadata") or {}).get("name", "")
+            raise ApiError(422, f'CustomResourceDefinition "{name}" is invalid: '
+                                + "; ".join(f"spec.validation.{e.path}: {e.message}" for e in errors),
+                           reason="Invalid")
+
     def register_crd(self, crd: Mapping[str, Any]) -> None:
         """Serve the CRD's resources and keep the CRD itself as an object (`kubectl get crd`)."""
+        self.check_crd(crd)
         key = (CRD_RESOURCE, None, crd["metadata"]["name"])
         if self._get(key) is None:
             obj = self._new_metadata(copy.deepcopy(dict(crd)), CRD_RESOURCE, None)
@@ -464,12 +482,16 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             if _meta(ns).get("deletionTimestamp"):
                 raise ApiError(403, f"unable to create new content in namespace {namespace} because it "
                                     "is being terminated", reason="Forbidden")
+        if route.resource == PODS:
+            self._admit_service_account(obj, namespace, name)
         key = (route.resource, namespace, name)
         if self._get(key) is not None:
             raise ApiError(409, f'{_qualified(route.resource)} "{name}" already exists',
                            reason="AlreadyExists", details={"name": name, "kind": route.plural})
         if "status" in info.subresources:
             obj.pop("status", None)
+        if route.resource == CRD_RESOURCE:
+            self.check_crd(obj)
         obj = self._new_metadata(obj, route.resource, namespace)
         if route.resource == NAMESPACES:
             obj["status"] = {"phase": "Active"}
@@ -485,9 +507,20 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             self._spawn(self._collect_if_orphaned(key))
         return obj
 
+    def _admit_service_account(self, pod: Body, namespace: str | None, name: str) -> None:
+        """kube-apiserver's ServiceAccount admission refuses a pod whose account does not exist
+        (the Job controller then only records FailedCreate). The `default` account is taken as
+        present: the emulator has no service-account controller to create it."""
+        account = (pod.get("spec") or {}).get("serviceAccountName")
+        if account and account != "default" and self._get((SERVICE_ACCOUNTS, namespace, account)) is None:
+            raise ApiError(403, f'pods "{name}" is forbidden: error looking up service account '
+                                f'{namespace}/{account}: serviceaccount "{account}" not found', reason="Forbidden")
+
     def _commit(self, key: Key, old: Body, new: Body) -> Body:
         """Store a changed object: server-owned metadata kept, generation and version bumped."""
         resource = key[0]
+        if resource == CRD_RESOURCE:
+            self.check_crd(new)
         new_meta = new.setdefault("metadata", {})
         old_meta = _meta(old)
         for field in _SYSTEM_METADATA:
