@@ -382,6 +382,24 @@ def test_a_pod_naming_a_missing_service_account_is_refused_like_kube_apiserver(r
     assert _create(raw_api, pods, pod)["spec"]["serviceAccountName"] == "trainer"
 
 
+def test_integral_floats_come_back_as_integers_like_kube_apiserver(raw_api):
+    """kube-apiserver stores custom resources as unstructured JSON: 2.0 is served as 2."""
+    pools = "/apis/genforge.dev/v1alpha1/acceleratorpools"
+    created = _create(raw_api, pools, {"apiVersion": "genforge.dev/v1alpha1", "kind": "AcceleratorPool",
+                                       "metadata": {"name": "numbers"},
+                                       "spec": {"accelerator": {"type": "cpu"}, "pricePerHour": "1",
+                                                "relativeThroughput": 2.0}})
+    try:
+        assert created["spec"]["relativeThroughput"] == 2 and type(created["spec"]["relativeThroughput"]) is int
+        status, read = raw_api.request("GET", f"{pools}/numbers")
+        assert type(read["spec"]["relativeThroughput"]) is int
+        status, patched = raw_api.request("PATCH", f"{pools}/numbers", {"spec": {"relativeThroughput": 2.5}},
+                                          content_type="application/merge-patch+json")
+        assert status == 200 and patched["spec"]["relativeThroughput"] == 2.5
+    finally:
+        raw_api.request("DELETE", f"{pools}/numbers")
+
+
 def test_discovery_serves_the_genforge_kinds_and_their_status(raw_api):
     status, discovery = raw_api.request("GET", "/apis/genforge.dev/v1alpha1")
     assert status == 200

@@ -266,3 +266,17 @@ def test_unknown_spec_fields_are_refused_strictly_and_pruned_otherwise(kube, kub
     assert code in (400, 422) and "gpus" in _server_errors(body)
     code, body = kube.real.request("POST", _path("TrainingRun", kube_namespace) + "?fieldValidation=Ignore", run)
     assert code == 201 and "gpus" not in body["spec"]
+
+
+def test_integral_floats_come_back_as_integers(kube):
+    """What the emulator copies (tests/local/test_emulator.py): 2.0 is served as 2, 2.5 as 2.5."""
+    pool = _unique(make("AcceleratorPool", {"spec.relativeThroughput": 2.0}))
+    status, created = create(kube.real, pool, None, dry_run=False)
+    try:
+        assert status == 201, _server_errors(created)
+        assert type(created["spec"]["relativeThroughput"]) is int and created["spec"]["relativeThroughput"] == 2
+        pool["spec"]["relativeThroughput"] = 2.5
+        status, again = create(kube.real, _unique(pool), None)
+        assert status == 201 and again["spec"]["relativeThroughput"] == 2.5
+    finally:
+        kube.real.request("DELETE", _path("AcceleratorPool", None, pool["metadata"]["name"]))

@@ -263,6 +263,17 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _integral_floats_to_int(value: Any) -> None:
+    """In place, as kube-apiserver round-trips JSON: a number without a fraction comes back as an
+    integer (`241.0` is stored and served as `241`), so clients never see `241.0`."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in list(items):
+        if isinstance(item, float) and item.is_integer() and abs(item) < 2**63:
+            value[key] = int(item)
+        elif isinstance(item, dict | list):
+            _integral_floats_to_int(item)
+
+
 def _name_ok(name: str) -> bool:
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-.")
     return (0 < len(name) <= 253 and set(name) <= allowed
@@ -413,6 +424,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         return self._objects[key].raw if key in self._objects else None
 
     def _store(self, resource: kmock.resource, namespace: str | None, name: str, obj: Body) -> None:
+        _integral_floats_to_int(obj)
         self._objects[resource, namespace, name] = obj  # a fresh one-version history: no growth
         self._uids[obj["metadata"]["uid"]] = (resource, namespace, name)
 
