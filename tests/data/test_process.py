@@ -177,3 +177,34 @@ def test_an_unexpected_error_drops_only_that_item(tmp_path, monkeypatch):
     outcome = _one(tmp_path, "a.jpg", GOOD, Settings())
     assert (outcome.reason, outcome.detail) == ("corrupt", "processingError")
     assert "a codec bug" in outcome.message
+
+
+@pytest.mark.parametrize("strip_metadata", [True, False], ids=["metadata-stripped", "metadata-kept"])
+def test_a_sideways_stored_portrait_comes_out_upright_with_its_face_blurred(tmp_path, strip_metadata):
+    """A phone portrait stored sideways with EXIF orientation 6: the output is upright and the face
+    blurred whether metadata is stripped or kept (keeping it once skipped the rotation: the
+    orientation tag was popped from the image's own EXIF before decoding applied it)."""
+    import numpy as np
+
+    from .images import faces_found, photo
+
+    upright = photo("astronaut").crop((96, 0, 416, 480))  # 320x480 portrait, her face near the top
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a sideways sensor wrote; tag 6 undoes it
+    data = jpeg(stored, exif=gps_exif(orientation=6), quality=95)
+    settings = Settings(resolution=128, blur_faces=True, strip_metadata=strip_metadata)
+    outcome = _one(tmp_path, "portrait.jpg", data, settings)
+    assert outcome.kept, outcome
+    output = Image.open(io.BytesIO(outcome.png)).convert("RGB")
+    reference = _one(tmp_path / "upright", "portrait.jpg", jpeg(upright, quality=95),
+                     Settings(resolution=128, blur_faces=False))
+    upright_out = np.asarray(Image.open(io.BytesIO(reference.png)).convert("RGB"), dtype=float)
+    got = np.asarray(output, dtype=float)
+    bottom = slice(80, 128)  # below the face: untouched by the blur, so it must match the upright image
+    assert np.abs(got[bottom] - upright_out[bottom]).mean() < 12, "the output is not upright"
+    assert faces_found(output) == [], "the face was not blurred"
+    assert faces_found(Image.fromarray(upright_out.astype(np.uint8))), "the reference shows the face"
+    kept_exif = Image.open(io.BytesIO(outcome.png)).getexif()
+    if strip_metadata:
+        assert not kept_exif
+    else:
+        assert kept_exif.get(0x010F) == "TestCam" and 0x0112 not in kept_exif

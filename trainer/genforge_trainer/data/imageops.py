@@ -267,12 +267,18 @@ def encode_png(image: Image.Image, exif: bytes | None = None) -> bytes:
 
 
 def kept_exif(image: Image.Image) -> bytes | None:
-    """The source's EXIF minus orientation (already applied) — for ``stripMetadata: false``."""
+    """The source's EXIF minus orientation (applied by :func:`decode`) — for ``stripMetadata: false``.
+
+    Edits a copy: ``image.getexif()`` is the image's own cached EXIF, which ``decode``'s
+    ``exif_transpose`` reads later; popping the orientation there left photos sideways (and the
+    face search looking at a sideways image)."""
     try:
-        exif = image.getexif()
+        source = image.getexif()
+        if not source:
+            return None
+        exif = Image.Exif()
+        exif.load(source.tobytes())
     except Exception:
-        return None
-    if not exif:
         return None
     exif.pop(0x0112, None)
     return exif.tobytes() if exif else None
