@@ -290,3 +290,28 @@ def test_selectors_find_the_pods_they_mean():
             from_operator = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
             assert from_operator.items() <= operator_pod_labels.items()
     assert one(objects, "PodMonitor")["spec"]["selector"]["matchLabels"].items() <= trainer_labels.items()
+
+
+LONG_RELEASE = "a-release-name-of-fifty-three-characters-helm-accepts"  # Helm's limit is 53
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_name_stays_a_valid_dns_label_for_the_longest_release_name(value_set):
+    """`<fullname>-metrics` was cut after `fullname` was cut to 63: a 47-53 character release name
+    made a 64+ character Service name and `helm install` failed."""
+    import re
+
+    assert len(LONG_RELEASE) == 53
+    with helm().Chart.load(str(CHART)) as loaded:
+        files = loaded.render(ci_values(value_set), name=LONG_RELEASE, namespace=NAMESPACE)
+    objects = [doc for path, text in files.items() if not path.endswith(".txt")
+               for doc in yaml.safe_load_all(text) if doc]
+    assert objects
+    label = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        assert len(name) <= 63 and label.match(name), f"{obj['kind']} {name!r} ({len(name)} characters)"
+        if obj["kind"] == "Service":
+            assert name[0].isalpha(), name  # DNS-1035
+        for key, value in (obj["metadata"].get("labels") or {}).items():
+            assert len(str(value)) <= 63, f"{obj['kind']} {name}: label {key}={value!r}"

@@ -19,6 +19,17 @@ Names, labels and the facts several templates share. One definition for each.
 {{- end }}
 {{- end }}
 
+{{/*
+A name made of the full name and a suffix, kept a valid DNS label (63 characters) for any
+release name Helm accepts: the full name is cut to make room for "-<suffix>".
+*/}}
+{{- define "genforge.suffixed" -}}
+{{- $ctx := index . 0 -}}
+{{- $suffix := index . 1 -}}
+{{- $room := sub 62 (len $suffix) | int -}}
+{{- printf "%s-%s" (include "genforge.fullname" $ctx | trunc $room | trimSuffix "-") $suffix -}}
+{{- end }}
+
 {{- define "genforge.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -64,7 +75,7 @@ app.kubernetes.io/name: genforge-trainer
 
 {{- define "genforge.operatorServiceAccountName" -}}
 {{- if .Values.operator.serviceAccount.create }}
-{{- default (printf "%s-operator" (include "genforge.fullname" .)) .Values.operator.serviceAccount.name }}
+{{- default (include "genforge.suffixed" (list . "operator")) .Values.operator.serviceAccount.name }}
 {{- else }}
 {{- default "default" .Values.operator.serviceAccount.name }}
 {{- end }}
