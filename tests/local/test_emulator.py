@@ -304,8 +304,14 @@ def test_orphan_propagation_keeps_dependents_and_drops_the_reference(raw_api, na
 
     raw_api.request("DELETE", f"{runs}/owner", {"propagationPolicy": "Orphan"})
 
-    wait_for(lambda: "ownerReferences" not in raw_api.request("GET", f"{maps}/config")[1]["metadata"],
-             timeout=5, message="the owner reference dropped")
+    def orphaned():
+        status, body = raw_api.request("GET", f"{maps}/config")
+        assert status == 200, f"the dependent was deleted instead of orphaned: {body}"
+        return "ownerReferences" not in body["metadata"]
+
+    wait_for(orphaned, timeout=5, message="the owner reference dropped")
+    assert raw_api.request("GET", f"{runs}/owner")[0] == 404
+    assert raw_api.request("GET", f"{maps}/config")[0] == 200
 
 
 def test_an_object_created_for_a_gone_owner_is_collected(raw_api, namespace):

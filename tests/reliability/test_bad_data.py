@@ -19,6 +19,7 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from data.images import encode, jpeg, png, png_header_only, textured
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -77,9 +78,16 @@ def test_a_damaged_image_is_kept_whole_or_dropped_with_a_reason(item):
         TALLY[f"dropped {outcome.reason}/{outcome.detail}"] += 1
 
 
-def test_tally(capsys):
+def test_tally_shows_every_kind_of_damage_was_tried_and_both_outcomes_seen(capsys):
+    """Run after the property test (pytest runs a file top to bottom): it must have exercised
+    every kind of damage and seen files kept and files dropped, or it proved less than it says."""
+    if not TALLY:
+        pytest.skip("run together with test_a_damaged_image_is_kept_whole_or_dropped_with_a_reason")
     with capsys.disabled():
         print(f"\ndamaged-file tally: {dict(sorted(TALLY.items()))}")
+    kinds = {"truncate", "flip", "splice", "garbage", "header-claims", "none"}
+    assert {k.removeprefix("damage ") for k in TALLY if k.startswith("damage ")} == kinds, TALLY
+    assert TALLY["kept"] > 0 and any(k.startswith("dropped ") for k in TALLY), TALLY
 
 
 PREPARE = textwrap.dedent("""

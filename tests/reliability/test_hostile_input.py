@@ -162,7 +162,14 @@ def test_names_at_kubernetes_limits_give_valid_distinct_children(kind, name, oth
         assert naming.child_name(kind, other) != child, (name, other)
 
 
-def test_tally(capsys):
-    """Prints what the property tests tried (run after them: pytest runs a file top to bottom)."""
+def test_tally_shows_specs_were_both_rejected_and_reconciled(capsys):
+    """Run after the property tests (pytest runs a file top to bottom): hostile specs must have
+    reached both sides — some rejected by the schema/CEL, some admitted and reconciled to a
+    condition — or the property tests proved less than they say."""
+    if not TALLY:
+        pytest.skip("run together with the property tests of this file")
     with capsys.disabled():
         print(f"\nhostile input tally: {dict(sorted(TALLY.items()))}")
+    assert TALLY["rejected by schema/CEL"] > 0 and TALLY["admitted"] > 0, TALLY
+    assert any(k.startswith("outcome ") for k in TALLY), TALLY
+    assert TALLY["names tried"] > 0, TALLY

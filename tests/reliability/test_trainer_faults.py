@@ -223,7 +223,9 @@ def sigkill_and_resume(tmp_path: Path, dataset_uri: str, kills: int) -> list[tup
     """Train, SIGKILL the trainer `kills` times, each at a checkpoint step after a random one
     (so the kill usually lands while that checkpoint is being written), then let it finish.
     Returns (killed at step, latest complete checkpoint then) per kill."""
-    rng = random.Random(int(os.environ.get("GENFORGE_RELIABILITY_SEED") or time.time_ns() % 1_000_000))
+    seed = int(os.environ.get("GENFORGE_RELIABILITY_SEED") or time.time_ns() % 1_000_000)
+    print(f"GENFORGE_RELIABILITY_SEED={seed}")  # shown with a failure: rerun with it to repeat the kills
+    rng = random.Random(seed)
     steps, every = 9 * (kills + 1), 3
     config = tmp_path / "run.json"
     uri = f"file://{tmp_path}/out/checkpoints"
