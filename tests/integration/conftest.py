@@ -13,12 +13,24 @@ CLI runner also captures `sys.stdout`, so a test's own `print` lands in
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from harness import OperatorRunner
 
 
+_LOG_PROBLEM = re.compile(r"\[(ERROR|CRITICAL) *\]|Traceback \(most recent call last\)")
+
+
 @pytest.fixture
-def operator(cluster):
+def operator(cluster, request):
+    """Afterwards the test fails if the operator logged an ERROR or a traceback — kopf retries a
+    handler that raised, so an exception would otherwise pass unnoticed (the bar of kueue's
+    integration framework). Tests that provoke errors on purpose are marked `operator_errors`."""
     runner = OperatorRunner(cluster).start()
     yield runner
-    runner.stop()
+    runner.stop(reraise=False)
+    if request.node.get_closest_marker("operator_errors"):
+        return
+    problems = [line for output in runner.outputs for line in output.splitlines() if _LOG_PROBLEM.search(line)]
+    assert not problems, "the operator logged errors:\n" + "\n".join(problems[:20])
