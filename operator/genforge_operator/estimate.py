@@ -569,6 +569,11 @@ class EstimateError(ValueError):
 def estimate_runs(resources: list[Resource], now: datetime) -> list[dict]:
     """Per run: the run, its admission (with every pool's estimate) and its model."""
     from .budget import admit
+    from .config import OperatorConfig
+    from .plan import output_problem
+    from .runspec import run_output_uri
+
+    config = OperatorConfig.from_env()  # the storage settings the operator would use
 
     pools = [r for r in resources if r.kind == "AcceleratorPool"]
     runs = [r for r in resources if r.kind in ("TrainingRun", "FineTune")]
@@ -588,6 +593,9 @@ def estimate_runs(resources: list[Resource], now: datetime) -> list[dict]:
         if run.spec.hardware.pool != AUTO and run.spec.hardware.pool not in pool_names:
             raise EstimateError(f"{where}: AcceleratorPool {run.spec.hardware.pool!r} not found in the files "
                                 f"(pools: {', '.join(sorted(pool_names))})")
+        bad_output = output_problem(run_output_uri(run, config), config)
+        if bad_output is not None:  # the operator refuses it before any Job: so does the estimate
+            raise EstimateError(f"{where}: {bad_output.reason}: {bad_output.message}")
         budgets = [r for r in resources if r.kind == "Budget"]
         admission = admit(run, model.spec, pools, budgets, now, runs=runs)
         results.append({"run": run, "model": model, "admission": admission})

@@ -7,12 +7,20 @@ exist) comes back as a `Blocked` with a CamelCase reason and a message for the u
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 
 from .api import ModelVersion, Resource
 from .builders import Children, active_deadline_from_duration, build_children
 from .config import OperatorConfig
-from .runspec import BaseChain, Placement, build_dataset_spec, build_training_spec
+from .runspec import (
+    BaseChain,
+    Placement,
+    build_dataset_spec,
+    build_training_spec,
+    dataset_uri,
+    run_output_uri,
+)
 
 # Reasons a run cannot start (yet) — the condition reasons users see.
 REASON_DATASET_NOT_FOUND = "DatasetNotFound"
@@ -24,6 +32,10 @@ REASON_ADAPTER_BASE_NOT_FOUND = "AdapterBaseNotFound"
 REASON_POOL_NOT_FOUND = "PoolNotFound"
 REASON_NO_POOL = "NoPoolAvailable"
 REASON_BASE_REQUIRED = "BaseWeightsRequired"
+REASON_OUTPUT_NOT_PERSISTENT = "OutputNotPersistent"
+
+#: fsspec schemes of object stores: outputs there outlive the pod.
+OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")
 
 
 @dataclass
@@ -163,7 +175,36 @@ def placement_for(run: Resource, pool: Resource | None) -> Placement:
     return Placement(pool=pool, nodes=hardware.nodes, accelerators_per_node=hardware.accelerators_per_node)
 
 
+def persistent_roots(config: OperatorConfig) -> list[str]:
+    """Folders of a trainer pod whose files outlive it: the data PVC's mount (when there is one)."""
+    return [config.storage.mount_path.rstrip("/") or "/"] if config.storage.pvc else []
+
+
+def output_problem(uri: str, config: OperatorConfig) -> Blocked | None:
+    """Why an output URI would lose its data with the pod (None when it is persistent).
+
+    A `file://` path is only persistent on a volume every trainer pod mounts (the data PVC at
+    `/data`); elsewhere (`/tmp` is the pod's scratch emptyDir) the Dataset would go Ready, or the
+    run Succeed, and the files vanish with the pod. `memory://` and other schemes are refused too."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and scheme in OBJECT_STORE_SCHEMES:
+        return None
+    roots = persistent_roots(config)
+    if sep and scheme == "file":
+        path = posixpath.normpath("/" + rest.lstrip("/"))
+        if any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
+            return None
+    allowed = [f"file://{root}/…" for root in roots] + [f"{s}://…" for s in OBJECT_STORE_SCHEMES[:2]]
+    return Blocked(REASON_OUTPUT_NOT_PERSISTENT,
+                   f"output {uri} is not on persistent storage: its files would vanish with the pod. "
+                   f"Use a path under {' or '.join(allowed)} (or leave output.uri out for the default)",
+                   permanent=True)
+
+
 def plan_dataset(dataset: Resource, catalog: Catalog, config: OperatorConfig) -> Planned | Blocked:
+    bad_output = output_problem(dataset_uri(dataset, config), config)
+    if bad_output is not None:
+        return bad_output
     pool = None
     if dataset.spec.hardware.pool:
         pool = catalog.pools.get(dataset.spec.hardware.pool)
@@ -186,6 +227,9 @@ def plan_run(
     suspend: bool = False,
 ) -> Planned | Blocked:
     """Children of a TrainingRun/FineTune on a chosen pool."""
+    bad_output = output_problem(run_output_uri(run, config), config)
+    if bad_output is not None:
+        return bad_output
     refs = resolve_references(run, catalog)
     if isinstance(refs, Blocked):
         return refs

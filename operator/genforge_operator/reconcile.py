@@ -23,11 +23,13 @@ from . import economics
 from .api import Resource, to_dict
 from .config import OperatorConfig
 from .observe import JobState, PodRun, job_state, last_words, pod_run
+from .runspec import run_output_uri
 from .plan import (
     FORMAT_LORA_ADAPTER,
     Blocked,
     Catalog,
     Planned,
+    output_problem,
     plan_dataset,
     plan_run,
     resolve_base_version,
@@ -285,6 +287,9 @@ def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
     if run.spec.suspend:
         _phase(out, obs, SUSPENDED, REASON_SUSPENDED, "spec.suspend is true; no Job is running")
         return out
+    bad_output = output_problem(run_output_uri(run, config), config)
+    if bad_output is not None:  # a spec that would lose its results: refused before anything runs
+        return _blocked(out, obs, bad_output)
     # References first: a run waiting for its Dataset should say so, not talk about money.
     refs = resolve_references(run, obs.catalog)
     if not isinstance(refs, Blocked) and run.kind == "FineTune":
