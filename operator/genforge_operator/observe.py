@@ -19,6 +19,7 @@ class JobState:
     message: str = ""
     active_deadline_seconds: int | None = None
     finished_at: str | None = None  # completionTime, or the Failed condition's transition time
+    start_time: str | None = None  # status.startTime: activeDeadlineSeconds counts from it
 
 
 def job_state(job: dict | None) -> JobState:
@@ -37,6 +38,7 @@ def job_state(job: dict | None) -> JobState:
         reason=(failed or {}).get("reason", ""),
         message=(failed or {}).get("message", ""),
         active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+        start_time=status.get("startTime"),
         finished_at=status.get("completionTime") or (failed or conditions.get("Complete") or {}).get(
             "lastTransitionTime"),
     )

@@ -527,10 +527,31 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None) 
         return out
 
     _set(out, obs, cond.BUDGET, cond.TRUE, "WithinBudget", verdict.message)
+    _follow_limits_with_the_backstop(out, obs, job, pool)
     if phase != RUNNING:
         _phase(out, obs, RUNNING, REASON_RUNNING, f"Job {out.status.get('job')} is running")
     out.requeue_after = verdict.requeue_after
     return out
+
+
+#: The backstop is re-set when the limits move it by more than this (not on every tick's rounding).
+BACKSTOP_TOLERANCE_SECONDS = 10
+
+
+def _follow_limits_with_the_backstop(out: Outcome, obs: Observed, job: JobState, pool: Resource | None) -> None:
+    """Keep the Job's activeDeadlineSeconds on the run's current limits.
+
+    It is set from the limits when the Job is created; a limit raised (or lowered) while the
+    run is running must move it too, or Kubernetes kills the run at the old limit."""
+    if job.suspended or not job.start_time:
+        return
+    wanted = economics.active_deadline(obs.resource, obs.catalog, out.status, obs.now, pool,
+                                       job_start=job.start_time)
+    current = job.active_deadline_seconds
+    if wanted == current or (wanted is not None and current is not None
+                             and abs(wanted - current) <= BACKSTOP_TOLERANCE_SECONDS):
+        return
+    out.job_patch = {"spec": {"activeDeadlineSeconds": wanted}}
 
 
 def status_view(resource: Resource) -> dict:

@@ -146,6 +146,25 @@ def test_raising_max_cost_resumes_a_stopped_run():
     assert out.status["cost"]["accrued"] == "5"  # the stopped time is not billed
 
 
+@pytest.mark.parametrize(("max_duration", "wanted"), [
+    ("3h", 3 * 3600 + 30),   # raised: Kubernetes must not kill the run at the old limit
+    ("30m", 1800 + 30),      # lowered: the backstop follows too
+    ("1h", None),            # unchanged: no patch on every tick
+], ids=["raised", "lowered", "unchanged"])
+def test_a_limit_changed_while_running_moves_the_jobs_deadline(max_duration, wanted):
+    """The Job was created for maxDuration 1h (activeDeadlineSeconds 3600 + 30 s slack, counted
+    from the Job's start); 10 minutes in, the limit changes."""
+    running_job = job(deadline=3600 + 30)
+    running_job["status"]["startTime"] = ts(0)
+    run = make_run(budget={"maxCost": "100000", "maxDuration": max_duration}, generation=2)
+    out = reconcile_run(observe(run, RUNNING, running_job, [pod(0)], at=600), CONFIG)
+    assert out.status["phase"] == "Running"
+    if wanted is None:
+        assert out.job_patch is None
+    else:
+        assert out.job_patch == {"spec": {"activeDeadlineSeconds": wanted}}
+
+
 def test_deadline_backstop_marks_budget_exceeded():
     run = make_run(budget={"maxCost": "5"})
     out = reconcile_run(observe(run, RUNNING, job(conditions=[("Failed", "DeadlineExceeded")], deadline=35),

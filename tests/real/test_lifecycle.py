@@ -253,6 +253,14 @@ def test_operator_killed_mid_run_restarts_without_a_duplicate_job_and_cost_conti
                                               .get("accrued") or 0) > 0 and
                   Decimal(get(plane, ns, "TrainingRun", "survivor")["status"]["cost"]["accrued"]),
                   "cost accruing while it runs", timeout=60)
+    # A limit raised while running moves the Job's backstop on the real server (issue 15 item 4):
+    # at $1/s the $1000 maxCost is the nearest limit; raised to $5000, the 30m maxDuration is.
+    (job,) = jobs(plane, ns)
+    assert 1000 <= job["spec"]["activeDeadlineSeconds"] <= 1000 + 60, job["spec"]
+    plane.real.kubectl("patch", "trainingrun", "survivor", "-n", ns, "--type=merge",
+                       "-p", json.dumps({"spec": {"budget": {"maxCost": "5000"}}}))
+    wait(plane, ns, lambda: (jobs(plane, ns)[0]["spec"].get("activeDeadlineSeconds") or 0) >= 1800,
+         "the Job's activeDeadlineSeconds to follow the raised maxCost", timeout=30)
     plane.kill_operator()
     time.sleep(3)
     plane.start_operator(timeout=90)
