@@ -6,6 +6,7 @@ No I/O. The kopf handlers and `genforge render` call the same functions, so what
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -82,11 +83,21 @@ def build_trainer_service_account(namespace: str, config: OperatorConfig) -> dic
     }
 
 
+def config_map_name(owner: Resource, document: dict) -> str:
+    """The run-spec ConfigMap's name: the child name plus a hash of the document.
+
+    A changed spec makes a new ConfigMap that the replacement Job mounts; one name for every
+    generation would keep the first document (a create of an existing ConfigMap is a 409), and
+    the new Job would run with the old spec."""
+    digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{child_name(owner.kind, owner.name)}-{digest}"
+
+
 def build_config_map(owner: Resource, document: dict) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(owner, child_name(owner.kind, owner.name)),
+        "metadata": _metadata(owner, config_map_name(owner, document)),
         "data": {CONFIG_FILE: json.dumps(document, indent=2, sort_keys=True)},
     }
 
@@ -170,10 +181,9 @@ def _command(command: str, placement: Placement, config: OperatorConfig) -> list
     ]
 
 
-def _volumes(owner: Resource, config: OperatorConfig) -> tuple[list[dict], list[dict]]:
-    name = child_name(owner.kind, owner.name)
+def _volumes(owner: Resource, config: OperatorConfig, config_map: str) -> tuple[list[dict], list[dict]]:
     volumes = [
-        {"name": "run-spec", "configMap": {"name": name}},
+        {"name": "run-spec", "configMap": {"name": config_map}},
         {"name": "scratch", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
@@ -224,10 +234,12 @@ def build_job(
     active_deadline_seconds: int | None = None,
     queue_name: str | None = None,
     suspend: bool = False,
+    config_map: str | None = None,
 ) -> dict:
+    """The trainer Job; it mounts the run-spec ConfigMap `config_map` (see `config_map_name`)."""
     name = child_name(owner.kind, owner.name)
     selector, tolerations = _placement_constraints(placement.pool)
-    volumes, mounts = _volumes(owner, config)
+    volumes, mounts = _volumes(owner, config, config_map or name)
     container = {
         "name": CONTAINER,
         "image": config.trainer_image,
@@ -319,10 +331,11 @@ def build_children(
     suspend: bool = False,
 ) -> Children:
     queue_name = getattr(owner.spec, "queue_name", None)
+    config_map = build_config_map(owner, document)
     job = build_job(
         owner, document["command"], placement, config,
         secret_names=secret_names, active_deadline_seconds=active_deadline_seconds,
-        queue_name=queue_name, suspend=suspend,
+        queue_name=queue_name, suspend=suspend, config_map=config_map["metadata"]["name"],
     )
     service = build_headless_service(owner, config) if placement.nodes > 1 else None
-    return Children(config_map=build_config_map(owner, document), job=job, service=service)
+    return Children(config_map=config_map, job=job, service=service)

@@ -23,7 +23,6 @@ from . import economics
 from .api import Resource, to_dict
 from .config import OperatorConfig
 from .observe import JobState, PodRun, job_state, last_words, pod_run
-from .runspec import run_output_uri
 from .plan import (
     FORMAT_LORA_ADAPTER,
     Blocked,
@@ -35,6 +34,7 @@ from .plan import (
     resolve_base_version,
     resolve_references,
 )
+from .runspec import run_output_uri
 from .units import format_money, money_str
 
 # Phases.

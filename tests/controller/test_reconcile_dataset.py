@@ -99,3 +99,29 @@ def test_unknown_pool_keeps_dataset_pending_with_reason():
     out = reconcile_dataset(observe(make_dataset(phase=None, hardware={"pool": "nope"})), CONFIG)
     assert out.status["phase"] == "Pending" and not out.create
     assert out.status["conditions"][0]["reason"] == "PoolNotFound"
+
+
+def test_a_changed_spec_gets_a_new_run_spec_configmap_that_its_new_job_mounts():
+    """Issue 15 item 2: one ConfigMap name for every generation kept the first document (a create
+    of an existing ConfigMap is a 409): the replacement Job prepared with the old settings."""
+    first = reconcile_dataset(Observed(resource=make_dataset(phase=None), body_status={}, catalog=Catalog(),
+                                       job=None, pods=[], now=NOW), CONFIG)
+    changed = make_dataset(phase=None, preparation={"resolution": 64})
+    second = reconcile_dataset(Observed(resource=changed, body_status={}, catalog=Catalog(), job=None, pods=[],
+                                        now=NOW), CONFIG)
+
+    def spec_and_mount(out):
+        (cm,) = [o for o in out.create if o["kind"] == "ConfigMap"]
+        (job,) = [o for o in out.create if o["kind"] == "Job"]
+        (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "run-spec"]
+        return cm["metadata"]["name"], volume["configMap"]["name"], json.loads(cm["data"]["run.json"])
+
+    first_cm, first_mount, first_doc = spec_and_mount(first)
+    second_cm, second_mount, second_doc = spec_and_mount(second)
+    assert first_mount == first_cm and second_mount == second_cm
+    assert first_cm != second_cm
+    assert first_doc["prepare"]["preparation"]["resolution"] == 32
+    assert second_doc["prepare"]["preparation"]["resolution"] == 64  # the new Job reads the new spec
+    again = reconcile_dataset(Observed(resource=make_dataset(phase=None), body_status={}, catalog=Catalog(),
+                                       job=None, pods=[], now=NOW), CONFIG)
+    assert spec_and_mount(again)[0] == first_cm  # the same spec: the same name (idempotent)

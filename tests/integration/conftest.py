@@ -18,7 +18,6 @@ import re
 import pytest
 from harness import OperatorRunner
 
-
 _LOG_PROBLEM = re.compile(r"\[(ERROR|CRITICAL) *\]|Traceback \(most recent call last\)")
 
 

@@ -111,7 +111,9 @@ def test_dataset_prepared_end_to_end(operator, namespace, custom_api, batch_api,
     make_dataset(custom_api, namespace)
     job = wait_for(lambda: jobs_of(batch_api, namespace)[0], message="the preparation Job")
     assert job.metadata.owner_references[0].kind == "Dataset"
-    cm = core_api.read_namespaced_config_map(job.metadata.name, namespace)
+    (spec_volume,) = [v for v in job.spec.template.spec.volumes if v.name == "run-spec"]
+    assert spec_volume.config_map.name.startswith(job.metadata.name + "-")  # named after its content
+    cm = core_api.read_namespaced_config_map(spec_volume.config_map.name, namespace)
     assert json.loads(cm.data["run.json"])["command"] == "prepare"
     assert phase_of(custom_api, namespace, "datasets", "shapes") == "Running"
 

@@ -144,7 +144,8 @@ def test_trainer_pods_get_only_their_runs_configmap_and_the_storage_secret(scena
         kind, name = owner["genforge.dev/kind"], job["metadata"]["ownerReferences"][0]["name"]
         assert pod["automountServiceAccountToken"] is False
         config_maps = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
-        assert config_maps == [child_name(kind, name)]
+        (config_map,) = config_maps  # its run's own: `<child name>-<hash of its run spec>`
+        assert config_map.startswith(child_name(kind, name) + "-") and len(config_map) == len(child_name(kind, name)) + 9
         assert not [v for v in pod["volumes"] if "secret" in v or "projected" in v]
         secrets = [e["secretRef"]["name"] for c in pod["containers"] for e in c.get("envFrom") or []]
         expected = ["s3-creds", "genforge-storage"] if name == "private" else ["genforge-storage"]
