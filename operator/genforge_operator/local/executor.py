@@ -828,36 +828,40 @@ class LocalExecutor:
                 self._ips_in_use.add(ip)
                 return ip
 
+    async def _run_container(self, p: _Pod) -> None:
+        """The kubelet's part for a pod bound here: prepare (retrying config errors), run, report."""
+        spec = (p.body or {}).get("spec") or {}
+        p.grace = float(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS))
+        container = (spec.get("containers") or [{}])[0]
+        p.start_time = jc.now_utc()
+        await self._write_pod_status(p, container, "Pending", {"waiting": {"reason": "ContainerCreating"}})
+        launch = None
+        while launch is None and p.stop_reason is None:
+            try:
+                launch = await self._prepare(p, container)
+            except jc.ConfigError as e:
+                await self._write_pod_status(p, container, "Pending",
+                                             {"waiting": {"reason": e.reason, "message": e.message}})
+                self._event(self._pod_ref(p), "Warning", "Failed", e.message, "kubelet")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(p.stopped.wait(), CONFIG_RETRY_SECONDS)
+        if launch is None:  # stopped before its container started
+            p.exit_code, p.reason = 137, "ContainerStatusUnknown"
+            p.message = "The container could not be located when the pod was terminated"
+        else:
+            await self._execute(p, container, *launch)
+        p.finished_at = p.finished_at or jc.now_utc()
+        if not p.gone:
+            await self._write_pod_status(p, container, "Succeeded" if p.succeeded else "Failed",
+                                         self._terminated(p))
+
     async def _run_pod(self, p: _Pod) -> None:
         job = p.job
         try:
             await self._create_pod_object(p)
             if p.uid is None:
                 return
-            spec = (p.body or {}).get("spec") or {}
-            p.grace = float(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS))
-            container = (spec.get("containers") or [{}])[0]
-            p.start_time = jc.now_utc()
-            await self._write_pod_status(p, container, "Pending", {"waiting": {"reason": "ContainerCreating"}})
-            launch = None
-            while launch is None and p.stop_reason is None:
-                try:
-                    launch = await self._prepare(p, container)
-                except jc.ConfigError as e:
-                    await self._write_pod_status(p, container, "Pending",
-                                                 {"waiting": {"reason": e.reason, "message": e.message}})
-                    self._event(self._pod_ref(p), "Warning", "Failed", e.message, "kubelet")
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(p.stopped.wait(), CONFIG_RETRY_SECONDS)
-            if launch is None:  # stopped before its container started
-                p.exit_code, p.reason = 137, "ContainerStatusUnknown"
-                p.message = "The container could not be located when the pod was terminated"
-            else:
-                await self._execute(p, container, *launch)
-            p.finished_at = p.finished_at or jc.now_utc()
-            if not p.gone:
-                await self._write_pod_status(p, container, "Succeeded" if p.succeeded else "Failed",
-                                             self._terminated(p))
+            await self._run_container(p)
         except asyncio.CancelledError:
             raise
         except Exception:

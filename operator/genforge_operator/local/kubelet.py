@@ -144,18 +144,8 @@ class LocalKubelet(LocalExecutor):
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _relist_pods(self) -> str:
-        listing = await self._api.request("GET", self._pods_url)
-        seen = set()
-        for pod in listing.get("items") or []:
-            seen.add(pod["metadata"]["uid"])
-            self._on_pod("MODIFIED", pod)
-        for uid, p in list(self._pods_by_uid.items()):
-            if uid not in seen and p.body is not None:
-                self._on_pod("DELETED", p.body)
-        for uid in list(self._pending):
-            if uid not in seen:
-                self._pending.pop(uid, None)
-        return listing["metadata"]["resourceVersion"]
+        self._pending.clear()  # the listing re-adds the pods still waiting for a node
+        return await super()._relist_pods()
 
     # --- the node ----------------------------------------------------------------------------
 
@@ -362,30 +352,7 @@ class LocalKubelet(LocalExecutor):
 
     async def _run_bound_pod(self, p: _Pod) -> None:
         try:
-            spec = (p.body or {}).get("spec") or {}
-            p.grace = float(spec.get("terminationGracePeriodSeconds", 30))
-            container = (spec.get("containers") or [{}])[0]
-            p.start_time = jc.now_utc()
-            await self._write_pod_status(p, container, "Pending", {"waiting": {"reason": "ContainerCreating"}})
-            launch = None
-            while launch is None and p.stop_reason is None:
-                try:
-                    launch = await self._prepare(p, container)
-                except jc.ConfigError as e:
-                    await self._write_pod_status(p, container, "Pending",
-                                                 {"waiting": {"reason": e.reason, "message": e.message}})
-                    self._event(self._pod_ref(p), "Warning", "Failed", e.message, "kubelet")
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(p.stopped.wait(), 2.0)
-            if launch is None:
-                p.exit_code, p.reason = 137, "ContainerStatusUnknown"
-                p.message = "The container could not be located when the pod was terminated"
-            else:
-                await self._execute(p, container, *launch)
-            p.finished_at = p.finished_at or jc.now_utc()
-            if not p.gone:
-                await self._write_pod_status(p, container, "Succeeded" if p.succeeded else "Failed",
-                                             self._terminated(p))
+            await self._run_container(p)
         except asyncio.CancelledError:
             raise
         except Exception:
