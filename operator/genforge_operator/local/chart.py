@@ -37,7 +37,7 @@ def render(values: Mapping[str, Any] | None = None, *, namespace: str = NAMESPAC
 
 def operator_rbac(values: Mapping[str, Any] | None = None, *, namespace: str = NAMESPACE) -> tuple[list[dict], str]:
     """The chart's operator ServiceAccount, roles and bindings, and the ServiceAccount's name."""
-    objects = [o for o in render(values, namespace=namespace) if o.get("kind") in RBAC_KINDS]
-    deployment = next(o for o in render(values, namespace=namespace) if o.get("kind") == "Deployment")
+    rendered = render(values, namespace=namespace)
+    deployment = next(o for o in rendered if o.get("kind") == "Deployment")
     account = deployment["spec"]["template"]["spec"].get("serviceAccountName", "default")
-    return objects, account
+    return [o for o in rendered if o.get("kind") in RBAC_KINDS], account

@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..api import VERSION
 from ..resources import crd_dir as default_crd_dir
 from .emulator import EmulatedCluster
 from .executor import LocalExecutor
@@ -180,7 +181,7 @@ class LocalControlPlane:
         # "storage is (re)initializing" (kopf would log each retry as an error).
         for group, plural in sorted(self._genforge_plurals()):
             deadline = time.monotonic() + 60
-            while self.real.request("GET", f"/apis/{group}/v1alpha1/{plural}?limit=1")[0] != 200:
+            while self.real.request("GET", f"/apis/{group}/{VERSION}/{plural}?limit=1")[0] != 200:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{plural}.{group} is not listable 60 s after its CRD was established")
                 time.sleep(0.1)
@@ -244,10 +245,9 @@ class LocalControlPlane:
 
     def _genforge_plurals(self) -> set[tuple[str, str]]:
         if self.real is not None:
-            from ..schema import load_yaml_documents
+            from ..schema import load_crds
 
-            return {(OPERATOR_GROUP, doc["spec"]["names"]["plural"])
-                    for path in sorted(self.crd_dir.glob("*.yaml")) for doc in load_yaml_documents(path)}
+            return {(crd["spec"]["group"], crd["spec"]["names"]["plural"]) for crd in load_crds(self.crd_dir).values()}
         assert self.cluster is not None
         return {(res.group, res.plural) for res in self.cluster.resources() if res.group == OPERATOR_GROUP}
 

@@ -39,6 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import kube_binaries
 
@@ -78,82 +82,68 @@ class _KeyPair:
 
 
 class _Pki:
-    """A throwaway CA and the certificates and keys the components need (cryptography)."""
+    """A throwaway CA and the certificates and keys the components need."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, rsa
-        from cryptography.x509.oid import NameOID
-
-        self._x509, self._hashes, self._ser, self._ec, self._rsa, self._oid = x509, hashes, serialization, ec, rsa, NameOID
         self._ca_key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "genforge-local-ca")])
+        self._ca_cert = self._sign(name, name, self._ca_key.public_key(), [
+            (x509.BasicConstraints(ca=True, path_length=None), True),
+            (x509.KeyUsage(True, False, False, False, False, True, True, False, False), True),
+        ])
+        self.ca = _KeyPair(self._write_cert("ca.crt", self._ca_cert), self._write_key("ca.key", self._ca_key))
+
+    def _sign(self, subject: x509.Name, issuer: x509.Name, public_key: Any,
+              extensions: list[tuple[Any, bool]]) -> x509.Certificate:
         now = datetime.datetime.now(datetime.UTC)
-        self._ca_cert = (
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._ca_key.public_key())
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-            .sign(self._ca_key, hashes.SHA256())
         )
-        self.ca = _KeyPair(self._write_cert("ca.crt", self._ca_cert), self._write_key("ca.key", self._ca_key))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(self._ca_key, hashes.SHA256())
 
-    def _write_cert(self, name: str, cert: Any) -> Path:
+    def _write_cert(self, name: str, cert: x509.Certificate) -> Path:
         path = self.folder / name
-        path.write_bytes(cert.public_bytes(self._ser.Encoding.PEM))
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return path
 
     def _write_key(self, name: str, key: Any) -> Path:
         path = self.folder / name
-        path.write_bytes(
-            key.private_bytes(self._ser.Encoding.PEM, self._ser.PrivateFormat.PKCS8, self._ser.NoEncryption())
-        )
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
         path.chmod(0o600)
         return path
 
     def issue(self, stem: str, common_name: str, *, organizations: Sequence[str] = (), server: bool = False,
               dns: Sequence[str] = (), ips: Sequence[str] = ()) -> _KeyPair:
-        x509, oid = self._x509, self._oid
-        key = self._ec.generate_private_key(self._ec.SECP256R1())
-        subject = [x509.NameAttribute(oid.COMMON_NAME, common_name)]
-        subject += [x509.NameAttribute(oid.ORGANIZATION_NAME, o) for o in organizations]
-        now = datetime.datetime.now(datetime.UTC)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(subject))
-            .issuer_name(self._ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server
-                                       else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        extensions = [(x509.BasicConstraints(ca=False, path_length=None), True),
+                      (x509.ExtendedKeyUsage([usage]), False)]
         if server:
             names = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        cert = builder.sign(self._ca_key, self._hashes.SHA256())
+            extensions.append((x509.SubjectAlternativeName(names), False))
+        cert = self._sign(x509.Name(subject), self._ca_cert.subject, key.public_key(), extensions)
         return _KeyPair(self._write_cert(f"{stem}.crt", cert), self._write_key(f"{stem}.key", key))
 
     def service_account_keys(self) -> tuple[Path, Path]:
         """The key pair that signs ServiceAccount tokens (private, public)."""
-        key = self._rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         private = self._write_key("sa.key", key)
         public = self.folder / "sa.pub"
-        public.write_bytes(key.public_key().public_bytes(self._ser.Encoding.PEM,
-                                                          self._ser.PublicFormat.SubjectPublicKeyInfo))
+        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
         return private, public
 
 
