@@ -60,7 +60,16 @@ def dataset_uri(dataset: Resource, config: OperatorConfig) -> str:
 
 
 def run_output_uri(run: Resource, config: OperatorConfig) -> str:
-    return run.spec.output.uri or storage_uri(config, "runs", run.namespace or "", run.kind.lower(), run.name)
+    """Where a run writes checkpoints, samples and its artifact.
+
+    The default is keyed by the object's uid (`runs/<ns>/<kind>/<name>/<uid>`): a run deleted
+    and created again under the same name starts afresh instead of resuming the old run's
+    checkpoints, and the old run's registered artifact is never overwritten. (Offline
+    `render`/`estimate` have no uid: `runs/<ns>/<kind>/<name>`.) An explicit `output.uri`
+    reused by another run is caught by the trainer, which refuses checkpoints of another uid.
+    """
+    parts = ["runs", run.namespace or "", run.kind.lower(), run.name]
+    return run.spec.output.uri or storage_uri(config, *parts, *([run.uid] if run.uid else []))
 
 
 def _identity(resource: Resource) -> dict:

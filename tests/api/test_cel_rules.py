@@ -7,9 +7,9 @@ fails if a rule has no rejected case here, or never holds on an allowed one):
 
 - TrainingRun, FineTune: `hardware.pool: auto` needs `hardware.deadline`;
   `training.lrWarmupSteps <= training.steps`; `modelRef`/`baseModel`, `datasetRef`,
-  `training`, `hardware`, `output` (FineTune also `method` and the method blocks) are
-  immutable after creation (`self == oldSelf`), while `budget`, `suspend`, `checkpoint`,
-  `evaluation` and `queueName` stay editable.
+  `training`, `hardware`, `checkpoint`, `evaluation`, `output` (FineTune also `method` and
+  the method blocks) are immutable after creation (`self == oldSelf`: a running trainer
+  reads its spec once), while `budget`, `suspend` and `queueName` stay editable.
 - FineTune: `lora` only with method lora, `dreambooth` only with dreambooth, `embedding`
   required for and only with embedding, `preference` required for and only with
   preference; method blocks cannot be added or removed after creation.
@@ -171,9 +171,10 @@ def _updates():
         ("budget-raised", {"spec.budget.maxCost": "5", "spec.budget.maxDuration": "3h"}, None),
         ("budget-action", {"spec.budget.onExceeded": "Suspend"}, None),
         ("suspended", {"spec.suspend": True}, None),
-        ("checkpoint", {"spec.checkpoint.everySteps": 10}, None),
-        ("evaluation", {"spec.evaluation.metrics": ["loss"]}, None),
-        ("evaluation-removed", {"spec.evaluation": DELETE}, None),
+        ("checkpoint", {"spec.checkpoint.everySteps": 10}, "spec.checkpoint"),
+        ("checkpoint-keep", {"spec.checkpoint.keep": 5}, "spec.checkpoint"),
+        ("evaluation", {"spec.evaluation.metrics": ["loss"]}, "spec.evaluation"),
+        ("evaluation-removed", {"spec.evaluation": DELETE}, "spec.evaluation"),
         ("queue-name", {"spec.queueName": "team-a"}, None),
         ("status-only", {"status": {"phase": "Running"}}, None),
         ("labels", {"metadata.labels": {"team": "a"}}, None),
@@ -191,7 +192,9 @@ def _updates():
         ("output-uri", {"spec.output": {"uri": "file:///elsewhere"}}, "spec.output"),
         ("budget-raised", {"spec.budget.maxCost": 2}, None),
         ("suspended", {"spec.suspend": True}, None),
-        ("evaluation", {"spec.evaluation.samples": 4}, None),
+        ("evaluation", {"spec.evaluation.samples": 4}, "spec.evaluation"),
+        ("checkpoint", {"spec.checkpoint.keep": 2}, "spec.checkpoint"),
+        ("evaluation-removed", {"spec.evaluation": DELETE}, "spec.evaluation"),
     ]
     for case_id, changes, path in immutable_finetune:
         yield f"finetune-{case_id}", "FineTune", changes, path
@@ -206,6 +209,7 @@ def _updates():
     for old_kind in ("FineTune-embedding", "FineTune-preference", "FineTune-dreambooth"):
         yield f"{old_kind.lower()}-budget-raised", old_kind, {"spec.budget.maxCost": "3"}, None
     yield "method-block-added", "FineTune-full", {"spec.dreambooth": {}}, "spec.dreambooth"
+    yield "run-evaluation-added", "TrainingRun-unevaluated", {"spec.evaluation": {"samples": 4}}, "spec.evaluation"
 
 
 def _errors(kind, changes, old=None):
@@ -228,6 +232,7 @@ def test_rules_reject(kind, changes, path, message):
 
 _OLD = {
     "TrainingRun": ("TrainingRun", {}),
+    "TrainingRun-unevaluated": ("TrainingRun", {"spec.evaluation": DELETE}),
     "FineTune": ("FineTune", {}),
     "FineTune-embedding": ("FineTune", EMBEDDING),
     "FineTune-full": ("FineTune", {"spec.method": "full", "spec.lora": DELETE}),

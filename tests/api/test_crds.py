@@ -200,7 +200,8 @@ def test_transition_rules_guard_the_immutable_fields():
         for kind in ("TrainingRun", "FineTune")
     }
     assert immutable["TrainingRun"] == sorted(
-        ["spec.modelRef", "spec.datasetRef", "spec.training", "spec.hardware", "spec.output"]
+        ["spec.modelRef", "spec.datasetRef", "spec.training", "spec.hardware", "spec.checkpoint",
+         "spec.evaluation", "spec.output"]
     )
     assert immutable["FineTune"] == sorted(
         [
@@ -209,6 +210,8 @@ def test_transition_rules_guard_the_immutable_fields():
             "spec.method",
             "spec.training",
             "spec.hardware",
+            "spec.checkpoint",
+            "spec.evaluation",
             "spec.output",
             "spec.lora",
             "spec.dreambooth",

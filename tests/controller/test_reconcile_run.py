@@ -283,3 +283,25 @@ def test_kueue_run_is_stopped_by_deleting_its_job_and_restarted_when_the_budget_
     job_obj = next(o for o in resumed.create if o["kind"] == "Job")
     assert job_obj["spec"]["suspend"] is True  # queued in Kueue again
     assert resumed.status["phase"] == "Waiting"
+
+
+def _run_document(out) -> dict:
+    return json.loads(next(o for o in out.create if o["kind"] == "ConfigMap")["data"]["run.json"])
+
+
+def test_a_run_created_again_under_its_old_name_gets_outputs_of_its_own():
+    """Issue 15 item 3: the default output is keyed by uid, so a run deleted and created again
+    with the same name neither resumes the old run's checkpoints nor overwrites its artifact."""
+    import dataclasses
+
+    first = make_run(budget={"maxCost": "1000"})
+    again = dataclasses.replace(first, uid="a-new-uid")
+    outputs = [_run_document(reconcile_run(observe(r), CONFIG)) for r in (first, again)]
+    uris = [d["output"]["uri"] for d in outputs]
+    assert uris == [f"file:///data/runs/team-a/trainingrun/run-1/{first.uid}",
+                    "file:///data/runs/team-a/trainingrun/run-1/a-new-uid"]
+    assert [d["run"]["uid"] for d in outputs] == [first.uid, "a-new-uid"]  # what the trainer checks
+    assert [d["checkpoint"]["uri"] for d in outputs] == [u + "/checkpoints" for u in uris]
+    # An explicit output is the user's to choose: the trainer refuses a foreign checkpoint there.
+    pinned = dataclasses.replace(make_run(budget={"maxCost": "1000"}, output={"uri": "file:///data/mine"}), uid="x")
+    assert _run_document(reconcile_run(observe(pinned), CONFIG))["output"]["uri"] == "file:///data/mine"

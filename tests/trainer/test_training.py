@@ -137,6 +137,29 @@ def test_checkpoint_round_trips_and_half_written_checkpoints_are_ignored(tmp_pat
     assert state.lr_scheduler == {"last_epoch": 30} and state.extra["loss"] == 0.5
 
 
+def test_a_new_object_under_an_old_output_refuses_its_checkpoints_instead_of_resuming_them(tmp_path, dataset_uri):
+    """A run deleted and created again with the same name (and explicit output) gets a new uid:
+    the old run's checkpoints are not resumed (nor its last step taken as "already done")."""
+    old = tiny_run(tmp_path, dataset_uri, steps=6, checkpoint={"everySteps": 3},
+                   run={"name": "shapes-v1", "uid": "0000-old"})
+    config = tmp_path / "old.json"
+    config.write_text(json.dumps(old))
+    code, _ = cli.run_command("train", str(config), serve=False)
+    assert code == 0
+    assert [c.step for c in CheckpointManager(f"file://{tmp_path}/out/checkpoints", 2).list()] == [3, 6]
+
+    new = merge(old, {"run": {"uid": "1111-new"}, "training": {"learningRate": 1e-4}})
+    config.write_text(json.dumps(new))
+    code, result = cli.run_command("train", str(config), serve=False)
+    assert code == 2 and result["reason"] == "ForeignCheckpoint", result
+    assert "uid 0000-old" in result["message"] and "uid 1111-new" in result["message"]
+    assert "step-000006" in result["message"]
+    # The same object resumes its own checkpoint as before (here: already at its last step).
+    config.write_text(json.dumps(merge(old, {"training": {"steps": 6}})))
+    code, result = cli.run_command("train", str(config), serve=False)
+    assert code == 0 and result["step"] == 6
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

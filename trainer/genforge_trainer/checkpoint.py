@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genforge_trainer import storage
-from genforge_trainer.exitcodes import StorageError
+from genforge_trainer.exitcodes import ForeignCheckpoint, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,28 @@ class TrainingState:
     lr_scheduler: dict[str, Any] | None = None
     ema: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] | None = None  # loss, method-specific JSON-able facts
+
+
+def refuse_foreign_checkpoint(info: CheckpointInfo, run: Any) -> None:
+    """Raise ``ForeignCheckpoint`` when ``info`` was written by another object than ``run``.
+
+    Each checkpoint carries the run spec it was written under, with the object's uid. A
+    checkpoint of another uid under this run's output — a run deleted and created again with
+    the same name and an explicit ``output.uri``, or two runs sharing one — must not be
+    resumed: it would continue (or, at its last step, skip) someone else's training. Runs
+    without a uid (``genforge-trainer`` by hand) and checkpoints written before uids were
+    recorded are accepted.
+    """
+    owner = ((info.meta.get("config") or {}).get("run")) or {}
+    theirs, ours = owner.get("uid") or "", getattr(run, "uid", "") or ""
+    if theirs and ours and theirs != ours:
+        raise ForeignCheckpoint(
+            f"checkpoint {storage.redact_url(info.uri)} belongs to {owner.get('kind', '?')} "
+            f"{owner.get('namespace', '?')}/{owner.get('name', '?')} (uid {theirs}), not to this run "
+            f"(uid {ours}): an earlier object with this name (or another run) wrote to this output. "
+            "Give the run its own output.uri (or leave it unset: the default is keyed by uid), "
+            "or delete the old checkpoints to start afresh."
+        )
 
 
 def _contiguous_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

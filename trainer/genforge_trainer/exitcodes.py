@@ -44,6 +44,14 @@ class ConfigError(TrainerError, ValueError):
     reason = "ConfigError"
 
 
+class ForeignCheckpoint(ConfigError):
+    """The output location holds checkpoints of another object (a run deleted and created
+    again under the same name, or two runs given one output.uri): resuming would continue a
+    stranger's training."""
+
+    reason = "ForeignCheckpoint"
+
+
 class DataError(TrainerError):
     """Data unreadable, or nothing left after filtering."""
 

@@ -27,7 +27,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from genforge_trainer import storage
-from genforge_trainer.checkpoint import CheckpointManager, TrainingState
+from genforge_trainer.checkpoint import CheckpointManager, TrainingState, refuse_foreign_checkpoint
 from genforge_trainer.config import AUTO_COMPILE_MIN_STEPS, EvaluationSpec, RunSpec, to_document
 from genforge_trainer.evaluation import evaluate_model
 from genforge_trainer.exitcodes import DataError, Stopped
@@ -135,6 +135,7 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
     start_step, last_loss = 0, None
     latest = checkpoints.latest()
     if latest is not None:
+        refuse_foreign_checkpoint(latest, spec.run)
         state = checkpoints.load(latest)
         method.load_trainable_state(state.trainable)
         if state.optimizer:
