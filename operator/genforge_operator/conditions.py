@@ -14,6 +14,7 @@ ADMITTED = "Admitted"
 PROGRESSING = "Progressing"
 BUDGET = "WithinBudget"
 REFERENCES = "ReferencesResolved"
+PODS_READY = "PodsReady"
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 

@@ -38,6 +38,10 @@ class OperatorConfig:
     backoff_limit: int = 3
     enforcement_interval: float = 5.0
     progress_timeout: float = 1.5
+    #: How long a run's trainer pods may stay not running (unschedulable, image pull,
+    #: container config) before the run says so loudly (Ready reason PodStartTimeout, a
+    #: Warning Event, genforge_run_pods_stuck 1 and the chart's alert).
+    pod_start_timeout: float = 600.0
     cpu_request: str = "1"
     memory_request: str = "2Gi"
     memory_limit: str | None = None
@@ -61,6 +65,7 @@ class OperatorConfig:
             enforcement_interval=float(env.get("GENFORGE_ENFORCEMENT_INTERVAL", cls.enforcement_interval)),
             checkpoint_grace_seconds=int(env.get("GENFORGE_CHECKPOINT_GRACE_SECONDS", cls.checkpoint_grace_seconds)),
             backoff_limit=int(env.get("GENFORGE_BACKOFF_LIMIT", cls.backoff_limit)),
+            pod_start_timeout=float(env.get("GENFORGE_POD_START_TIMEOUT", cls.pod_start_timeout)),
             cpu_request=env.get("GENFORGE_TRAINER_CPU_REQUEST", cls.cpu_request),
             memory_request=env.get("GENFORGE_TRAINER_MEMORY_REQUEST", cls.memory_request),
             memory_limit=env.get("GENFORGE_TRAINER_MEMORY_LIMIT") or None,

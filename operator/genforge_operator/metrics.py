@@ -119,6 +119,14 @@ RUN_ETA = _gauge(
     RUN_LABELS)
 RUN_RESTARTS = _gauge(
     "run_restarts", "Trainer pods of the run that failed and were replaced (status.restarts).", RUN_LABELS)
+RUN_PODS_NOT_READY = _gauge(
+    "run_pods_not_ready_seconds",
+    "Seconds the Running run's trainer pods have not been running, with the pod's reason (condition PodsReady).",
+    (*RUN_LABELS, "reason"))
+RUN_PODS_STUCK = _gauge(
+    "run_pods_stuck",
+    "1 when the Running run's trainer pods have not run for the operator's podStartTimeout (Ready reason "
+    "PodStartTimeout), else 0.", RUN_LABELS)
 RUN_PHASE = _gauge(
     "run_phase", "1 for the run's current phase, 0 for the others (a run without status counts as Pending).",
     (*RUN_LABELS, "phase"))
@@ -162,7 +170,7 @@ MODEL_VERSIONS = _gauge(
 
 STATUS_GAUGES: tuple[GaugeDef, ...] = (
     RUN_RUNNING_SECONDS, RUN_ACCELERATOR_SECONDS, RUN_COST, RUN_COST_RATE, RUN_ESTIMATED_COST,
-    RUN_ESTIMATED_SECONDS, RUN_COST_LIMIT, RUN_DURATION_LIMIT, RUN_PROGRESS, RUN_ETA, RUN_RESTARTS, RUN_PHASE,
+    RUN_ESTIMATED_SECONDS, RUN_COST_LIMIT, RUN_DURATION_LIMIT, RUN_PROGRESS, RUN_ETA, RUN_RESTARTS, RUN_PODS_NOT_READY, RUN_PODS_STUCK, RUN_PHASE,
     POOL_PRICE, POOL_IN_USE, POOL_COST_RATE, POOL_THROUGHPUT,
     BUDGET_LIMIT, BUDGET_SPENT, BUDGET_REMAINING, BUDGET_RUNS, BUDGET_WARN,
     DATASET_PHASE, DATASET_KEPT, DATASET_DROPPED, MODEL_VERSIONS,
@@ -472,6 +480,14 @@ class StatusCollector(Collector):
         current = status.phase or "Pending"
         for phase in RUN_PHASES:
             families[RUN_PHASE.name].add_metric([*labels, phase], 1.0 if phase == current else 0.0)
+        if current == "Running":
+            conditions = {c.type: c for c in status.conditions}
+            pods, ready = conditions.get("PodsReady"), conditions.get("Ready")
+            if pods is not None and pods.status == "False" and pods.last_transition_time:
+                since = datetime.fromisoformat(pods.last_transition_time.replace("Z", "+00:00"))
+                families[RUN_PODS_NOT_READY.name].add_metric(
+                    [*labels, pods.reason], max(0.0, (now - since).total_seconds()))
+            put(RUN_PODS_STUCK, 1.0 if ready is not None and ready.reason == "PodStartTimeout" else 0.0)
 
     @staticmethod
     def _pool(families: dict[str, GaugeMetricFamily], pool: Resource) -> None:

@@ -96,6 +96,36 @@ def pod_run(pod: dict) -> PodRun:
     )
 
 
+#: Container waiting reasons of a pod that is starting normally (no alarm while they last).
+STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing", "Pending"})
+
+
+def pod_not_running(pod: dict) -> tuple[str, str] | None:
+    """Why a live pod's trainer container is not running: (reason, message), else None.
+
+    None for a pod that runs, has ended or is being deleted. The container's waiting reason
+    wins when it is a problem (ImagePullBackOff, ErrImagePull, CreateContainerConfigError,
+    CrashLoopBackOff, ...); then the scheduler's (PodScheduled False: Unschedulable, with
+    "0/3 nodes are available: ..."); else the pod is starting (ContainerCreating, Pending).
+    """
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    state = _container_status(pod).get("state") or {}
+    if state.get("running") or state.get("terminated"):
+        return None
+    waiting = state.get("waiting") or {}
+    reason = waiting.get("reason") or ""
+    if reason and reason not in STARTING_REASONS:
+        return reason, waiting.get("message") or reason
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            return c.get("reason") or "Unschedulable", c.get("message") or "the pod cannot be scheduled"
+    if reason:
+        return reason, waiting.get("message") or "the container is being created"
+    return "Pending", "the pod is waiting to be scheduled and started"
+
+
 def rank_zero(pods: list[PodRun]) -> PodRun | None:
     """The most recent pod of completion index 0 (the one that reports progress)."""
     candidates = [p for p in pods if p.index == 0]

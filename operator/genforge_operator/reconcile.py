@@ -22,7 +22,7 @@ from . import conditions as cond
 from . import economics
 from .api import Resource, to_dict
 from .config import OperatorConfig
-from .observe import JobState, PodRun, job_state, last_words, pod_run
+from .observe import STARTING_REASONS, JobState, PodRun, job_state, last_words, pod_not_running, pod_run
 from .plan import (
     FORMAT_LORA_ADAPTER,
     Blocked,
@@ -35,7 +35,7 @@ from .plan import (
     resolve_references,
 )
 from .runspec import run_output_uri
-from .units import format_money, money_str
+from .units import format_duration, format_money, money_str
 
 # Phases.
 PENDING, WAITING, RUNNING = "Pending", "Waiting", "Running"
@@ -54,6 +54,8 @@ REASON_RESUMED = "Resumed"
 REASON_KUEUE = "AwaitingKueueAdmission"
 REASON_BUDGET_RAISED = "BudgetRaised"
 REASON_SPEC_CHANGED = "SpecChanged"
+#: Ready's reason once a run's trainer pods have not run for `OperatorConfig.pod_start_timeout`.
+REASON_POD_START_TIMEOUT = "PodStartTimeout"
 
 ANNOTATION_GENERATION = "genforge.dev/owner-generation"
 #: The pool a run's Job was placed on, so that status can be recovered from the Job when the
@@ -376,7 +378,7 @@ def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
         return _succeeded(out, obs, words, pool)
     if job.failed:
         return _job_failed(out, obs, job, words, pool)
-    return _running(out, obs, job, pool)
+    return _running(out, obs, job, pool, config)
 
 
 def final_status(obs: Observed) -> dict:
@@ -485,7 +487,8 @@ def _stop(out: Outcome, run: Resource) -> None:
         out.job_patch = {"spec": {"suspend": True}}
 
 
-def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None) -> Outcome:
+def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None,
+             config: OperatorConfig) -> Outcome:
     run = obs.resource
     phase = out.status.get("phase")
     _progress(out, run, obs.progress)
@@ -528,10 +531,56 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None) 
 
     _set(out, obs, cond.BUDGET, cond.TRUE, "WithinBudget", verdict.message)
     _follow_limits_with_the_backstop(out, obs, job, pool)
-    if phase != RUNNING:
-        _phase(out, obs, RUNNING, REASON_RUNNING, f"Job {out.status.get('job')} is running")
     out.requeue_after = verdict.requeue_after
+    if _pods_not_running(out, obs, config):
+        return out
+    ready = cond.get_condition(out.status.get("conditions") or [], cond.READY) or {}
+    if phase != RUNNING or ready.get("reason") not in (REASON_RUNNING, REASON_JOB_CREATED, REASON_RESUMED,
+                                                       REASON_BUDGET_RAISED):
+        _phase(out, obs, RUNNING, REASON_RUNNING, f"Job {out.status.get('job')} is running")
     return out
+
+
+def _pods_not_running(out: Outcome, obs: Observed, config: OperatorConfig) -> bool:
+    """Keep condition PodsReady on whether the trainer runs; True while it does not.
+
+    A run whose pods stay Pending (no node fits, a missing PVC, an image that cannot be
+    pulled, a missing ConfigMap key) is still admitted and holds its reservation, so its
+    phase stays Running, but PodsReady says why no pod runs from the first reconcile, a
+    problem reason (anything but a pod starting normally) becomes Ready's reason with a
+    Warning Event, and after `config.pod_start_timeout` Ready's reason turns PodStartTimeout
+    (Event, genforge_run_pods_stuck, the chart's alert). Billing is unaffected: it starts
+    when a container starts.
+    """
+    job_name = out.status.get("job") or "?"
+    waiting = [(p, why) for p in obs.pods if (why := pod_not_running(p))]
+    live = [p for p in obs.pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+    if not waiting and live:
+        _set(out, obs, cond.PODS_READY, cond.TRUE, "Running", f"{len(live)} trainer pod(s) of Job {job_name} running")
+        return False
+    if not waiting:
+        if obs.pods:
+            return False  # every pod has ended: the Job's outcome is on its way
+        reason, message = "NoPods", f"Job {job_name} has created no pod yet (`kubectl describe job {job_name}` says why)"
+        name = None
+    else:
+        waiting.sort(key=lambda w: w[1][0] in STARTING_REASONS)  # a problem first
+        pod, (reason, message) = waiting[0]
+        name = (pod.get("metadata") or {}).get("name")
+    text = f"pod {name} is not running: {reason}: {message}" if name else f"{reason}: {message}"
+    _set(out, obs, cond.PODS_READY, cond.FALSE, reason, text)
+    podsready = cond.get_condition(out.status["conditions"], cond.PODS_READY) or {}
+    since = cond.parse_time(podsready.get("lastTransitionTime")) or obs.now
+    left = config.pod_start_timeout - (obs.now - since).total_seconds()
+    if left <= 0:
+        _phase(out, obs, RUNNING, REASON_POD_START_TIMEOUT,
+               f"no trainer pod has run for podStartTimeout ({format_duration(config.pod_start_timeout)}); "
+               f"{text}", warning=True)
+    elif reason not in STARTING_REASONS and reason != "NoPods":
+        _phase(out, obs, RUNNING, reason, f"the trainer is not running: {text}", warning=True)
+    if left > 0:
+        out.requeue_after = min(out.requeue_after or left, left + 0.5, 30.0)
+    return True
 
 
 #: The backstop is re-set when the limits move it by more than this (not on every tick's rounding).

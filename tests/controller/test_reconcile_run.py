@@ -305,3 +305,83 @@ def test_a_run_created_again_under_its_old_name_gets_outputs_of_its_own():
     # An explicit output is the user's to choose: the trainer refuses a foreign checkpoint there.
     pinned = dataclasses.replace(make_run(budget={"maxCost": "1000"}, output={"uri": "file:///data/mine"}), uid="x")
     assert _run_document(reconcile_run(observe(pinned), CONFIG))["output"]["uri"] == "file:///data/mine"
+
+
+def pending_pod(waiting=None, scheduled=None, name="gf-tr-run-1-abcde"):
+    """A pod whose trainer container has not started: `waiting` (reason, message) of the
+    container, `scheduled` (reason, message) of a PodScheduled=False condition."""
+    status = {"phase": "Pending", "conditions": []}
+    if scheduled:
+        status["conditions"].append({"type": "PodScheduled", "status": "False", "reason": scheduled[0],
+                                     "message": scheduled[1]})
+    if waiting:
+        status["containerStatuses"] = [{"name": "trainer", "state": {"waiting": {"reason": waiting[0],
+                                                                                 "message": waiting[1]}}}]
+    return {"metadata": {"name": name, "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+            "status": status}
+
+
+UNSCHEDULABLE = ("Unschedulable", "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+
+
+@pytest.mark.parametrize(("pods", "reason", "words"), [
+    ([pending_pod(scheduled=UNSCHEDULABLE)], "Unschedulable", "Insufficient nvidia.com/gpu"),
+    ([pending_pod(waiting=("ImagePullBackOff", 'Back-off pulling image "ghcr.io/x:1"'))], "ImagePullBackOff",
+     "Back-off pulling image"),
+    ([pending_pod(waiting=("CreateContainerConfigError", 'configmap "gf-x" not found'))],
+     "CreateContainerConfigError", 'configmap "gf-x" not found'),
+    # Several pods: the one with a problem is named, not the one that is merely starting.
+    ([pending_pod(waiting=("ContainerCreating", "")),
+      pending_pod(scheduled=("Unschedulable", 'persistentvolumeclaim "genforge-data" not found'), name="p-1")],
+     "Unschedulable", 'pod p-1 is not running: Unschedulable: persistentvolumeclaim "genforge-data" not found'),
+])
+def test_pods_that_do_not_run_are_named_in_a_condition_an_event_and_ready(pods, reason, words):
+    """Issue 15 item 5: no longer "Running" with no hint while no pod runs."""
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), RUNNING, job(), pods, at=5), CONFIG)
+    assert out.status["phase"] == "Running"  # admitted: it keeps its reservation
+    podsready = condition(out, "PodsReady")
+    assert podsready["status"] == "False" and podsready["reason"] == reason and words in podsready["message"]
+    assert condition(out, "Ready")["reason"] == reason and words in condition(out, "Ready")["message"]
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", reason)] and words in out.events[0].message
+    assert out.status.get("segments") == [] and out.status["cost"]["accrued"] == "0"  # no container ran: no bill
+
+
+def test_a_pod_starting_normally_raises_no_alarm_until_the_start_timeout():
+    starting = [pending_pod(waiting=("ContainerCreating", ""))]
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), RUNNING, job(), starting, at=5), CONFIG)
+    assert condition(out, "PodsReady")["reason"] == "ContainerCreating" and not out.events
+    assert out.requeue_after <= 30
+
+
+def test_pods_not_running_past_the_start_timeout_say_so_once_then_clear_when_the_pod_runs():
+    config = OperatorConfig(pod_start_timeout=120)
+    run = make_run(budget={"maxCost": "1000"})
+    stuck = [pending_pod(scheduled=UNSCHEDULABLE)]
+    first = reconcile_run(observe(run, RUNNING, job(), stuck, at=0), config)
+    assert condition(first, "Ready")["reason"] == "Unschedulable"
+    assert 0 < first.requeue_after <= 30
+    before = reconcile_run(observe(run, first.status, job(), stuck, at=119), config)
+    assert condition(before, "Ready")["reason"] == "Unschedulable" and not before.events
+    assert before.requeue_after <= 1.5  # lands on the timeout
+    late = reconcile_run(observe(run, before.status, job(), stuck, at=121), config)
+    ready = condition(late, "Ready")
+    assert ready["reason"] == "PodStartTimeout" and "podStartTimeout (2m)" in ready["message"]
+    assert "Insufficient nvidia.com/gpu" in ready["message"]
+    assert [(e.type, e.reason) for e in late.events] == [("Warning", "PodStartTimeout")]
+    again = reconcile_run(observe(run, late.status, job(), stuck, at=200), config)
+    assert not again.events and again.status == late.status | {"conditions": again.status["conditions"]}
+    assert condition(again, "Ready") == ready
+    # The pod gets a node and runs: everything clears.
+    running = reconcile_run(observe(run, again.status, job(), [pod(210)], at=215), config)
+    assert condition(running, "PodsReady")["status"] == "True"
+    assert condition(running, "Ready")["reason"] == "Running"
+
+
+def test_a_job_without_pods_is_reported_after_the_timeout_only():
+    config = OperatorConfig(pod_start_timeout=60)
+    run = make_run(budget={"maxCost": "1000"})
+    first = reconcile_run(observe(run, RUNNING, job(active=0), [], at=0), config)
+    assert condition(first, "PodsReady")["reason"] == "NoPods" and not first.events
+    late = reconcile_run(observe(run, first.status, job(active=0), [], at=61), config)
+    assert condition(late, "Ready")["reason"] == "PodStartTimeout"
+    assert "kubectl describe job gf-tr-run-1" in condition(late, "Ready")["message"]

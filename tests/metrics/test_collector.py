@@ -128,6 +128,31 @@ def test_run_labels_and_time_gauges(case, pool, estimated_seconds, limit_seconds
     assert one(samples, "genforge_run_eta_seconds", **who) == eta
 
 
+def stuck_run(ready_reason):
+    """A Running run whose pod has been unschedulable since 12:00 (10 minutes before WRITTEN)."""
+    return bodies.run("stuck", {
+        "phase": "Running", "pool": "gpu-l4", "segments": [],
+        "conditions": [
+            {"type": "PodsReady", "status": "False", "reason": "Unschedulable",
+             "message": "0/1 nodes are available", "lastTransitionTime": "2026-11-27T12:00:00Z"},
+            {"type": "Ready", "status": "False", "reason": ready_reason, "message": "...",
+             "lastTransitionTime": "2026-11-27T12:00:00Z"}]})
+
+
+def test_pods_that_do_not_run_are_exported_with_their_reason_and_the_stuck_flag():
+    """Issue 15 item 5: a Running run whose pods never started is visible to Prometheus."""
+    body = stuck_run
+    who = {"kind": "TrainingRun", "namespace": "team-a", "name": "stuck"}
+    early = samples_of(make_store([body("Unschedulable")]))
+    assert one(early, "genforge_run_pods_not_ready_seconds", reason="Unschedulable", **who) == 600.0
+    assert one(early, "genforge_run_pods_stuck", **who) == 0.0
+    late = samples_of(make_store([body("PodStartTimeout")]), WRITTEN + timedelta(seconds=60))
+    assert one(late, "genforge_run_pods_not_ready_seconds", reason="Unschedulable", **who) == 660.0
+    assert one(late, "genforge_run_pods_stuck", **who) == 1.0
+    running = samples_of(make_store([RUNS["running-open-segment"]]))
+    assert not select(running, "genforge_run_pods_not_ready_seconds")
+
+
 def test_run_cost_is_live_between_status_updates():
     """A minute after the status was written, the open segment has accrued a minute more."""
     body = RUNS["running-open-segment"]
@@ -317,14 +342,14 @@ def test_series_grow_linearly_with_runs():
                                      "progress": {"etaSeconds": 10.0}}) for i in range(n)]
         return len([k for k in samples_of(make_store(runs)) if k[0].startswith("genforge_run_")])
 
-    per_run = len(metrics.RUN_PHASES) + 11
+    per_run = len(metrics.RUN_PHASES) + 12  # run_pods_stuck (0) counts; not-ready seconds only while not ready
     assert series(1) == per_run
     assert series(40) == 40 * per_run
 
 
 def test_collector_emits_exactly_the_declared_gauges():
     ds = bodies.dataset("shapes", {"phase": "Ready", "items": {"total": 1, "kept": 1}})
-    families = {name for name, _ in samples_of(make_store(*ALL, [ds, bodies.model()]))}
+    families = {name for name, _ in samples_of(make_store(*ALL, [ds, bodies.model(), stuck_run("PodStartTimeout")]))}
     assert families == {g.name for g in metrics.STATUS_GAUGES}
     for gauge in metrics.STATUS_GAUGES:
         assert set(gauge.labels) <= metrics.ALLOWED_LABELS, gauge.name

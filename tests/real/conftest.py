@@ -31,7 +31,11 @@ from genforge_operator.local import kube_binaries
 
 pytestmark = pytest.mark.kube
 
-OPERATOR_ENV = {"GENFORGE_TRAINER_EXTRA_ENV": json.dumps({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})}
+OPERATOR_ENV = {
+    "GENFORGE_TRAINER_EXTRA_ENV": json.dumps({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}),
+    # Short, so that test_lifecycle sees an unschedulable run flagged within seconds (default 600).
+    "GENFORGE_POD_START_TIMEOUT": "25",
+}
 
 
 def pytest_collection_modifyitems(config, items):

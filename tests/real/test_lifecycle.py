@@ -278,3 +278,41 @@ def test_operator_killed_mid_run_restarts_without_a_duplicate_job_and_cost_conti
 
     ran = (jc.parse_timestamp(state["finishedAt"]) - jc.parse_timestamp(state["startedAt"])).total_seconds()
     assert abs(float(accrued) - ran) <= 3, (accrued, ran)
+
+
+def test_a_run_whose_pod_cannot_be_scheduled_says_why_and_is_flagged_after_the_start_timeout(
+        kube_operator, kube_namespace, pools):
+    """Issue 15 item 5 on the real control plane: the pod's reason (here the scheduler's: no
+    node has a GPU) reaches the run's conditions and Events, nothing is billed, and after the
+    operator's podStartTimeout (25 s in this tier) Ready says PodStartTimeout."""
+    plane, ns = kube_operator, kube_namespace
+    gpu = manifest("AcceleratorPool", f"real-gpu-{ns}"[:63], {
+        "accelerator": {"type": "nvidia-l4", "resourceName": "nvidia.com/gpu", "perNode": 1},
+        "pricePerHour": "0.70", "relativeThroughput": 20.0})
+    apply(plane, "default", gpu)
+    try:
+        apply(plane, ns, *model_and_dataset(pools["cpu"]))
+        apply(plane, ns, training_run("no-gpu-here", gpu["metadata"]["name"], steps=5))
+
+        def unschedulable():
+            run = get(plane, ns, "TrainingRun", "no-gpu-here") or {}
+            return run if condition(run, "PodsReady").get("reason") == "Unschedulable" else None
+
+        run = wait(plane, ns, unschedulable, "PodsReady Unschedulable")
+        assert run["status"]["phase"] == "Running"
+        assert "Insufficient nvidia.com/gpu" in condition(run, "PodsReady")["message"]
+        assert condition(run, "Ready")["reason"] in ("Unschedulable", "PodStartTimeout")
+
+        def flagged():
+            obj = get(plane, ns, "TrainingRun", "no-gpu-here") or {}
+            return obj if condition(obj, "Ready").get("reason") == "PodStartTimeout" else None
+
+        run = wait(plane, ns, flagged, "Ready PodStartTimeout", timeout=90)
+        assert "Insufficient nvidia.com/gpu" in condition(run, "Ready")["message"]
+        assert Decimal(run["status"]["cost"]["accrued"]) == 0 and not run["status"].get("segments")
+        events = json.loads(plane.real.kubectl(
+            "get", "events", "-n", ns, "--field-selector", "involvedObject.name=no-gpu-here", "-o", "json").stdout)
+        reasons = {(e["type"], e["reason"]) for e in events["items"]}
+        assert {("Warning", "Unschedulable"), ("Warning", "PodStartTimeout")} <= reasons, reasons
+    finally:
+        plane.real.kubectl("delete", "acceleratorpool", gpu["metadata"]["name"], "--wait=false", check=False)
