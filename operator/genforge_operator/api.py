@@ -299,6 +299,7 @@ class ModelVersion:
     method: str | None = None
     base_version: str | None = None
     format: Literal["model", "lora-adapter"] | None = None
+    evaluation: EvaluationRecord | None = None
 
 
 @dataclass
@@ -357,7 +358,21 @@ class CheckpointSpec:
 @dataclass
 class EvaluationSpec:
     samples: int = 16
-    metrics: list[Literal["loss", "fid", "kid"]] = field(default_factory=lambda: ["loss"])
+    metrics: list[Literal["loss", "fid", "kid"]] = field(default_factory=lambda: ["loss", "fid"])
+    held_out_fraction: float = 0.1
+    feature_extractor_uri: str | None = None
+    inference_steps: int | None = None
+
+
+@dataclass
+class EvaluationRecord:
+    """How a run's metrics were measured: versions are compared only when these agree."""
+
+    feature_extractor: str | None = None
+    reference_set: str | None = None
+    samples: int | None = None
+    held_out: int | None = None
+    inference_steps: int | None = None
 
 
 @dataclass
@@ -478,6 +493,7 @@ class RunStatus:
     artifact: str | None = None
     samples: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    evaluation: EvaluationRecord | None = None
     version: str | None = None
     restarts: int = 0
     observed_generation: int | None = None

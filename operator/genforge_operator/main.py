@@ -245,7 +245,7 @@ class Reconciler:
             self.kube.delete_job(namespace, job_name)
         if outcome.new_version is not None:
             try:
-                version = add_version(self.kube, namespace, body, outcome.new_version)
+                version = add_version(self.kube, namespace, body, outcome.new_version, on_note=_promotion_event)
             except RegistryBusy as exc:  # not Succeeded without its version: the next pass retries
                 raise kopf.TemporaryError(str(exc), delay=1) from exc
             if version:
@@ -272,6 +272,11 @@ class Reconciler:
 
 
 ENFORCEMENT_REASONS = ("MaxCostReached", "MaxDurationReached", "BudgetExhausted", "DeadlineExceeded")
+
+
+def _promotion_event(model: dict, condition: dict) -> None:
+    """A Warning Event on the GenModel when a new version was not compared for promotion."""
+    kopf.event(model, type="Warning", reason=condition["reason"], message=condition["message"][:1024])
 
 
 def _count_transition(kind: str, before: dict, after: dict) -> None:

@@ -412,11 +412,15 @@ def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) 
     if review.estimate_error is not None:
         out.status.setdefault("cost", {})["estimateError"] = review.estimate_error
     out.measure = review.measure
+    record = _evaluation_record(words.get("metrics") or {})
+    if record:
+        out.status["evaluation"] = record
     if out.status.get("artifact"):
         out.new_version = {
             "source": {"kind": run.kind, "name": run.name},
             "uri": out.status["artifact"],
             "metrics": metrics,
+            **({"evaluation": record} if record else {}),
             "createdAt": cond.timestamp(obs.now),
             **(_finetune_lineage(run, obs.job) if run.kind == "FineTune" else {}),
             "format": _artifact_format(run),
@@ -426,6 +430,16 @@ def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) 
            f"finished {total} steps in {out.status.get('runningSeconds', 0):.0f}s for {cost}"
            + (f"; metrics {', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}" if metrics else ""))
     return out
+
+
+def _evaluation_record(reported: dict) -> dict:
+    """How the trainer measured its metrics (extractor, reference set, counts): kept on the
+    run and its version, so that promotion compares only like with like."""
+    record = {key: reported[key] for key in ("featureExtractor", "referenceSet")
+              if isinstance(reported.get(key), str) and reported[key]}
+    record.update({key: int(reported[key]) for key in ("samples", "heldOut", "inferenceSteps")
+                   if isinstance(reported.get(key), (int, float)) and not isinstance(reported[key], bool)})
+    return record
 
 
 def _finetune_lineage(run: Resource, job: dict | None) -> dict:

@@ -191,7 +191,7 @@ def test_run_spec_document_in_configmap():
     assert doc["training"]["steps"] == 100 and doc["training"]["batchSize"] == 8
     assert doc["dataset"]["uri"] == "file:///data/datasets/team-a/shapes"
     assert doc["model"]["config"]["blockOutChannels"] == [16, 32]
-    assert doc["evaluation"] == {"samples": 4, "metrics": ["loss", "fid"]}
+    assert doc["evaluation"] == {"samples": 4, "metrics": ["loss", "fid"], "heldOutFraction": 0.1}
     assert doc["checkpoint"]["everySteps"] == 50
     assert container(result.children.job)["command"][-2:] == ["--config", "/etc/genforge/run.json"]
 
@@ -244,3 +244,16 @@ def test_long_names_fit_kubernetes_limits():
         assert len(value) <= 63
     other = planned(make_run(name="a" * 199 + "b")).children.job["metadata"]["name"]
     assert other != job_name
+
+
+def test_evaluation_knobs_of_the_api_reach_the_trainer():
+    """Issue 15 item 9: feature extractor, held-out fraction and sampling steps are API fields."""
+    from genforge_trainer.config import parse_run_spec
+
+    knobs = {"samples": 8, "metrics": ["fid", "kid"], "heldOutFraction": 0.25,
+             "featureExtractorUri": "file:///data/extractors/inception-2015-12-05.pt", "inferenceSteps": 50}
+    doc = planned(make_run(evaluation=knobs)).document
+    assert doc["evaluation"] == knobs
+    ev = parse_run_spec(doc).evaluation
+    assert (ev.held_out_fraction, ev.feature_extractor_uri, ev.inference_steps) == (
+        0.25, "file:///data/extractors/inception-2015-12-05.pt", 50)

@@ -261,6 +261,49 @@ def test_evaluate_command_reports_metrics_in_the_termination_message(
 # --------------------------------------------------------------------------- evaluation
 
 
+class _TinyInception(torch.nn.Module):
+    """An Inception-style TorchScript feature network built here (no download): float NCHW
+    in [0, 255] in, pooled features out, with the ``return_features`` flag that the
+    StyleGAN/clean-fid ``inception-2015-12-05.pt`` file takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv = torch.nn.Conv2d(3, 24, 3, stride=2)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        h = torch.relu(self.conv(torch.nn.functional.interpolate(x / 255.0, size=(32, 32))))
+        return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+
+
+def test_evaluation_with_a_torchscript_feature_extractor_names_it_with_its_fid_and_reference_set(
+    tmp_path, monkeypatch, dataset_uri, base_model
+):
+    """Issue 15 item 9: featureExtractorUri (now an API field) drives FID/KID, and every
+    figure carries the extractor's name and the reference set's identity."""
+    extractor = tmp_path / "tiny-inception.pt"
+    torch.jit.script(_TinyInception().eval()).save(str(extractor))
+    results = {}
+    for name, evaluation in (("inception", {"featureExtractorUri": f"file://{extractor}"}), ("default", {})):
+        doc = tiny_run(tmp_path / name, dataset_uri, command="evaluate", drop=["training"],
+                       model={"baseUri": base_model},
+                       evaluation={"samples": 4, "metrics": ["fid", "kid"], "heldOutFraction": 0.25,
+                                   "inferenceSteps": 2, **evaluation})
+        config = tmp_path / f"{name}.json"
+        config.write_text(json.dumps(doc))
+        code, result = cli.run_command("evaluate", str(config), serve=False)
+        assert code == 0, result
+        results[name] = result["metrics"]
+    assert results["inception"]["featureExtractor"] == "inception-torchscript:tiny-inception.pt"
+    assert results["default"]["featureExtractor"] == "random-conv-v1"
+    assert results["inception"]["fid"] != results["default"]["fid"]  # other features, other numbers
+    assert results["inception"]["referenceSet"] == results["default"]["referenceSet"]  # same held-out images
+    assert results["inception"]["referenceSet"].startswith("sha256:")
+    assert results["inception"]["inferenceSteps"] == 2 and results["inception"]["heldOut"] >= 2
+
+
+
+
 def test_fid_and_kid_order_same_distribution_below_different_below_noise(tmp_path):
     size, n = 32, 48
     real = load_images(shapes(tmp_path / "a", count=n, size=size, seed=1), size).pixels

@@ -332,7 +332,7 @@ class EvaluationSpec:
     """
 
     samples: int = 16
-    metrics: tuple[Metric, ...] = ("loss",)
+    metrics: tuple[Metric, ...] = ("loss", "fid")
     #: Fraction of the dataset held out (deterministically, by seed) for loss/FID/KID.
     held_out_fraction: float = 0.1
     feature_extractor_uri: str | None = None

@@ -12,6 +12,7 @@ numbers; ``metrics.featureExtractor`` always says which extractor produced the n
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -156,6 +157,15 @@ def compare_image_sets(
     return out
 
 
+def reference_set_id(pixels_uint8: torch.Tensor) -> str:
+    """Identity of the images a run's loss/FID/KID were measured against: the first 16 hex
+    digits of the SHA-256 of the held-out pixels (shape included). Two versions' metrics are
+    comparable only when this (and, for FID/KID, the feature extractor) is the same."""
+    digest = hashlib.sha256(str(tuple(pixels_uint8.shape)).encode())
+    digest.update(pixels_uint8.contiguous().cpu().numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------- loss, samples
 
 
@@ -250,6 +260,8 @@ def evaluate_model(
         log.warning("FID/KID skipped: fewer than 2 held-out images")
     metrics["samples"] = ev.samples
     metrics["heldOut"] = len(held_out)
+    if len(held_out):
+        metrics["referenceSet"] = reference_set_id(held_out.pixels)
     metrics["inferenceSteps"] = steps
     samples_uri = storage.join(spec.output.uri, "samples.png")
     storage.write_bytes(samples_uri, image_grid(samples))
