@@ -9,6 +9,8 @@ See `tests/harness.py` for `wait_for`, `OperatorRunner` and `RawApi`.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import uuid
 
@@ -46,6 +48,48 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_setup(item):
     if "kubectl" in item.keywords and shutil.which("kubectl") is None:
         pytest.fail(f"{_KUBECTL_MISSING}; GENFORGE_REQUIRE_KUBE=1 makes that a failure", pytrace=False)
+
+
+#: Declared dependencies (pyproject's `all` extra) that some tests skip without. With
+#: GENFORGE_REQUIRE_DEPS=1 (set by .ci/run) such a skip is a failure: a broken install must
+#: not pass as a green run. Skips for other reasons (a package that *is* installed, a test
+#: that runs with its siblings) stay skips.
+DECLARED = frozenset({"torch", "diffusers", "accelerate", "peft", "lupa", "helm_python", "kubernetes_validate",
+                      "hadolint", "kubectl", "jsonschema", "celpy", "cel", "cryptography", "playwright"})
+_MISSING = re.compile(r"could not import '([\w.]+)'|\b([\w-]+) is not installed")
+
+
+def declared_dependency_missing(reason: str) -> str | None:
+    """The declared dependency a skip reason says is missing, else None."""
+    match = _MISSING.search(reason or "")
+    if not match:
+        return None
+    name = (match.group(1) or match.group(2)).split(".")[0]
+    return name if name in DECLARED else None
+
+
+def _fail_if_a_declared_dependency_is_missing(report) -> None:
+    if not report.skipped or os.environ.get("GENFORGE_REQUIRE_DEPS") != "1":
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    missing = declared_dependency_missing(reason)
+    if missing:
+        report.outcome = "failed"
+        report.longrepr = (f"{reason}\n{missing} is a declared dependency: GENFORGE_REQUIRE_DEPS=1 makes its "
+                           "absence a failure, not a skip")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_if_a_declared_dependency_is_missing(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_if_a_declared_dependency_is_missing(outcome.get_result())
 
 
 @pytest.fixture(scope="session")
