@@ -4,7 +4,10 @@
   prefixed ``genforge_trainer_``) on ``$GENFORGE_METRICS_HOST:$GENFORGE_METRICS_PORT``
   (default ``0.0.0.0:9090``; port 0 picks a free port, see ``.address``). Chosen over a
   progress file because the operator then needs no access to run storage, and over the
-  Kubernetes API because trainer pods get no API credentials.
+  Kubernetes API because trainer pods get no API credentials. The server is a side channel:
+  when its address cannot be bound (the port is taken: an infrastructure fault, since a
+  pod's IP is its own) it retries for a few seconds, then serves on a free port, else not
+  at all, with a warning; it never fails the run.
 * ``write_termination_message`` writes the compact result JSON (<= 4096 bytes, the
   kubelet's limit) to ``$GENFORGE_TERMINATION_LOG`` (default ``/dev/termination-log``).
 * ``GracefulStop`` turns SIGTERM into a flag the training loop checks between steps (it
@@ -13,6 +16,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 TERMINATION_MESSAGE_LIMIT = 4096
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 PREFIX = "genforge_trainer_"
+#: How long ``serve`` retries an address in use (the previous holder may still be exiting).
+BIND_RETRY_SECONDS = 5.0
 
 
 class TrainerMetrics:
@@ -157,10 +163,69 @@ class ProgressReporter:
             return {k: v for k, v in self._state.items() if not k.startswith("_")}
 
     # ------------------------------------------------------------------ HTTP
-    def serve(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
-        """Start serving; host/port default to $GENFORGE_METRICS_HOST/$GENFORGE_METRICS_PORT."""
+    def serve(
+        self, host: str | None = None, port: int | None = None, *, bind_retry: float | None = None
+    ) -> tuple[str, int] | None:
+        """Start serving; host/port default to $GENFORGE_METRICS_HOST/$GENFORGE_METRICS_PORT.
+
+        Returns the address served, or None when nothing could be bound. A bind failure is
+        not the run's failure: an address in use is retried for ``bind_retry`` seconds
+        (default ``BIND_RETRY_SECONDS``), then
+        a free port of the same host is served instead (the operator, which polls the pod's
+        metrics port, sees no progress until the run ends; the result still reaches it
+        through the termination message), and if that fails too the run goes on unserved.
+        """
         host = host if host is not None else os.environ.get("GENFORGE_METRICS_HOST", "0.0.0.0")
-        port = port if port is not None else int(os.environ.get("GENFORGE_METRICS_PORT", "9090"))
+        if port is None:
+            try:
+                port = int(os.environ.get("GENFORGE_METRICS_PORT", "9090"))
+            except ValueError:
+                log.warning("GENFORGE_METRICS_PORT=%r is not a port: serving on a free one",
+                            os.environ.get("GENFORGE_METRICS_PORT"))
+                port = 0
+        handler = self._handler()
+        try:
+            self._server = self._bind(host, port, handler,
+                                      BIND_RETRY_SECONDS if bind_retry is None else bind_retry)
+        except OSError as exc:
+            if port == 0:
+                log.warning("cannot serve /progress and /metrics on %s: %s; training goes on without them",
+                            host, exc)
+                return None
+            try:
+                self._server = ThreadingHTTPServer((host, 0), handler)
+            except OSError as again:
+                log.warning("cannot serve /progress and /metrics on %s:%d (%s) nor on a free port (%s); "
+                            "training goes on without them", host, port, exc, again)
+                return None
+            log.warning("cannot serve /progress and /metrics on %s:%d (%s): serving on %s:%d instead; the "
+                        "operator polls :%d and sees no live progress for this run",
+                        host, port, exc, *self.address, port)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="genforge-progress", daemon=True
+        )
+        self._thread.start()
+        log.info("serving /progress and /metrics on %s:%d", *self.address)
+        return self.address
+
+    def _bind(self, host: str, port: int, handler: type[BaseHTTPRequestHandler],
+              retry: float) -> ThreadingHTTPServer:
+        """The server on host:port, retrying "address in use" for `retry` seconds (OSError after)."""
+        deadline = time.monotonic() + retry
+        delay = 0.05
+        while True:
+            try:
+                return ThreadingHTTPServer((host, port), handler)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+                if delay == 0.05:
+                    log.info("%s:%d is in use (%s); retrying for up to %.0f s", host, port, exc, retry)
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+                delay = min(delay * 2, 1.0)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         reporter = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -184,14 +249,7 @@ class ProgressReporter:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 log.debug("progress http: " + format, *args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="genforge-progress", daemon=True
-        )
-        self._thread.start()
-        log.info("serving /progress and /metrics on %s:%d", *self.address)
-        return self.address
+        return Handler
 
     @property
     def address(self) -> tuple[str, int]:

@@ -16,7 +16,8 @@ What a pod's process gets (docs/contract.md, "Local mode"):
   `GENFORGE_PATH_MAP` (every `volumeMount` → its local folder: ConfigMap and Secret
   volumes materialised in a per-pod temp dir, `emptyDir` a per-pod dir, a PVC a folder
   of the data dir), `GENFORGE_METRICS_HOST` (a loopback address of its own, 127.0.0.2,
-  .3, …, also reported as `status.podIP`), `GENFORGE_TERMINATION_LOG` (a file whose
+  .3, …, also reported as `status.podIP`; never one that something on this host still
+  holds, see `_AddressPool`), `GENFORGE_TERMINATION_LOG` (a file whose
   content becomes `state.terminated.message`, ≤ 4096 bytes; with
   `FallbackToLogsOnError`, the log's tail when the file is empty and the pod failed);
 * stdout and stderr in `<data>/logs/<namespace>/<pod>.log` (the path is also the pod's
@@ -60,11 +61,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock files, the bind probe alone
+    fcntl = None  # type: ignore[assignment]
 
 from . import jobcontrol as jc
 
@@ -78,6 +84,9 @@ HOST_IP = "127.0.0.1"
 LOG_ANNOTATION = "local.genforge.dev/log"
 CONFIG_RETRY_SECONDS = 2.0
 DEFAULT_GRACE_SECONDS = 30
+DEFAULT_METRICS_PORT = 9090  # the trainer's, when neither the container nor this process sets one
+ADDRESS_LINGER_SECONDS = 60.0  # the longest a released address waits for its pod's process group
+ADDRESS_PROBES = 64  # candidates whose ports are tried before one is handed out anyway
 
 
 class ApiError(Exception):
@@ -215,6 +224,7 @@ class _Pod:
     disruption: Body | None = None  # a DisruptionTarget condition (eviction)
     counted: bool = False
     released: bool = False
+    ip_released: bool = False  # its address went back to the pool (freed once its process group is gone)
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     stopped: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -311,8 +321,8 @@ class LocalExecutor:
         self._api = _Api(api_url, token, ssl_context)
         self._jobs: dict[str, _Job] = {}
         self._pods_by_uid: dict[str, _Pod] = {}
-        self._ips_in_use: set[str] = set()
-        self._next_ip = 2
+        self._ips_in_use: set[str] = set()  # the addresses of this executor's pods (from `_POOL`)
+        self._address_pods: dict[str, _Pod] = {}  # address -> the pod holding it, until released
         self._distinct_ips = True
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -352,6 +362,8 @@ class LocalExecutor:
         self._thread.join(timeout if timeout is not None else self.shutdown_grace + 15)
         self._thread = None
         self._kill_all_now()
+        for p in list(self._address_pods.values()):  # pods whose task never finished: freed once their group is gone
+            self._release_ip(p)
         atexit.unregister(self._kill_all_now)
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -756,7 +768,8 @@ class LocalExecutor:
         if kind == "DELETED":
             p.gone = True
             self._pods_by_uid.pop(meta["uid"], None)
-            self._ips_in_use.discard(p.ip or "")
+            # Not its address: its process may still be ending (a forced deletion does not
+            # wait); `_run_container` gives that back once the process has ended.
             if not p.done.is_set():
                 self._stop_pod(p, "deleted", p.grace, delete=False)
             p.job.wake.set()
@@ -817,19 +830,52 @@ class LocalExecutor:
     def _pod_ref(self, p: _Pod) -> Body:
         return {"apiVersion": "v1", "kind": "Pod", "name": p.name, "namespace": p.namespace, "uid": p.uid}
 
-    def _allocate_ip(self) -> str:
+    def _allocate_ip(self, ports: Iterable[int] = (), owner: object = None) -> str:
+        """A loopback address of the pod's own on which `ports` bind now (see `_AddressPool`)."""
         if not self._distinct_ips:
+            taken = [port for port in ports if not _port_free(HOST_IP, port)]
+            if taken:
+                logger.warning("%s:%s is taken and every pod gets %s here: this pod cannot serve on it",
+                               HOST_IP, ",".join(map(str, taken)), HOST_IP)
             return HOST_IP
-        while True:
-            n = self._next_ip
-            self._next_ip = 2 if n >= 0xFFFFFE else n + 1
-            ip = f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
-            if n & 255 not in (0, 255) and ip not in self._ips_in_use:
-                self._ips_in_use.add(ip)
-                return ip
+        ip = _POOL.acquire(ports, owner=owner)
+        self._ips_in_use.add(ip)
+        return ip
+
+    def _release_ip(self, p: _Pod) -> None:
+        """Give the pod's address back; the pool frees it once the pod's whole process group is gone."""
+        if p.ip is None or p.ip_released:
+            return
+        p.ip_released = True
+        self._ips_in_use.discard(p.ip)
+        if self._address_pods.get(p.ip) is p:
+            del self._address_pods[p.ip]
+        if p.ip != HOST_IP:
+            _POOL.release(p.ip, p.process.pid if p.process is not None else None, owner=p)
+
+    def _pod_ports(self, container: Body) -> list[int]:
+        """The ports the container will listen on at its pod address: its TCP `containerPort`s and
+        the trainer's metrics port (`GENFORGE_METRICS_PORT` of the container, else of this
+        process's environment, else 9090)."""
+        ports = [port.get("containerPort") for port in container.get("ports") or []
+                 if (port.get("protocol") or "TCP") == "TCP"]
+        metrics = next((e.get("value") for e in container.get("env") or []
+                        if e.get("name") == "GENFORGE_METRICS_PORT" and "value" in e),
+                       self.base_env.get("GENFORGE_METRICS_PORT"))
+        try:
+            ports.append(int(metrics) if metrics is not None else DEFAULT_METRICS_PORT)
+        except ValueError:
+            ports.append(DEFAULT_METRICS_PORT)
+        return [port for port in ports if isinstance(port, int) and 0 < port < 65536]
 
     async def _run_container(self, p: _Pod) -> None:
         """The kubelet's part for a pod bound here: prepare (retrying config errors), run, report."""
+        try:
+            await self._run_container_once(p)
+        finally:
+            self._release_ip(p)  # its main process has ended (or never started, or the task was cancelled)
+
+    async def _run_container_once(self, p: _Pod) -> None:
         spec = (p.body or {}).get("spec") or {}
         p.grace = float(spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS))
         container = (spec.get("containers") or [{}])[0]
@@ -872,6 +918,7 @@ class LocalExecutor:
             if p.process is not None:
                 self._kill_group(p)
                 self._pgids.discard(p.process.pid)
+            self._release_ip(p)
             p.done.set()
             p.stopped.set()
             job.wake.set()
@@ -913,7 +960,8 @@ class LocalExecutor:
         pod = copy.deepcopy(p.body)
         spec = pod.get("spec") or {}
         if p.ip is None:
-            p.ip = self._allocate_ip()
+            p.ip = self._allocate_ip(self._pod_ports(container), owner=p)
+            self._address_pods[p.ip] = p
         pod["status"] = {"podIP": p.ip, "hostIP": HOST_IP}
         p.work_dir.mkdir(parents=True, exist_ok=True)
         path_map = await self._mount_volumes(p, spec, container)
@@ -1225,3 +1273,170 @@ def _loopback_aliases_work() -> bool:
         return True
     except OSError:
         return False
+
+
+def _port_free(ip: str, port: int) -> bool:
+    """Whether `ip:port` binds right now, without SO_REUSEADDR: nothing listens there and no
+    connection of an earlier listener lingers (TIME_WAIT, FIN_WAIT, …)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((ip, port))
+        return True
+    except OSError:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still exists (its sockets close only once it has exited)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _AddressPool:
+    """The pod addresses (127.0.0.2, .3, …) of every executor in this process.
+
+    In a cluster a pod IP is the pod's alone; here every pod shares the host's loopback, so
+    an address is handed out only when
+
+    * no executor of this process holds it: one numbering for all of them, so a restarted
+      plane, a second executor or the kubelet do not start again at 127.0.0.2;
+    * no other process on this host holds it (another `genforge local`, a test run): a lock
+      file per address in `lock_dir`, `flock`ed while the address is held (the kernel drops
+      the lock when the holder dies);
+    * every port the pod will listen on binds there right now (`_port_free`), so nothing the
+      pools do not know of is in the way: a trainer orphaned by a killed plane, a process
+      that left its pod's process group, connections of an earlier pod still closing.
+
+    A released address stays held until its pod's process group is gone — SIGKILL is
+    asynchronous and a dying process keeps its sockets until it has exited — or, at most,
+    `linger` seconds (then the bind probe still guards it). When `probes` candidates in a
+    row have a port taken (something listens on 0.0.0.0 at that port), the first of them is
+    handed out with a warning: the trainer then serves elsewhere or not at all, it does not fail.
+    """
+
+    FIRST, LAST = 2, 0xFFFFFE
+
+    def __init__(self, lock_dir: str | os.PathLike[str] | None = None, *,
+                 linger: float = ADDRESS_LINGER_SECONDS, probes: int = ADDRESS_PROBES):
+        default = Path(tempfile.gettempdir()) / f"genforge-pod-addresses-{os.getuid()}"
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else default
+        self.linger, self.probes = linger, probes
+        self._lock = threading.Lock()
+        self._next = self.FIRST
+        self._held: dict[str, tuple[int | None, object]] = {}  # address -> (its lock file's fd, owner)
+        self._draining: dict[str, tuple[float, int]] = {}  # released, group alive -> (give up at, pgid)
+        self._lock_dir_warned = False
+
+    @staticmethod
+    def _address(n: int) -> str:
+        return f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+    def held(self) -> set[str]:
+        with self._lock:
+            return set(self._held)
+
+    def acquire(self, ports: Iterable[int] = (), *, owner: object = None) -> str:
+        wanted = sorted({port for port in ports if 0 < port < 65536})
+        with self._lock:
+            self._reclaim()
+            fallback: tuple[str, int | None] | None = None
+            probed = 0
+            for _ in range(self.probes * 256):  # skipping held ones; never a walk over all of 127/8
+                n = self._next
+                self._next = self.FIRST if n >= self.LAST else n + 1
+                ip = self._address(n)
+                if n & 255 in (0, 255) or ip in self._held:
+                    continue
+                locked, fd = self._try_lock(ip)
+                if not locked:
+                    continue  # another process on this host holds it
+                if all(_port_free(ip, port) for port in wanted):
+                    if fallback is not None:
+                        self._unlock(*fallback)
+                    self._held[ip] = (fd, owner)
+                    return ip
+                if fallback is None:
+                    fallback = (ip, fd)
+                else:
+                    self._unlock(ip, fd)
+                probed += 1
+                if probed >= self.probes:
+                    break
+            if fallback is None:
+                raise RuntimeError("no free loopback address for a pod: every candidate is held")
+            ip, fd = fallback
+            logger.warning("port(s) %s are taken on %d loopback addresses in a row (something listens on "
+                           "0.0.0.0?): pod address %s is handed out anyway, its server cannot listen there",
+                           ",".join(map(str, wanted)), probed, ip)
+            self._held[ip] = (fd, owner)
+            return ip
+
+    def release(self, ip: str, pgid: int | None, *, owner: object = None) -> None:
+        """`ip`'s pod has ended; free it once process group `pgid` is gone (None: it never started)."""
+        with self._lock:
+            if ip not in self._held or self._held[ip][1] is not owner or ip in self._draining:
+                return
+            if pgid is not None and _group_alive(pgid):
+                self._draining[ip] = (time.monotonic() + self.linger, pgid)
+            else:
+                self._free(ip)
+
+    def reclaim(self) -> None:
+        """Free the released addresses whose process groups are gone (`acquire` does it first)."""
+        with self._lock:
+            self._reclaim()
+
+    def _reclaim(self) -> None:
+        now = time.monotonic()
+        for ip, (deadline, pgid) in list(self._draining.items()):
+            if not _group_alive(pgid):
+                self._free(ip)
+            elif now >= deadline:
+                logger.warning("process group %d of the pod on %s outlived its pod by %.0f s; the address is "
+                               "free again for a pod whose ports bind there", pgid, ip, self.linger)
+                self._free(ip)
+
+    def _free(self, ip: str) -> None:
+        self._draining.pop(ip, None)
+        fd, _owner = self._held.pop(ip)
+        self._unlock(ip, fd)
+
+    def _try_lock(self, ip: str) -> tuple[bool, int | None]:
+        """(False, None): another process holds `ip`; (True, fd or None without lock files)."""
+        if fcntl is None:
+            return True, None
+        path = self.lock_dir / ip
+        try:
+            self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as e:
+            if not self._lock_dir_warned:
+                self._lock_dir_warned = True
+                logger.warning("cannot lock pod addresses in %s (%s): other processes on this host are not "
+                               "told which addresses this one uses (the bind probe still guards them)",
+                               self.lock_dir, e)
+            return True, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held, named = os.fstat(fd), os.stat(path)
+            if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
+                raise BlockingIOError  # its last holder unlinked it meanwhile: someone may hold the new one
+        except OSError:
+            os.close(fd)
+            return False, None
+        return True, fd
+
+    def _unlock(self, ip: str, fd: int | None) -> None:
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.lock_dir / ip)  # while still locked: see `_try_lock`'s inode check
+        os.close(fd)
+
+
+_POOL = _AddressPool()
