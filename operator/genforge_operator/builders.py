@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .api import API_VERSION, Resource
 from .config import OperatorConfig
-from .naming import LABEL_KUEUE_QUEUE, LABEL_MANAGED_BY, LABEL_ROLE, MANAGER, child_name, owner_labels
+from .naming import LABEL_KUEUE_PRIORITY, LABEL_KUEUE_QUEUE, LABEL_MANAGED_BY, LABEL_ROLE, MANAGER, child_name, owner_labels
 from .runspec import Placement
 
 CONFIG_MOUNT = "/etc/genforge"
@@ -273,6 +273,8 @@ def build_job(
     extra_labels = {LABEL_ROLE: command}
     if queue_name:
         extra_labels[LABEL_KUEUE_QUEUE] = queue_name
+        if owner.labels.get(LABEL_KUEUE_PRIORITY):  # the run's Kueue priority class, for preemption
+            extra_labels[LABEL_KUEUE_PRIORITY] = owner.labels[LABEL_KUEUE_PRIORITY]
     job_spec: dict = {
         "backoffLimit": config.backoff_limit,
         "completions": placement.nodes,

@@ -15,6 +15,7 @@ PROGRESSING = "Progressing"
 BUDGET = "WithinBudget"
 REFERENCES = "ReferencesResolved"
 PODS_READY = "PodsReady"
+QUEUED = "Queued"
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 

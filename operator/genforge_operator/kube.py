@@ -68,6 +68,35 @@ class ApiClient(client.ApiClient):
             raise ApiException(status=0, reason=f"no answer from the API server: {exc}") from exc
 
 
+KUEUE_GROUP = "kueue.x-k8s.io"
+#: Kueue's Workload API versions, newest first (v1beta2 stored since Kueue 0.15).
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")
+
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def service_account_dir(env: dict[str, str] | None = None) -> str:
+    """Where the pod's ServiceAccount volume (token, ca.crt) is: the standard path, or where a
+    local kubelet (`genforge local --kube`, the test tier) put it, per $GENFORGE_PATH_MAP."""
+    env = os.environ if env is None else env
+    try:
+        mapped = json.loads(env.get("GENFORGE_PATH_MAP") or "{}")
+    except ValueError:
+        mapped = {}
+    return str(mapped.get(SERVICE_ACCOUNT_DIR) or SERVICE_ACCOUNT_DIR) if isinstance(mapped, dict) else SERVICE_ACCOUNT_DIR
+
+
+def load_cluster_config() -> None:
+    """The kubernetes client's default configuration: in-cluster (the pod's ServiceAccount), else kubeconfig."""
+    folder = service_account_dir()
+    try:
+        kube_config.incluster_config.InClusterConfigLoader(
+            token_filename=f"{folder}/token", cert_filename=f"{folder}/ca.crt").load_and_set()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+
+
 class Kube:
     """What the handlers need from the API, with errors turned into kopf's retry signals."""
 
@@ -88,10 +117,7 @@ class Kube:
             configuration.verify_ssl = False
             configuration.api_key = {"authorization": "Bearer genforge-local"}
             return cls(ApiClient(configuration))
-        try:
-            kube_config.load_incluster_config()
-        except kube_config.ConfigException:
-            kube_config.load_kube_config()
+        load_cluster_config()
         return cls(ApiClient())
 
     # ---------------------------------------------------------------- genforge kinds
@@ -148,6 +174,24 @@ class Kube:
             if exc.status == 404:
                 return None
             raise self._retry(exc, f"get Job {namespace}/{name}") from exc
+
+    def kueue_workload(self, namespace: str, job: dict) -> dict | None:
+        """Kueue's Workload for `job` (label kueue.x-k8s.io/job-uid), or None: none yet, no Kueue
+        installed, or no permission (the chart grants get/list on workloads.kueue.x-k8s.io)."""
+        uid = (job.get("metadata") or {}).get("uid")
+        if not uid:
+            return None
+        for version in KUEUE_VERSIONS:
+            try:
+                found = self.custom.list_namespaced_custom_object(
+                    KUEUE_GROUP, version, namespace, "workloads", label_selector=f"kueue.x-k8s.io/job-uid={uid}")
+            except ApiException as exc:
+                if exc.status in (403, 404):
+                    continue
+                raise self._retry(exc, f"list Kueue workloads of Job {uid}") from exc
+            items = found.get("items") or []
+            return items[0] if items else None
+        return None
 
     def list_pods(self, namespace: str, selector: str) -> list[dict]:
         try:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import kopf
 
-from . import budget, economics, metrics
+from . import budget, economics, kube, metrics
 from .api import GROUP, VERSION, SpecError, parse_resource
 from .builders import build_trainer_service_account
 from .config import OperatorConfig
@@ -64,6 +64,9 @@ def configure(settings: kopf.OperatorSettings, **_):
     if os.environ.get("GENFORGE_PEERING"):
         settings.peering.name = os.environ["GENFORGE_PEERING"]
         settings.peering.mandatory = True
+        # How long a replica's keep-alive lasts: a standby takes over this long after the
+        # active replica stopped renewing it (killed without a goodbye). kopf's default: 60 s.
+        settings.peering.lifetime = int(os.environ.get("GENFORGE_PEERING_LIFETIME", settings.peering.lifetime))
     else:
         settings.peering.standalone = True
 
@@ -73,7 +76,22 @@ def login(**kwargs):
     server = os.environ.get("GENFORGE_API_SERVER")
     if server:  # `genforge local` and the test harness: an emulated API server
         return kopf.ConnectionInfo(server=server, insecure=True, scheme="Bearer", token="genforge-local")
+    if kube.service_account_dir() != kube.SERVICE_ACCOUNT_DIR:
+        return _login_via_mapped_service_account()
     return kopf.login_via_client(**kwargs)
+
+
+def _login_via_mapped_service_account() -> kopf.ConnectionInfo:
+    """kopf's login_via_client, reading the pod's ServiceAccount where a local kubelet put it."""
+    from kubernetes import client as k8s_client
+
+    kube.load_cluster_config()
+    config = k8s_client.Configuration.get_default_copy()
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    return kopf.ConnectionInfo(server=config.host, ca_path=config.ssl_ca_cert, insecure=not config.verify_ssl,
+                               scheme=scheme or None, token=token or None,
+                               certificate_path=config.cert_file, private_key_path=config.key_file)
 
 
 # ---------------------------------------------------------------------- indexes
@@ -192,9 +210,13 @@ class Reconciler:
                 if zero is not None and zero.phase == "Running":
                     progress = self.kube.fetch_progress(zero.ip, self.config.metrics_port,
                                                         self.config.progress_timeout)
+            workload = None
+            if kind in RUN_PLURALS and job is not None and (resource.spec.queue_name or None) \
+                    and (job.get("spec") or {}).get("suspend"):
+                workload = self.kube.kueue_workload(namespace, job)  # why Kueue holds it
             observed = Observed(resource=resource, body_status=dict(body.get("status") or {}),
                                 catalog=catalog, job=job, pods=pods, progress=progress,
-                                now=datetime.now(UTC))
+                                now=datetime.now(UTC), workload=workload)
             decide = reconcile_dataset if kind == "Dataset" else reconcile_run
             outcome = decide(observed, self.config)
             self.apply(kind, body, outcome)

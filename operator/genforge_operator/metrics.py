@@ -579,8 +579,10 @@ def metrics_port(env: Mapping[str, str] | None = None) -> int:
     return int((os.environ if env is None else env).get(PORT_ENV) or DEFAULT_PORT)
 
 
-def start_metrics_server(port: int | None = None, addr: str = "0.0.0.0") -> int:
+def start_metrics_server(port: int | None = None, addr: str | None = None) -> int:
     """Serve `REGISTRY` on `http://addr:port/metrics` from a daemon thread; returns the port.
+
+    `addr` defaults to `$GENFORGE_METRICS_HOST` (a local kubelet's pod address), else 0.0.0.0.
 
     Idempotent: a second call (kopf's startup handler after an in-process restart) keeps
     the running server. Port 0 picks a free port (tests).
@@ -590,6 +592,7 @@ def start_metrics_server(port: int | None = None, addr: str = "0.0.0.0") -> int:
     global _server
     with _server_lock:
         if _server is None:
+            addr = addr or os.environ.get("GENFORGE_METRICS_HOST") or "0.0.0.0"
             httpd, _thread = start_http_server(metrics_port() if port is None else port, addr, registry=REGISTRY)
             _server = httpd
             log.info("serving metrics on %s:%d/metrics", addr, httpd.server_port)

@@ -22,6 +22,8 @@ LABEL_NAME = f"{GROUP}/name"
 LABEL_UID = f"{GROUP}/owner-uid"
 LABEL_ROLE = f"{GROUP}/role"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+#: Kueue reads a Job's WorkloadPriorityClass from this label; a run's own label is copied to its Job.
+LABEL_KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
 MANAGER = "genforge"
 
 KIND_PREFIX = {"Dataset": "gf-ds", "TrainingRun": "gf-tr", "FineTune": "gf-ft"}

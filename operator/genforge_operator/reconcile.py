@@ -100,6 +100,7 @@ class Observed:
     pods: list[dict]
     now: datetime
     progress: dict | None = None
+    workload: dict | None = None  # Kueue's Workload of a queued, suspended Job
 
     @property
     def pod_runs(self) -> list[PodRun]:
@@ -529,10 +530,13 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None,
         return out
 
     if job.suspended and run.spec.queue_name and not job.active:
-        if phase != WAITING:
-            _phase(out, obs, WAITING, REASON_KUEUE, f"waiting for Kueue to admit the Job ({run.spec.queue_name})")
-        out.requeue_after = 30.0
+        reason, message = _kueue_says(obs.workload, run.spec.queue_name)
+        _set(out, obs, cond.QUEUED, cond.TRUE, reason, message)
+        _phase(out, obs, WAITING, REASON_KUEUE, message)
+        out.requeue_after = 10.0
         return out
+    if run.spec.queue_name and cond.get_condition(out.status.get("conditions") or [], cond.QUEUED):
+        _set(out, obs, cond.QUEUED, cond.FALSE, "Admitted", f"Kueue admitted the Job ({run.spec.queue_name})")
 
     if not verdict.allowed:
         _stop(out, run)
@@ -553,6 +557,20 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None,
                                                        REASON_BUDGET_RAISED):
         _phase(out, obs, RUNNING, REASON_RUNNING, f"Job {out.status.get('job')} is running")
     return out
+
+
+def _kueue_says(workload: dict | None, queue: str) -> tuple[str, str]:
+    """Why Kueue holds the Job, from its Workload: evicted (preempted, ...) or not admitted
+    (insufficient quota, ...), in Kueue's own words; a generic line when it is not known."""
+    conditions = {c.get("type"): c for c in ((workload or {}).get("status") or {}).get("conditions") or []}
+    evicted, reserved = conditions.get("Evicted"), conditions.get("QuotaReserved")
+    if evicted and evicted.get("status") == "True":
+        return f"Kueue{evicted.get('reason') or 'Evicted'}", (
+            f"Kueue evicted the Job's workload ({queue}): {evicted.get('message') or evicted.get('reason')}")
+    if reserved and reserved.get("status") == "False":
+        return f"Kueue{reserved.get('reason') or 'Pending'}", (
+            f"waiting for Kueue to admit the Job ({queue}): {reserved.get('message') or reserved.get('reason')}")
+    return REASON_KUEUE, f"waiting for Kueue to admit the Job ({queue})"
 
 
 def _pods_not_running(out: Outcome, obs: Observed, config: OperatorConfig) -> bool:

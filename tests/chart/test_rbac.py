@@ -35,6 +35,8 @@ OPERATOR_NAMESPACED = (
     | grant("", ["pods"], ["list", "watch"])
     | grant("", ["configmaps", "serviceaccounts", "services"], ["create"])
     | grant("", ["events"], ["create"])
+    # Kueue's Workload of a queued Job: why Kueue holds it.
+    | grant("kueue.x-k8s.io", ["workloads"], ["list"])
 )
 OPERATOR_CLUSTER = (
     grant(GENFORGE, ["acceleratorpools"], ["get", "list", "watch"])

@@ -32,6 +32,9 @@ UNOBSERVABLE = {
     ("genforge.dev", "datasets/finalizers", "update"),
     ("genforge.dev", "finetunes/finalizers", "update"),
     ("genforge.dev", "trainingruns/finalizers", "update"),
+    # Only with Kueue installed (a queued, suspended Job's Workload): the real-Kubernetes tier
+    # with a real Kueue uses it (tests/real/test_kueue.py), as the chart's ServiceAccount.
+    ("kueue.x-k8s.io", "workloads", "list"),
 }
 
 

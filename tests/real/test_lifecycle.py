@@ -49,6 +49,9 @@ def phase(plane, namespace, kind, name) -> str | None:
 
 def diagnose(plane: LocalControlPlane, namespace: str) -> str:
     parts = [f"--- operator log\n{_tail(plane.operator_log_path, 40)}"]
+    for kind in ("trainingruns", "workloads.kueue.x-k8s.io"):
+        out = plane.real.kubectl("get", kind, "-n", namespace, "-o", "yaml", check=False)
+        parts.append(f"--- {kind}\n{out.stdout[-6000:]}{out.stderr[-300:]}")
     for what in ("jobs,pods", "events"):
         out = plane.real.kubectl("get", what, "-n", namespace, "-o", "wide", check=False)
         parts.append(f"--- kubectl get {what}\n{out.stdout}{out.stderr}")

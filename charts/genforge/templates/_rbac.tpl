@@ -42,6 +42,11 @@ operator against the emulated API server and checks every request it made is all
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Kueue's Workload of a queued Job, read while Kueue holds it, to show why (quota,
+# preemption) in the run's status. Read-only; without Kueue installed it is never used.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list]
 {{- end }}
 
 {{/* Rules for cluster-scoped resources: always in a ClusterRole. */}}

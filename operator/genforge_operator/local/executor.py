@@ -84,6 +84,16 @@ HOST_IP = "127.0.0.1"
 LOG_ANNOTATION = "local.genforge.dev/log"
 CONFIG_RETRY_SECONDS = 2.0
 DEFAULT_GRACE_SECONDS = 30
+#: What the project's images run (the Dockerfile's ENTRYPOINT and CMD), by the repository's
+#: last two path parts: a container without `command` runs the local command that the image
+#: would (this Python's `bin/` is first on the pod's PATH), e.g. the Helm chart's operator pod.
+IMAGE_ENTRYPOINTS: dict[str, tuple[list[str], list[str]]] = {
+    "genforge/operator": (["genforge"], ["operator", "--all-namespaces"]),
+    "genforge/trainer": (["genforge-trainer"], ["--help"]),
+}
+#: A pod's wildcard listen address means "every address of its own network namespace"; here
+#: pods share the host's, so it becomes the pod's own loopback address.
+WILDCARD_ADDRESS = "0.0.0.0"
 DEFAULT_METRICS_PORT = 9090  # the trainer's, when neither the container nor this process sets one
 ADDRESS_LINGER_SECONDS = 60.0  # the longest a released address waits for its pod's process group
 ADDRESS_PROBES = 64  # candidates whose ports are tried before one is handed out anyway
@@ -389,6 +399,13 @@ class LocalExecutor:
 
     def claim_dir(self, namespace: str, claim: str) -> Path:
         return self.pvc_dirs.get(claim) or self.data_dir / "volumes" / namespace / claim
+
+    def pod_pid(self, namespace: str, pod: str) -> int | None:
+        """The process id of a pod's running container (its process group), or None."""
+        for p in list(self._pods_by_uid.values()):
+            if p.namespace == namespace and p.name == pod and p.process is not None and not p.done.is_set():
+                return p.process.pid
+        return None
 
     def log_path(self, namespace: str, pod: str) -> Path:
         return self.data_dir / "logs" / namespace / f"{pod}.log"
@@ -969,9 +986,14 @@ class LocalExecutor:
         env = jc.container_env(pod, container, config_maps=config_maps, secrets_=secrets_,
                                cpu_count=os.cpu_count() or 1)
         self._localise_network(p, spec, env)
-        argv = jc.container_argv(container, env)
+        argv = jc.container_argv(_with_entrypoint(container), env)
         if not argv:
-            raise jc.ConfigError("CreateContainerError", "the container has no command (images are not run locally)")
+            raise jc.ConfigError("CreateContainerError",
+                                 f"the container has no command and image {container.get('image')!r} has no local "
+                                 f"stand-in (known: {', '.join(sorted(IMAGE_ENTRYPOINTS))})")
+        if p.ip and p.ip != HOST_IP:
+            argv = [part.replace(WILDCARD_ADDRESS, p.ip) for part in argv]
+            env = {key: value.replace(WILDCARD_ADDRESS, p.ip) for key, value in env.items()}
         termination_log = p.work_dir / "termination-log"
         termination_log.write_bytes(b"")
         process_env = dict(self.base_env)
@@ -1273,6 +1295,26 @@ def _loopback_aliases_work() -> bool:
         return True
     except OSError:
         return False
+
+
+def image_repository(image: str) -> str:
+    """`ghcr.io/genforge/operator:0.1.0@sha256:…` → `genforge/operator` (its last two path parts)."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name = name[: len(name) - len(last)] + last.split(":", 1)[0]
+    return "/".join(name.split("/")[-2:])
+
+
+def _with_entrypoint(container: Body) -> Body:
+    """The container with the command its image would run, when it sets none itself."""
+    if container.get("command"):
+        return container
+    known = IMAGE_ENTRYPOINTS.get(image_repository(str(container.get("image") or "")))
+    if known is None:
+        return container
+    entrypoint, cmd = known
+    return {**container, "command": list(entrypoint), "args": list(container.get("args") or cmd)}
 
 
 def _port_free(ip: str, port: int) -> bool:

@@ -1,5 +1,6 @@
 """Build the pinned Kubernetes binaries (kube-apiserver, kube-controller-manager, kubectl, etcd)
-from their Go modules, cached in a folder keyed by version.
+from their Go modules, cached in a folder keyed by version; and the pinned ``helm`` (v4) and
+Kueue controller manager (with Kueue's CRDs and manifests from the same module).
 
 Standard library only: ``scripts/kube-binaries`` runs this file before the package is
 installed, and ``genforge local --kube`` and the real-Kubernetes test tier call
@@ -314,6 +315,87 @@ def build(kubernetes_version: str = KUBERNETES_VERSION, *, force: bool = False) 
     return bins
 
 
+# --------------------------------------------------------------------------- helm and Kueue
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A Go command built with ``go install module/path@version`` (no replace directives)."""
+
+    name: str
+    module: str
+    version: str
+    package: str
+    version_flags: tuple[str, ...] = ()
+
+    @property
+    def root(self) -> Path:
+        return cache_root() / f"{self.name}-{self.version}"
+
+    @property
+    def binary(self) -> Path:
+        return self.root / "bin" / self.name
+
+    def complete(self) -> bool:
+        return (self.root / "manifest.json").is_file() and os.access(self.binary, os.X_OK)
+
+
+HELM = Tool("helm", "helm.sh/helm/v4", "v4.3.2", "helm.sh/helm/v4/cmd/helm",
+            ("-X helm.sh/helm/v4/internal/version.version=v4.3.2",))
+KUEUE = Tool("kueue", "sigs.k8s.io/kueue", "v0.17.0", "sigs.k8s.io/kueue/cmd/kueue",
+             ("-X sigs.k8s.io/kueue/pkg/version.GitVersion=v0.17.0",))
+TOOLS = (HELM, KUEUE)
+#: Kueue's CRDs and default manifests, copied from its module next to the binary.
+KUEUE_CONFIG_PARTS = ("config/components/crd/bases", "config/components/webhook", "config/components/manager",
+                      "config/components/rbac")
+
+
+def find_tool(tool: Tool) -> Path | None:
+    """The built binary of `tool`, or None (``$GENFORGE_HELM`` / ``$GENFORGE_KUEUE`` name one built elsewhere)."""
+    explicit = os.environ.get(f"GENFORGE_{tool.name.upper()}")
+    if explicit:
+        return Path(explicit) if os.access(explicit, os.X_OK) else None
+    return tool.binary if tool.complete() else None
+
+
+def kueue_config_dir() -> Path:
+    """Kueue's manifests (``config/components/...``) of the pinned version, copied at build time."""
+    return KUEUE.root / "config"
+
+
+def build_tool(tool: Tool, *, force: bool = False) -> Path:
+    progress = _Progress()
+    if tool.complete() and not force:
+        progress.say(f"up to date: {tool.binary}")
+        return tool.binary
+    env = dict(os.environ)
+    env.setdefault("CGO_ENABLED", "0")
+    env.setdefault("GOTOOLCHAIN", "local")
+    partial = tool.root / "bin" / ".partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    env["GOBIN"] = str(partial)
+    ldflags = " ".join(["-s", "-w", *tool.version_flags])
+    progress.run(["go", "install", "-trimpath", "-ldflags", ldflags, f"{tool.package}@{tool.version}"],
+                 tool.root, env, f"build {tool.name} {tool.version}")
+    built = partial / tool.name
+    data = built.read_bytes()
+    os.replace(built, tool.binary)
+    shutil.rmtree(partial, ignore_errors=True)
+    manifest = {"module": tool.module, "version": tool.version,
+                "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    if tool is KUEUE:
+        source = Path(_download(tool.module, tool.version, tool.root, env)["Dir"])
+        target = kueue_config_dir()
+        shutil.rmtree(target, ignore_errors=True)
+        for part in KUEUE_CONFIG_PARTS:
+            shutil.copytree(source / part, target / Path(part).relative_to("config"))
+        for path in target.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)  # module files are read-only
+    (tool.root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    progress.say(f"built {tool.binary}")
+    return tool.binary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="kube-binaries",
@@ -321,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--kubernetes", default=KUBERNETES_VERSION, help="k8s.io/kubernetes version (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is complete")
+    parser.add_argument("--no-tools", action="store_true",
+                        help=f"skip {', '.join(f'{t.name} {t.version}' for t in TOOLS)} (built by default)")
     parser.add_argument("--print-dir", action="store_true", help="print the bin folder of a complete build and exit (1 if none)")
     args = parser.parse_args(argv)
     if args.print_dir:
@@ -334,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     bins = build(args.kubernetes, force=args.force)
     print(bins.bin_dir)
+    if not args.no_tools:
+        for tool in TOOLS:
+            print(build_tool(tool, force=args.force))
     return 0
 
 

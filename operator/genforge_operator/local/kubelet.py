@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -111,6 +112,12 @@ class LocalKubelet(LocalExecutor):
         self._pending: dict[str, Body] = {}         # unscheduled pods seen, by uid
         self._binding: set[str] = set()
         self._finalising: set[str] = set()
+        # The `kubernetes` Service's address, which a kubelet gives every container: here the
+        # API server's own loopback endpoint (no kube-proxy), so in-cluster clients reach it.
+        endpoint = urllib.parse.urlsplit(api_url)
+        self.base_env.update({"KUBERNETES_SERVICE_HOST": endpoint.hostname or HOST_IP,
+                              "KUBERNETES_SERVICE_PORT": str(endpoint.port or 443),
+                              "KUBERNETES_SERVICE_PORT_HTTPS": str(endpoint.port or 443)})
 
     # --- the loop ----------------------------------------------------------------------------
 
