@@ -419,7 +419,7 @@ class EmbeddingSpec:
 @dataclass
 class PreferenceSpec:
     feedback_uri: str
-    beta: float = 0.1
+    beta: float = 5000.0
 
 
 @dataclass

@@ -257,3 +257,21 @@ def test_evaluation_knobs_of_the_api_reach_the_trainer():
     ev = parse_run_spec(doc).evaluation
     assert (ev.held_out_fraction, ev.feature_extractor_uri, ev.inference_steps) == (
         0.25, "file:///data/extractors/inception-2015-12-05.pt", 50)
+
+
+def test_preference_beta_default_is_the_measured_one_and_reaches_the_trainer():
+    """Issue 15 item 8: beta defaults to 5000 (docs/benchmarks.md, "Preference fine-tuning's
+    beta"), in the CRD, the operator's API and the trainer alike."""
+    from genforge_operator import schema
+    from genforge_trainer.config import PreferenceSpec, parse_run_spec
+
+    from .factories import make_finetune
+
+    crd = schema.crd_for("FineTune")
+    beta = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "preference"]["properties"]["beta"]
+    assert beta["default"] == 5000 == PreferenceSpec("x").beta
+    ft = make_finetune(method="preference", preference={"feedbackUri": "file:///data/f.jsonl"}, lora=None)
+    doc = planned(ft).document
+    assert doc["finetune"]["preference"]["beta"] == 5000
+    assert parse_run_spec(doc).finetune.preference.beta == 5000

@@ -426,7 +426,7 @@ class PreferenceSpec:
     ``beta`` is the DPO temperature on the per-sample denoising-error differences."""
 
     feedback_uri: str
-    beta: float = 0.1
+    beta: float = 5000.0
 
     def validate(self, path: str, errors: list[str]) -> None:
         _check(errors, bool(self.feedback_uri), f"{path}.feedbackUri", "must not be empty")
