@@ -13,6 +13,7 @@ COMMANDS = {
     "estimate": ("genforge_operator.estimate", "duration and cost of a run on every pool"),
     "local": ("genforge_operator.local.control_plane", "a local control plane: API server, operator, executor"),
     "demo": ("genforge_operator.local.demo", "run the end-to-end demo on this machine"),
+    "generate": ("genforge_operator.generate", "images from a GenModel version (or a model folder)"),
 }
 
 

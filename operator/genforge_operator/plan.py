@@ -105,8 +105,13 @@ def resolve_base_version(run: Resource, model: Resource) -> BaseChain | Blocked:
     further adapters) to the complete model it was trained on, and the chain goes to the
     trainer, which merges the adapters into that model before it fine-tunes.
     """
+    return resolve_model_version(model, run.spec.base_model.version)
+
+
+def resolve_model_version(model: Resource, pinned: str | None) -> BaseChain | Blocked:
+    """A GenModel version as loadable weights: `pinned`, else promoted, else latest; an
+    adapter resolved to its complete model plus the adapters to merge (see above)."""
     versions = {v.name: v for v in model.status.versions}
-    pinned = run.spec.base_model.version
     wanted = pinned or model.status.promoted or model.status.latest
     if not wanted:
         return Blocked(REASON_BASE_VERSION_NOT_FOUND,
