@@ -200,3 +200,25 @@ def test_preference_dpo_loss_starts_at_ln2_and_falls(tmp_path, dataset_uri, base
     first, last = sum(reporter.losses[:5]) / 5, sum(reporter.losses[-5:]) / 5
     assert last < first, reporter.losses
     assert result["artifact"].endswith("/out/model")
+
+
+def test_feedback_journal_folds_per_image_and_rater_and_ignores_a_torn_last_line(tmp_path):
+    """The journal `genforge review` writes is the preference method's input (issue 17)."""
+    from genforge_operator.review.journal import Journal
+    from genforge_trainer.methods import read_feedback
+
+    data = tmp_path / "fb"
+    shapes(data / "imgs", count=4, size=16)
+    journal = Journal(data / "ratings.jsonl")
+    images = [f"imgs/images/{i:06d}.png" for i in range(4)]
+    journal.rate(images[0], "up", rater="ann", label="x")
+    journal.rate(images[1], "down", rater="ann", label="x")
+    journal.rate(images[2], "up", rater="ann", label="x")
+    journal.undo(images[2], rater="ann")                     # withdrawn
+    journal.rate(images[3], "up", rater="ann", label="x")
+    journal.rate(images[3], "down", rater="ann", label="x")  # changed: now a second "down"
+    with open(data / "ratings.jsonl", "ab") as f:
+        f.write(b'{"image": "imgs/images/000000.png", "rat')   # torn by a crash
+    pairs = read_feedback(f"file://{data}/ratings.jsonl", 16)
+    assert len(pairs) == 2  # image 0 (up) × images 1 and 3 (down)
+    assert pairs.labels == ["x", "x"]

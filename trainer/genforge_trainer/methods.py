@@ -19,7 +19,9 @@ rated image per line ``{"prompt"|"label": ..., "image": REF, "rating": "up"|"dow
 (ratings may also be ``1``/``-1`` or ``true``/``false``; every up is paired with every
 down of the same prompt/label) or one pair per line
 ``{"prompt"|"label": ..., "chosen": REF, "rejected": REF}``. ``REF`` is a URI, or a path
-relative to the feedback file's directory.
+relative to the feedback file's directory. Rated lines fold per (image, ``rater``): the last
+rating stands, and ``{"image": REF, "rater": ..., "undo": true}`` withdraws it — the
+append-only journal ``genforge review`` writes (a torn final line is ignored).
 """
 
 from __future__ import annotations
@@ -501,6 +503,14 @@ def _rating(value: Any) -> int:
     raise DataError(f"unknown feedback rating {value!r} (use up/down, 1/-1 or true/false)")
 
 
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def read_feedback(uri: str, resolution: int, max_pairs_per_group: int = 16) -> PreferencePairs:
     """Preference pairs from a feedback JSONL file (format in the module docstring)."""
     base = uri.rsplit("/", 1)[0]
@@ -511,12 +521,18 @@ def read_feedback(uri: str, resolution: int, max_pairs_per_group: int = 16) -> P
         return storage.join(base, value)
 
     try:
-        lines = storage.read_bytes(uri).decode("utf-8").splitlines()
+        text = storage.read_bytes(uri).decode("utf-8")
     except FileNotFoundError as exc:
         raise DataError(f"feedback file not found: {storage.redact_url(uri)}") from exc
+    tail = text[text.rfind("\n") + 1:] if not text.endswith("\n") else ""
+    if tail.strip() and "\n" in text and not _is_json(tail):
+        # A journal line torn by a crash (`genforge review` writes whole lines): never acknowledged.
+        log.warning("feedback %s: ignoring its unfinished last line", storage.redact_url(uri))
+        text = text[: len(text) - len(tail)]
     pairs: list[tuple[str, str, str, str | None]] = []
-    groups: dict[tuple[str, str | None], dict[int, list[str]]] = defaultdict(lambda: {1: [], -1: []})
-    for number, line in enumerate(lines, 1):
+    # Ratings fold per (image, rater): the last line wins, {"undo": true} withdraws it.
+    standing: dict[tuple[str, str], tuple[int, str, str | None]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -526,10 +542,15 @@ def read_feedback(uri: str, resolution: int, max_pairs_per_group: int = 16) -> P
         prompt, label = str(raw.get("prompt") or ""), raw.get("label")
         if "chosen" in raw and "rejected" in raw:
             pairs.append((ref(raw["chosen"]), ref(raw["rejected"]), prompt, label))
+        elif "image" in raw and raw.get("undo"):
+            standing.pop((ref(raw["image"]), str(raw.get("rater") or "")), None)
         elif "image" in raw and "rating" in raw:
-            groups[(prompt, label)][_rating(raw["rating"])].append(ref(raw["image"]))
+            standing[(ref(raw["image"]), str(raw.get("rater") or ""))] = (_rating(raw["rating"]), prompt, label)
         else:
             raise DataError(f"{storage.redact_url(uri)} line {number}: needs chosen+rejected or image+rating")
+    groups: dict[tuple[str, str | None], dict[int, list[str]]] = defaultdict(lambda: {1: [], -1: []})
+    for (image, _rater), (rating, prompt, label) in standing.items():
+        groups[(prompt, label)][rating].append(image)
     for (prompt, label), rated in groups.items():
         combos = itertools.islice(itertools.product(rated[1], rated[-1]), max_pairs_per_group)
         pairs.extend((up, down, prompt, label) for up, down in combos)
