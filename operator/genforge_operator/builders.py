@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 from .api import API_VERSION, Resource
 from .config import OperatorConfig
-from .naming import LABEL_KUEUE_PRIORITY, LABEL_KUEUE_QUEUE, LABEL_MANAGED_BY, LABEL_ROLE, MANAGER, child_name, owner_labels
+from .naming import (
+    LABEL_KUEUE_PRIORITY,
+    LABEL_KUEUE_QUEUE,
+    LABEL_MANAGED_BY,
+    LABEL_ROLE,
+    MANAGER,
+    child_name,
+    owner_labels,
+)
 from .runspec import Placement
 
 CONFIG_MOUNT = "/etc/genforge"

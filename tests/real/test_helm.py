@@ -233,8 +233,8 @@ def test_two_replicas_fail_over_when_the_active_ones_process_stops_or_is_killed(
     helm("upgrade", RELEASE, str(ROOT / "charts/genforge"), "-n", NAMESPACE, "-f", str(installed["values"]),
          "--set", "operator.replicas=2", "--wait", "--timeout", "180s")
     pods = wait_operator_pods(kube, 2)
-    wait(kube, NAMESPACE, lambda: len((kubectl_json(kube, "get", "clusterkopfpeering", FULLNAME).get("status")
-                                       or {})) >= 2 or None, "both replicas in the peering object")
+    wait(kube, NAMESPACE, lambda: len(kubectl_json(kube, "get", "clusterkopfpeering", FULLNAME).get("status")
+                                       or {}) >= 2 or None, "both replicas in the peering object")
     peering = kubectl_json(kube, "get", "clusterkopfpeering", FULLNAME)
     # The active replica is the one with the highest priority (the newest start).
     active_id = max(peering["status"].items(), key=lambda kv: kv[1].get("priority", 0))[0]

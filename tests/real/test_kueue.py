@@ -20,8 +20,7 @@ import pytest
 
 from genforge_operator.local.kueue import LocalKueue
 
-from .test_lifecycle import (  # noqa: F401 - pools is a fixture
-    pools,
+from .test_lifecycle import (
     apply,
     condition,
     diagnose,
@@ -37,6 +36,16 @@ from .test_lifecycle import (  # noqa: F401 - pools is a fixture
 pytestmark = [pytest.mark.kube, pytest.mark.torch, pytest.mark.slow, pytest.mark.install, pytest.mark.timeout(900)]
 
 KUEUE = "kueue.x-k8s.io/v1beta2"
+
+
+@pytest.fixture(scope="module")
+def pools(kube):
+    """A CPU pool of this module's own (cluster-scoped)."""
+    pool = manifest("AcceleratorPool", "kueue-cpu", {"accelerator": {"type": "cpu"}, "pricePerHour": "0.05",
+                                                      "relativeThroughput": 0.02})
+    apply(kube, "default", pool)
+    yield {"cpu": "kueue-cpu"}
+    kube.real.kubectl("delete", "acceleratorpool", "kueue-cpu", "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +177,7 @@ def test_a_higher_priority_workload_preempts_a_run_which_checkpoints_waits_and_r
         return run if run.get("status", {}).get("phase") == "Waiting" and queued.get("status") == "True" and (
             "Preempted" in queued.get("reason", "") + queued.get("message", "")) else None
 
-    run = wait(plane, ns, evicted, "the low-priority run evicted by Kueue, Waiting with the reason", timeout=120)
+    wait(plane, ns, evicted, "the low-priority run evicted by Kueue, Waiting with the reason", timeout=120)
     eviction_s = time.monotonic() - preempted_at
     # The pod gets SIGTERM and its grace period to checkpoint; billing stops when it has gone.
     stopped = wait(plane, ns, lambda: (r := get(plane, ns, "TrainingRun", "low")) and r["status"]["segments"] and all(

@@ -56,7 +56,6 @@ def test_a_missing_folder_and_a_missing_choice_are_refused(tmp_path, capsys):
 def test_a_model_version_is_resolved_in_the_cluster_like_a_finetunes_base(tmp_path, monkeypatch):
     """MODEL[:VERSION]: pinned, else promoted, else latest; an adapter version → its full model + adapters."""
     import genforge_trainer.generate as trainer_generate
-
     from genforge_operator import kube
 
     versions = [
