@@ -666,8 +666,11 @@ class LocalExecutor:
                 deadline = job.start_time + datetime.timedelta(seconds=spec.active_deadline_seconds)
                 self._wake_later(job, (deadline - jc.now_utc()).total_seconds() + 0.01)
 
-        await self._write_job_status(job, spec)
+        # As the real Job controller orders it (uncountedTerminatedPods): a finished pod's
+        # tracking finalizer is removed before the Job's status counts it, so a counted pod
+        # never still carries it.
         await self._release_counted(job)
+        await self._write_job_status(job, spec)
 
     def _count_finished(self, job: _Job, spec: jc.JobSpec, now: datetime.datetime) -> None:
         for p in job.pods.values():
