@@ -484,7 +484,7 @@ class StatusCollector(Collector):
             conditions = {c.type: c for c in status.conditions}
             pods, ready = conditions.get("PodsReady"), conditions.get("Ready")
             if pods is not None and pods.status == "False" and pods.last_transition_time:
-                since = datetime.fromisoformat(pods.last_transition_time.replace("Z", "+00:00"))
+                since = cost.parse_time(pods.last_transition_time)
                 families[RUN_PODS_NOT_READY.name].add_metric(
                     [*labels, pods.reason], max(0.0, (now - since).total_seconds()))
             put(RUN_PODS_STUCK, 1.0 if ready is not None and ready.reason == "PodStartTimeout" else 0.0)

@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from . import kube_binaries
+from .real_cluster import _free_port
 
 NAMESPACE = "kueue-system"
 WEBHOOK_SERVICE = "kueue-webhook-service"
@@ -66,14 +67,6 @@ def crds() -> list[dict[str, Any]]:
                 "conversionReviewVersions": ["v1"]}}
         out.append(crd)
     return out
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalKueue:
