@@ -14,6 +14,7 @@ COMMANDS = {
     "local": ("genforge_operator.local.control_plane", "a local control plane: API server, operator, executor"),
     "demo": ("genforge_operator.local.demo", "run the end-to-end demo on this machine"),
     "generate": ("genforge_operator.generate", "images from a GenModel version (or a model folder)"),
+    "review": ("genforge_operator.review.cli", "rate samples 👍/👎 in a browser and fine-tune on the ratings"),
 }
 
 

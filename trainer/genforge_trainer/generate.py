@@ -50,7 +50,8 @@ def generate(
     uri: str,
     out_dir: str | os.PathLike[str],
     *,
-    count: int,
+    count: int | None = None,
+    per_label: int | None = None,
     seed: int = 0,
     steps: int = 25,
     label: str | None = None,
@@ -61,9 +62,15 @@ def generate(
     device: str | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Write ``count`` PNGs and ``samples.jsonl`` (one record per image) to ``out_dir``."""
-    if count < 1:
-        raise ConfigError(f"-n must be at least 1, got {count}")
+    """Write ``count`` PNGs and ``samples.jsonl`` (one record per image) to ``out_dir``.
+
+    ``per_label`` instead of ``count``: that many images of each label of a class-conditional
+    model (labels in turn), or that many images in all for any other model.
+    """
+    if (count is None) == (per_label is None):
+        raise ConfigError("give either a count or a number per label")
+    if (count if count is not None else per_label) < 1:
+        raise ConfigError(f"-n must be at least 1, got {count if count is not None else per_label}")
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
     model = load(uri, adapters)
@@ -84,6 +91,9 @@ def generate(
         else:
             chosen = None
         labels, prompts = None, None
+    if count is None:
+        count = per_label * (len(model.labels) if model.class_conditional and label is None
+                             and model.architecture == "unet2d-ddpm" else 1)
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.denoiser.to(target)
     model.to(target)

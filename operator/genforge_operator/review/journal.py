@@ -55,12 +55,12 @@ class Journal:
         return record
 
     def rate(self, image: str, rating: str, *, rater: str, label: str | None = None,
-             prompt: str | None = None) -> dict[str, Any]:
+             prompt: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         if rating not in RATINGS:
             raise ValueError(f"rating must be one of {RATINGS}, got {rating!r}")
         if not rater:
             raise ValueError("a rater is required")
-        record = {"image": image, "rating": rating, "rater": rater, "time": _now()}
+        record = {**(extra or {}), "image": image, "rating": rating, "rater": rater, "time": _now()}
         if label is not None:
             record["label"] = label
         if prompt is not None:
