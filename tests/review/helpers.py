@@ -43,14 +43,22 @@ class ThreadServer:
 
         self.review = app
         self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(app.app(), access_log=None)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, host, 0)
-        self.loop.run_until_complete(site.start())
+        ready = threading.Event()
+
+        def serve() -> None:  # the loop lives in its own thread (a caller may run a loop of its own)
+            asyncio.set_event_loop(self.loop)
+            self.runner = web.AppRunner(app.app(), access_log=None)
+            self.loop.run_until_complete(self.runner.setup())
+            self.loop.run_until_complete(web.TCPSite(self.runner, host, 0).start())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread.start()
+        if not ready.wait(30):
+            raise RuntimeError("the review server did not start")
         self.port = self.runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)

@@ -139,7 +139,7 @@ class ReviewApp:
         html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
         response = web.Response(text=html, content_type="text/html")
         response.headers["Content-Security-Policy"] = (
-            "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+            "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
         return response
 
