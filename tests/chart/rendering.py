@@ -80,8 +80,16 @@ def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
     return found[0]
 
 
+def operator_deployment(objects: list[dict]) -> dict:
+    """The operator's Deployment (the optional review component is another one)."""
+    found = [o for o in of_kind(objects, "Deployment")
+             if o["metadata"]["labels"].get("app.kubernetes.io/component") == "operator"]
+    assert len(found) == 1, f"expected one operator Deployment, found {len(found)}"
+    return found[0]
+
+
 def operator_container(objects: list[dict]) -> dict:
-    deployment = one(objects, "Deployment")
+    deployment = operator_deployment(objects)
     return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator")
 
 

@@ -20,6 +20,7 @@ from chart.rendering import (
     of_kind,
     one,
     operator_container,
+    operator_deployment,
     operator_env,
     render,
     render_files,
@@ -91,7 +92,7 @@ def test_no_two_objects_share_kind_namespace_and_name(value_set):
 # ------------------------------------------------------------------ what each value set means
 def test_default_is_one_standalone_operator_watching_everything():
     objects = render({})
-    deployment = one(objects, "Deployment")
+    deployment = operator_deployment(objects)
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never two standalone operators at once
     assert "--all-namespaces" in operator_container(objects)["args"]
@@ -102,7 +103,7 @@ def test_default_is_one_standalone_operator_watching_everything():
 
 def test_ha_peers_three_replicas_with_a_disruption_budget():
     objects = render(ci_values("ha"))
-    deployment = one(objects, "Deployment")
+    deployment = operator_deployment(objects)
     assert deployment["spec"]["replicas"] == 3
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     peering = one(objects, "ClusterKopfPeering")
@@ -277,7 +278,7 @@ def test_selectors_find_the_pods_they_mean():
 
     objects = render(ci_values("monitoring"))
     trainer_labels = owner_labels("TrainingRun", "r", "uid")
-    operator_pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    operator_pod_labels = operator_deployment(objects)["spec"]["template"]["metadata"]["labels"]
     trainer_port = OperatorConfig().metrics_port
     operator_policy = one(objects, "NetworkPolicy", "genforge-operator")
     assert operator_policy["spec"]["podSelector"]["matchLabels"].items() <= operator_pod_labels.items()
@@ -315,3 +316,61 @@ def test_every_name_stays_a_valid_dns_label_for_the_longest_release_name(value_s
             assert name[0].isalpha(), name  # DNS-1035
         for key, value in (obj["metadata"].get("labels") or {}).items():
             assert len(str(value)) <= 63, f"{obj['kind']} {name}: label {key}={value!r}"
+
+
+# ----------------------------------------------------------------------------- review component
+
+
+def _review(objects: list[dict]) -> list[dict]:
+    return [o for o in objects if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "review"]
+
+
+def test_the_review_component_is_off_by_default():
+    assert _review(render(ci_values("default"))) == []
+
+
+def test_the_review_component_serves_genforge_review_on_the_pods_loopback_over_the_data_pvc():
+    from genforge_operator import cli
+    from genforge_operator.review import cli as review_cli
+
+    objects = _review(render(ci_values("review")))
+    assert sorted(o["kind"] for o in objects) == ["Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    assert {o["metadata"]["namespace"] for o in objects} == {"team-a"}
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "ghcr.io/genforge/trainer:0.1.0"  # the trainer image: torch for generation
+    assert container["command"] == ["genforge"] and cli.COMMANDS["review"][0] == review_cli.__name__
+    command, *rest = container["args"]
+    assert command == "review"
+    parser = argparse.ArgumentParser()
+    review_cli.add_arguments(parser)
+    args = parser.parse_args(rest)
+    assert (args.model, args.namespace, args.host, args.port) == ("shapes:v1", "team-a", "127.0.0.1", 8765)
+    assert args.data_root == "/data" and args.per_label == 8
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "genforge-data"}} in pod["volumes"]
+    assert pod["serviceAccountName"] == "genforge-review"
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert probe[:2] == ["python", "-c"] and "http://127.0.0.1:8765/api/state" in probe[2]
+    rules = one(objects, "Role")["rules"]
+    assert {"apiGroups": ["genforge.dev"], "resources": ["finetunes"], "verbs": ["create"]} in rules
+    assert all(set(r["verbs"]) <= {"get", "create"} for r in rules)
+
+
+def test_without_allow_fine_tune_the_review_account_cannot_create_finetunes():
+    values = ci_values("review")
+    values["review"]["allowFineTune"] = False
+    rules = one(_review(render(values)), "Role")["rules"]
+    assert all(r["verbs"] == ["get"] for r in rules)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"review": {"enabled": True, "model": "shapes"}, "storage": {"type": "objectStore",
+                                                                  "objectStore": {"uri": "s3://b/g"}}},
+     "review.enabled needs storage.type pvc"),
+    ({"review": {"enabled": True}}, "review.model is required"),
+])
+def test_the_review_component_refuses_what_cannot_work(values, message):
+    with pytest.raises(helm().HelmRenderError) as info:
+        render(values)
+    assert message in str(info.value)

@@ -103,10 +103,11 @@ def test_trainer_pods_the_operator_creates_are_restricted():
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
-def test_only_the_operator_account_mounts_a_token(value_set):
+def test_only_the_accounts_that_call_the_api_mount_a_token(value_set):
+    """The operator's and the optional review component's; never the trainers'."""
     objects = render(ci_values(value_set))
     for account in of_kind(objects, "ServiceAccount"):
-        expected = account["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+        expected = account["metadata"]["labels"]["app.kubernetes.io/component"] in ("operator", "review")
         assert account["automountServiceAccountToken"] is expected, account["metadata"]
 
 

@@ -511,6 +511,23 @@ def _is_json(text: str) -> bool:
     return True
 
 
+def _pairings(ups: list[str], downs: list[str], limit: int) -> list[tuple[str, str]]:
+    """(👍, 👎) pairs of one label, every rated image in at least one: rounds of the rotation
+    up[i] × down[(i + r) mod D], so the first pairs spread over all images (a plain product cut
+    at `limit` would pair the first 👍 with every 👎 and leave the other 👍 unused).
+    ``max(limit, U, D)`` pairs at most, ``U × D`` when fewer."""
+    if not ups or not downs:
+        return []
+    wanted = min(len(ups) * len(downs), max(limit, len(ups), len(downs)))
+    out: list[tuple[str, str]] = []
+    for r in range(len(downs)):
+        for i in range(len(ups)):
+            out.append((ups[i], downs[(i + r) % len(downs)]))
+            if len(out) == wanted:
+                return out
+    return out
+
+
 def read_feedback(uri: str, resolution: int, max_pairs_per_group: int = 16) -> PreferencePairs:
     """Preference pairs from a feedback JSONL file (format in the module docstring)."""
     base = uri.rsplit("/", 1)[0]
@@ -552,8 +569,7 @@ def read_feedback(uri: str, resolution: int, max_pairs_per_group: int = 16) -> P
     for (image, _rater), (rating, prompt, label) in standing.items():
         groups[(prompt, label)][rating].append(image)
     for (prompt, label), rated in groups.items():
-        combos = itertools.islice(itertools.product(rated[1], rated[-1]), max_pairs_per_group)
-        pairs.extend((up, down, prompt, label) for up, down in combos)
+        pairs.extend((up, down, prompt, label) for up, down in _pairings(rated[1], rated[-1], max_pairs_per_group))
     if not pairs:
         raise DataError(f"feedback {storage.redact_url(uri)} yields no (preferred, rejected) pair")
 

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=25, help="DDIM sampling steps (default 25)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dir", help="review folder: samples, images and ratings.jsonl (default: see above)")
+    parser.add_argument("--data-root", default=DATA_MOUNT,
+                        help=f"where the data volume is mounted in trainer pods (default {DATA_MOUNT})")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need the token)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--rater", default=None, help="default rater name on the page (default: your login)")
@@ -91,10 +93,10 @@ def to_pod(local: Path) -> str:
     return str(local)
 
 
-def default_folder(namespace: str, model: str, version: str) -> Path:
-    data = to_local(DATA_MOUNT)
+def default_folder(namespace: str, model: str, version: str, data_root: str = DATA_MOUNT) -> Path:
+    data = to_local(data_root)
     if data.is_dir() and os.access(data, os.W_OK):
-        return to_local(f"{DATA_MOUNT}/feedback/{namespace}/{model}/{version}")
+        return to_local(f"{data_root.rstrip('/')}/feedback/{namespace}/{model}/{version}")
     return Path("genforge-review") / namespace / model / version
 
 
@@ -162,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
         namespace = _namespace(args.namespace)
         body, chain, kube = _resolve(args.model, namespace)
         uri, adapters, name, version = chain.uri, chain.adapters, body["metadata"]["name"], chain.version
-        folder = Path(args.dir) if args.dir else default_folder(namespace, name, version)
+        folder = Path(args.dir) if args.dir else default_folder(namespace, name, version, args.data_root)
 
     existing = _samples_of(folder)
     if existing:
