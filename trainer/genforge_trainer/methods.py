@@ -27,7 +27,6 @@ append-only journal ``genforge review`` writes (a torn final line is ignored).
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import logging
 import math
