@@ -89,13 +89,17 @@ def call(url: str, method: str = "GET", body: Any = None, headers: dict[str, str
 class ProcessServer:
     """`genforge review --uri … --dir …` in its own process (reusing the folder's samples)."""
 
-    def __init__(self, folder: Path, uri: str, *extra: str, env: dict[str, str] | None = None):
+    def __init__(self, folder: Path, uri: str | None, *extra: str, env: dict[str, str] | None = None,
+                 model: str | None = None):
         self.log = folder.parent / f"review-{time.monotonic_ns()}.log"
         self.out = open(self.log, "w")  # noqa: SIM115 - closed in stop()
+        # The caller's kubeconfig only: not the operator's local API override or path map.
+        child_env = {k: v for k, v in os.environ.items() if k not in ("GENFORGE_API_SERVER", "GENFORGE_PATH_MAP")}
+        child_env.update(env or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "genforge_operator.cli", "review", "--uri", uri, "--dir", str(folder),
-             "--port", "0", *extra],
-            stdout=self.out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            [sys.executable, "-m", "genforge_operator.cli", "review", *([model] if model else ["--uri", uri]),
+             "--dir", str(folder), "--port", "0", *extra],
+            stdout=self.out, stderr=subprocess.STDOUT, env=child_env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             match = re.search(r"review page: (http://\S+?)/(\?token=(\S+))?\s", self.log.read_text())

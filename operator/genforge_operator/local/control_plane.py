@@ -382,6 +382,8 @@ def describe(plane: LocalControlPlane) -> str:
         f"  kubeconfig:  {plane.kubeconfig_path}",
         f"               export KUBECONFIG={plane.kubeconfig_path}",
         f"  data:        {plane.data_dir}   (the PVC {DATA_CLAIM}, mounted at {DATA_MOUNT} in pods)",
+        f"               export GENFORGE_PATH_MAP='{{\"{DATA_MOUNT}\": \"{plane.data_dir}\"}}'"
+        f"   (genforge generate/review: {DATA_MOUNT} paths on this machine)",
         f"  logs:        {plane.logs_dir}/<namespace>/<pod>.log",
     ]
     if plane.with_operator:
