@@ -6,7 +6,6 @@ does not allow it, with the API's own message on the page."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from review.helpers import ProcessServer, call, write_samples
