@@ -98,10 +98,23 @@ def test_summary_judges_every_outcome_and_quotes_the_metrics_endpoint(tmp_path):
 @pytest.mark.integration
 def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
     """Everything the demo shows, with a tenth of the steps: prepare, train, fine-tune, a budget stop."""
+    from genforge_operator.local.demo_feedback import feedback_round
+    from genforge_operator.review.journal import Journal
+
     out = io.StringIO()
     with LocalControlPlane(tmp_path / "data") as plane:
         result = demo.run_demo(plane, demo.shrink(manifests, 10), out=out, timeout=600)
-    assert result.ok, out.getvalue() + "\n" + result.summary
+        assert result.ok, out.getvalue() + "\n" + result.summary
+        # --feedback: rate through the review page, its button creates the FineTune, the operator runs it.
+        feedback = feedback_round(plane, out, run_name="shapes-v1", per_label=2, steps=5, timeout=300)
+        assert feedback.ok, out.getvalue() + "\n" + feedback.summary
+        finetune = plane.api().request("GET", plane.api().path("FineTune", feedback.finetune))
+        assert finetune["spec"]["method"] == "preference" and finetune["status"]["phase"] == "Succeeded"
+        assert finetune["spec"]["preference"]["feedbackUri"] == "file:///data/feedback/default/shapes/v1/ratings.jsonl"
+        ratings = Journal(tmp_path / "data/feedback/default/shapes/v1/ratings.jsonl").current()
+        assert len(ratings) == 16 and {r["rating"] for r in ratings.values()} <= {"up", "down"}
+        assert f"FineTune {feedback.finetune} → version {feedback.version}" in feedback.summary
+        assert set(feedback.shares) == {"before", "after", "beforeHeldOut", "afterHeldOut"}
     phases = {(o["kind"], o["metadata"]["name"]): o["status"]["phase"] for o in result.objects}
     assert sorted(phases.values()) == ["BudgetExceeded", "Ready", "Succeeded", "Succeeded"]
     for obj in result.objects:

@@ -3,13 +3,11 @@ the review server run in a thread or its own process, for the review tests."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from genforge_operator.review.server import BackgroundServer as ThreadServer  # noqa: F401 - re-exported for tests
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 
@@ -33,38 +33,6 @@ def write_samples(folder: Path, *, model: str = "shapes", version: str = "v1", u
                         "version": version, "uri": uri, "adapters": [], "steps": 2})
     (folder / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return records
-
-
-class ThreadServer:
-    """A ReviewApp served on 127.0.0.1:<free port> from a background thread's event loop."""
-
-    def __init__(self, app, host: str = "127.0.0.1"):
-        from aiohttp import web
-
-        self.review = app
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:  # the loop lives in its own thread (a caller may run a loop of its own)
-            asyncio.set_event_loop(self.loop)
-            self.runner = web.AppRunner(app.app(), access_log=None)
-            self.loop.run_until_complete(self.runner.setup())
-            self.loop.run_until_complete(web.TCPSite(self.runner, host, 0).start())
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=serve, daemon=True)
-        self.thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("the review server did not start")
-        self.port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 def call(url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None,

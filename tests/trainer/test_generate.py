@@ -81,3 +81,24 @@ def test_a_model_version_is_resolved_in_the_cluster_like_a_finetunes_base(tmp_pa
         ("file:///data/v1/model", (), "v1"), ("file:///data/v1/model", ("file:///data/v2/adapter",), "v2")]
     assert main(["generate", "shapes:v9", "-N", "team-a", "-o", str(tmp_path)]) == 1
     assert main(["generate", "other", "-N", "team-a", "-o", str(tmp_path)]) == 1
+
+
+def test_a_stable_diffusion_folder_generates_from_prompts(tmp_path, capsys):
+    """stable-diffusion artifacts take --prompt (text-conditioned), and refuse --label."""
+    from .tiny_sd import build_tiny_stable_diffusion
+
+    sd = build_tiny_stable_diffusion(tmp_path / "sd")
+    assert _generate("--uri", sd, "-n", "2", "--prompt", "a red circle", "--seed", "3",
+                     "-o", str(tmp_path / "a")) == 0
+    records = [json.loads(line) for line in (tmp_path / "a/samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["a red circle", "a red circle"] and records[0]["label"] is None
+    assert [r["seed"] for r in records] == [3, 4]
+    with Image.open(tmp_path / "a/sample-0001.png") as image:
+        assert image.size == (16, 16)
+        first = image.tobytes()
+    assert _generate("--uri", sd, "-n", "1", "--prompt", "a red circle", "--seed", "4",
+                     "-o", str(tmp_path / "b")) == 0
+    with Image.open(tmp_path / "b/sample-0000.png") as image:
+        assert image.tobytes() == first  # image i from seed+i, alone
+    assert _generate("--uri", sd, "-n", "1", "--label", "circle", "-o", str(tmp_path / "c")) == 1
+    assert "takes --prompt, not --label" in capsys.readouterr().err

@@ -365,6 +365,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                             "(explore with kubectl; Ctrl-C stops it)")
     parser.add_argument("--quick", action="store_true", help="a fifth of the training steps (a smoke run)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="give up after this many seconds")
+    parser.add_argument("--feedback", action="store_true",
+                        help="afterwards, the human-feedback loop: rate the trained version's samples through "
+                             "the review page (👍 red, 👎 blue), fine-tune on the ratings, show the share move")
     parser.add_argument("--kube", action="store_true",
                         help="on a real control plane (etcd, kube-apiserver, kube-controller-manager built by "
                              "scripts/kube-binaries) instead of the emulated API server")
@@ -391,6 +394,13 @@ def run(args: argparse.Namespace) -> int:
               f"{len(manifests)} manifests + 1 run with a {OVER_BUDGET_SECONDS}-second time limit\n", flush=True)
         result = run_demo(plane, manifests, timeout=args.timeout, stop=stop)
         print("\n" + result.summary, flush=True)
+        if getattr(args, "feedback", False) and result.ok and not stop.is_set():
+            from .demo_feedback import feedback_round
+
+            run_name = next(m["metadata"]["name"] for m in manifests if m["kind"] == "TrainingRun")
+            feedback = feedback_round(plane, sys.stdout, run_name=run_name)
+            print(feedback.summary, flush=True)
+            result.ok &= feedback.ok
         if args.keep and not stop.is_set():
             print("\n" + describe(plane), flush=True)
             while not stop.wait(1.0):

@@ -326,6 +326,51 @@ def _bad(message: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
+class BackgroundServer:
+    """A ReviewApp served from a thread of its own (its own event loop) on ``host``:0 — for the
+    demo's feedback round and for tests, which drive the page over HTTP as a browser would."""
+
+    def __init__(self, review: ReviewApp, host: str = "127.0.0.1"):
+        import threading
+
+        self.review = review
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failed: list[BaseException] = []
+
+        def serve() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.runner = web.AppRunner(review.app(), access_log=None)
+                self.loop.run_until_complete(self.runner.setup())
+                self.loop.run_until_complete(web.TCPSite(self.runner, host, 0).start())
+            except BaseException as exc:  # noqa: BLE001 - reported to the constructor
+                failed.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=serve, name="genforge-review", daemon=True)
+        self.thread.start()
+        if not ready.wait(30) or failed:
+            raise RuntimeError(f"the review server did not start: {failed[0] if failed else 'timeout'}")
+        self.port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def standing_ratings(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
     """The ratings of a folder's journal as they stand (for reports and tests)."""
     return fold(Journal(folder / RATINGS_FILE).lines())
