@@ -6,12 +6,13 @@ The loop of tests/review/test_feedback_loop.py, repeated over settings and seeds
    16 px) or ``--model demo`` (the demo's GenModel trained as examples/trainingrun.yaml says,
    1500 steps on 512 shapes; ~7 min on one core, cached in ``--workdir``);
 2. 64 samples (8 per shape, seeds 0…63, 10 DDIM steps) rated through the review page's HTTP
-   API (review.server, a real aiohttp server): 👍 when the image's mean red exceeds its mean
-   blue by ≥ 4 levels, 👎 when blue exceeds red by as much, the rest skipped; 64 more samples
+   API (review.server, a real aiohttp server): 👍 when the shape's pixels' mean red exceeds
+   their mean blue by ≥ 20 levels (samplestats.shape_redness: the object, not the background),
+   👎 when blue exceeds red by as much, the rest skipped; 64 more samples
    from seeds 10000… are never rated (held out);
 3. for each learning rate, β and fine-tune seed: the preference fine-tune the
    page's button creates (60 steps of 16 pairs) through ``genforge_trainer.train.run``;
-4. the red-over-blue share of the samples before and after, on the rated and the held-out
+4. the share of samples showing a red-over-blue shape before and after, on the rated and the held-out
    seeds; the mean red − blue; and Δ loss — the change of the denoising loss on 256 fresh
    generator images (fixed noise and timesteps), which shows a model damaged on its data.
 
@@ -52,18 +53,25 @@ from genforge_trainer.imagedata import load_images  # noqa: E402
 from genforge_trainer.methods import per_sample_denoising_loss  # noqa: E402
 from genforge_trainer.models import load_pretrained  # noqa: E402
 from genforge_trainer.progress import ProgressReporter  # noqa: E402
+from genforge_trainer.samplestats import shape_redness  # noqa: E402
 
-CLEAR = 4.0
+CLEAR = 20.0
 TINY = {"name": "shapes", "architecture": "unet2d-ddpm", "resolution": 16,
         "config": {"blockOutChannels": [16, 32], "layersPerBlock": 1, "inferenceSteps": 4}}
 
 
 def redness(folder: Path) -> np.ndarray:
+    """Each sample's shape colour (samplestats.shape_redness: the object's pixels, not the
+    background), NaN without a shape."""
     values = []
     for line in (folder / "samples.jsonl").read_text().splitlines():
-        pixels = np.asarray(Image.open(folder / json.loads(line)["file"]).convert("RGB"), dtype=np.float64)
-        values.append(pixels[..., 0].mean() - pixels[..., 2].mean())
+        value = shape_redness(np.asarray(Image.open(folder / json.loads(line)["file"]).convert("RGB")))
+        values.append(np.nan if value is None else value)
     return np.array(values)
+
+
+def share(values: np.ndarray) -> float:
+    return float((np.nan_to_num(values, nan=-1.0) > 0).mean())
 
 
 def post(url: str, body: dict) -> dict:
@@ -147,7 +155,7 @@ def main() -> None:
         state = json.loads(urllib.request.urlopen(s.url + "/api/state", timeout=30).read())
         rated = 0
         for item, value in zip(state["samples"], before, strict=True):
-            if abs(value) >= CLEAR:
+            if not np.isnan(value) and abs(value) >= CLEAR:
                 post(s.url + "/api/rate", {"image": item["file"], "rating": "up" if value > 0 else "down"})
                 rated += 1
         post(s.url + "/api/finetune", {})
@@ -157,8 +165,8 @@ def main() -> None:
                                model_spec.resolution)
     base_fresh = fresh_loss(base, model_spec, fresh_images)
     n = len(before)
-    print(f"{args.model}: {rated} of {n} rated; base red-over-blue {np.mean(before > 0):.0%} (held-out "
-          f"{np.mean(held > 0):.0%}), mean red−blue {before.mean():+.1f}; page's training block {page_training}",
+    print(f"{args.model}: {rated} of {n} rated; base red-over-blue {share(before):.0%} (held-out "
+          f"{share(held):.0%}), shapes' mean red−blue {np.nanmean(before):+.1f}; page's training block {page_training}",
           flush=True)
     rows = []
     for lr in args.lrs:
@@ -176,15 +184,16 @@ def main() -> None:
                 after = sample(tuned, out / "rated-seeds", 0)
                 after_held = sample(tuned, out / "held-out", 10_000)
                 row = {"lr": lr, "beta": beta, "seed": seed, "seconds": seconds,
-                       "share": float(np.mean(after > 0)), "held": float(np.mean(after_held > 0)),
-                       "mean": float(after.mean()),
+                       "share": share(after), "held": share(after_held), "mean": float(np.nanmean(after)),
+                       "shapes": float(np.mean(~np.isnan(after))),
                        "dloss": fresh_loss(tuned, model_spec, fresh_images) / base_fresh - 1}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n{args.model} base: red-over-blue {np.mean(before > 0):.0%} on the rated seeds, {np.mean(held > 0):.0%} "
-          f"held out; {rated} of {n} rated\n")
-    print("| lr | β | red-over-blue, rated seeds | held-out seeds | mean red − blue | Δ loss, fresh data |")
-    print("|---:|---:|---|---|---|---|")
+    print(f"\n{args.model} base: red-over-blue shapes {share(before):.0%} on the rated seeds, {share(held):.0%} "
+          f"held out; shapes found {np.mean(~np.isnan(before)):.0%}; {rated} of {n} rated\n")
+    print("| lr | β | red-over-blue shapes, rated seeds | held-out seeds | shapes' red − blue | shapes found | "
+          "Δ loss, fresh data |")
+    print("|---:|---:|---|---|---|---|---|")
 
     def spread(values: list[float], pattern: str) -> str:
         if len(values) == 1:
@@ -196,6 +205,7 @@ def main() -> None:
             rs = [r for r in rows if (r["lr"], r["beta"]) == (lr, beta)]
             print(f"| {lr:g} | {beta:g} | {spread([r['share'] for r in rs], '{:.0%}')} | "
                   f"{spread([r['held'] for r in rs], '{:.0%}')} | {spread([r['mean'] for r in rs], '{:+.1f}')} | "
+                  f"{spread([r['shapes'] for r in rs], '{:.0%}')} | "
                   f"{spread([r['dloss'] for r in rs], '{:+.0%}')} |")
     print(f"\n{time.perf_counter() - started:.0f} s in all; {statistics.median(r['seconds'] for r in rows):.0f} s per "
           f"fine-tune (median)")

@@ -48,7 +48,7 @@ def test_the_page_creates_the_finetune_with_the_callers_credentials(kube, kube_n
         assert spec["preference"]["feedbackUri"] == f"file://{folder.resolve()}/ratings.jsonl"
         assert spec["preference"]["beta"] == 5000  # defaulted by the API server from the CRD
         assert spec["hardware"]["pool"] == "cpu" and spec["budget"]["maxCost"] == "1"
-        assert spec["training"]["learningRate"] == 1e-4 and spec["training"]["steps"] == 60
+        assert spec["training"]["learningRate"] == 3e-5 and spec["training"]["steps"] == 60
         # A second press makes a second FineTune, not a conflict.
         status, again = call(server.url + "/api/finetune", "POST", {})
         assert status == 200 and again["name"] == "shapes-v1-feedback-2"

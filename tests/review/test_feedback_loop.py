@@ -1,9 +1,9 @@
 """Human feedback, the whole loop, shown to move the model (issue 17 item 3).
 
 Train a tiny class-conditional model; generate 64 samples; rate them through the review
-page's HTTP API as a person would — 👍 every sample clearly more red than blue, 👎 every one
-clearly more blue than red (by 4 levels of the image means; the rest skipped), decided from
-the pixels; create the FineTune with the page's button;
+page's HTTP API as a person would — 👍 every sample whose shape is clearly red (its
+pixels' mean red exceeds their mean blue by 20 levels), 👎 every clearly blue shape, the rest
+skipped — decided from the pixels (samplestats: the shape, not the background); create the FineTune with the page's button;
 run that FineTune's preference training (the FineTune's own `training` and `preference`
 blocks) on the stored ratings; generate again with the same seeds, and with 64 other seeds
 the ratings never saw. The share of red-over-blue samples must rise by far more than
@@ -36,23 +36,27 @@ pytestmark = pytest.mark.torch
 SAMPLES_PER_LABEL = 8  # × the 8 shapes: 64 samples
 SAMPLING_STEPS = 10
 RATED_SEED, HELD_OUT_SEED = 0, 10_000
-CLEAR = 4.0  # levels of mean red − mean blue that make a sample clearly red (or, negative, blue)
+CLEAR = 20.0  # levels of the shape's mean red − mean blue that make it clearly red (or, negative, blue)
 
 
 def redness(folder: Path) -> np.ndarray:
-    """Mean red minus mean blue (0–255 levels) of each sample, in samples.jsonl order."""
+    """Each sample's shape colour, mean red minus mean blue of the object's pixels (levels;
+    samplestats.shape_redness); NaN for a sample without a shape. In samples.jsonl order."""
+    from genforge_trainer.samplestats import shape_redness
+
     values = []
     for line in (folder / "samples.jsonl").read_text().splitlines():
-        pixels = np.asarray(Image.open(folder / json.loads(line)["file"]).convert("RGB"), dtype=np.float64)
-        values.append(pixels[..., 0].mean() - pixels[..., 2].mean())
+        value = shape_redness(np.asarray(Image.open(folder / json.loads(line)["file"]).convert("RGB")))
+        values.append(math.nan if value is None else value)
     return np.array(values)
 
 
 def share(values: np.ndarray) -> float:
-    return float((values > 0).mean())
+    """Share of all samples that show a red-over-blue shape (no shape: not red)."""
+    return float((np.nan_to_num(values, nan=-1.0) > 0).mean())
 
 
-def test_rating_red_up_and_blue_down_makes_the_model_draw_more_red(tmp_path):
+def test_rating_red_shapes_up_and_blue_down_makes_the_model_draw_more_red_shapes(tmp_path):
     from genforge_trainer import train
     from genforge_trainer.config import parse_run_spec
     from genforge_trainer.generate import generate
@@ -85,8 +89,8 @@ def test_rating_red_up_and_blue_down_makes_the_model_draw_more_red(tmp_path):
         state = call(server.url + "/api/state")[1]
         rated = 0
         for item, value in zip(state["samples"], before, strict=True):
-            if abs(value) < CLEAR:
-                continue  # neither clearly red nor clearly blue: a person would skip it
+            if math.isnan(value) or abs(value) < CLEAR:
+                continue  # no shape, or neither clearly red nor clearly blue: a person would skip it
             status, _ = call(server.url + "/api/rate", "POST",
                              {"image": item["file"], "rating": "up" if value > 0 else "down"})
             assert status == 200
@@ -115,9 +119,9 @@ def test_rating_red_up_and_blue_down_makes_the_model_draw_more_red(tmp_path):
     seed_noise = abs(p0 - h0)  # the base's share on two seed sets
     noise = max(standard_error, seed_noise)
     report = (f"{rated} of {n} samples rated; red-over-blue share: rated seeds {p0:.0%} → {p1:.0%}, held-out seeds {h0:.0%} → "
-              f"{h1:.0%}; mean red−blue {before.mean():+.1f} → {after.mean():+.1f} levels; noise: standard error "
+              f"{h1:.0%}; shapes' mean red−blue {np.nanmean(before):+.1f} → {np.nanmean(after):+.1f} levels; noise: standard error "
               f"{standard_error:.1%}, base seed sets differ by {seed_noise:.1%}")
     print(report)
     assert p1 - p0 >= max(0.25, 4 * noise), report
     assert h1 - h0 >= max(0.2, 3 * noise), report  # it generalises to seeds nobody rated
-    assert after.mean() - before.mean() > 2 * before.std() / math.sqrt(n), report
+    assert np.nanmean(after) - np.nanmean(before) > 2 * np.nanstd(before) / math.sqrt(n), report

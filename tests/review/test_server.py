@@ -280,7 +280,7 @@ def test_fine_tune_on_these_ratings_creates_the_preference_finetune_and_follows_
         assert body["spec"]["baseModel"] == {"name": "shapes", "version": "v1"}
         assert body["spec"]["datasetRef"] == {"name": "shapes"} and body["spec"]["hardware"] == {"pool": "cpu"}
         assert body["spec"]["preference"] == {"feedbackUri": f"file://{folder}/ratings.jsonl"}
-        assert body["spec"]["training"] == {"steps": 60, "batchSize": 16, "learningRate": 1e-4}
+        assert body["spec"]["training"] == {"steps": 60, "batchSize": 16, "learningRate": 3e-5}
         assert "kind: FineTune" in answer["yaml"] and "kubectl get finetune -n team-a" in answer["follow"]
         assert "created FineTune team-a/shapes-v1-feedback" in capsys.readouterr().out  # the CLI prints it too
         status, progress = call(running.url + "/api/finetune/shapes-v1-feedback")

@@ -3,12 +3,13 @@
 1. generate 👍/👎 candidates from the version the demo's TrainingRun made (the review
    folder on the data volume, as `genforge review` makes it), and the same number from other
    seeds that nobody rates (held out);
-2. rate them through the review page's HTTP API as a person would: 👍 every sample more red
-   than blue, 👎 every one more blue than red, decided from the pixels;
+2. rate them through the review page's HTTP API as a person would: 👍 every clearly red
+   shape, 👎 every clearly blue one, the rest skipped — decided from the pixels of the shape,
+   not the background (genforge_trainer.samplestats);
 3. press "fine-tune on these ratings": the page creates the `preference` FineTune through
    the API server, the operator runs it like any run (pool, budget, Job);
-4. generate again from the new version with the same seeds, and report the red-over-blue
-   share before and after, on the rated seeds and on the held-out ones, with the binomial
+4. generate again from the new version with the same seeds, and report the share of
+   red-over-blue shapes before and after, on the rated seeds and on the held-out ones, with the binomial
    standard error of a share as the noise to compare with.
 """
 
@@ -32,6 +33,7 @@ from .control_plane import DATA_MOUNT, LocalControlPlane
 
 FINAL = {"Succeeded", "Failed", "BudgetExceeded"}
 RATED_SEED, HELD_OUT_SEED = 0, 10_000
+CLEAR = 20.0  # levels of the shape's red − blue that make it clearly red (negative: blue)
 
 
 @dataclasses.dataclass
@@ -67,21 +69,24 @@ class DemoFineTunes:
             raise
 
 
-def redness(folder: Path) -> list[float]:
-    """Mean red minus mean blue (0–255 levels) per sample, in samples.jsonl order."""
+def redness(folder: Path) -> list[float | None]:
+    """Each sample's shape colour, mean red minus mean blue of the object's pixels (levels;
+    samplestats.shape_redness: the shape, not the background); None without a shape."""
     import numpy as np
     from PIL import Image
+
+    from genforge_trainer.samplestats import shape_redness
 
     values = []
     for line in (folder / "samples.jsonl").read_text().splitlines():
         with Image.open(folder / json.loads(line)["file"]) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
-        values.append(float(pixels[..., 0].mean() - pixels[..., 2].mean()))
+            values.append(shape_redness(np.asarray(image.convert("RGB"))))
     return values
 
 
-def share(values: list[float]) -> float:
-    return sum(v > 0 for v in values) / len(values)
+def share(values: list[float | None]) -> float:
+    """Share of all samples showing a red-over-blue shape (no shape: not red)."""
+    return sum(v is not None and v > 0 for v in values) / len(values)
 
 
 def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -127,7 +132,7 @@ def feedback_round(plane: LocalControlPlane, out: TextIO, *, run_name: str, per_
         before = sample(version, folder, RATED_SEED)
         before_held = sample(version, measure / f"{version}-held-out", HELD_OUT_SEED)
         out.write(f"\nfeedback: {len(before)} samples of {model_name}:{version} in {folder} "
-                  f"({time.monotonic() - start:.0f} s); rating them 👍 red / 👎 blue through the review page\n")
+                  f"({time.monotonic() - start:.0f} s); rating them 👍 red shapes / 👎 blue shapes through the review page\n")
         offer = FineTuneRequest(namespace=api.namespace, model=model_name, version=version,
                                 dataset=run["spec"]["datasetRef"]["name"],
                                 feedback_uri=f"file://{DATA_MOUNT}/{relative}/ratings.jsonl",
@@ -136,6 +141,8 @@ def feedback_round(plane: LocalControlPlane, out: TextIO, *, run_name: str, per_
         with BackgroundServer(review) as server:
             state = _get(server.url + "/api/state")
             for item, value in zip(state["samples"], before, strict=True):
+                if value is None or abs(value) < CLEAR:
+                    continue  # no shape, or neither clearly red nor clearly blue: skipped
                 status, answer = _post(server.url + "/api/rate",
                                        {"image": item["file"], "rating": "up" if value > 0 else "down"})
                 if status != 200:
@@ -144,9 +151,10 @@ def feedback_round(plane: LocalControlPlane, out: TextIO, *, run_name: str, per_
             if status != 200:
                 return FeedbackResult(False, f"feedback: the page could not create the FineTune: {created}")
             name = created["name"]
-            out.write(f"feedback: created FineTune {name} from {sum(v > 0 for v in before)} 👍 and "
-                      f"{sum(v <= 0 for v in before)} 👎 (the page's button; as YAML it is what "
-                      f"`genforge review --print-yaml` prints)\n")
+            ups = sum(v is not None and v >= CLEAR for v in before)
+            downs = sum(v is not None and v <= -CLEAR for v in before)
+            out.write(f"feedback: created FineTune {name} from {ups} 👍 and {downs} 👎 (the page's button; "
+                      f"as YAML it is what `genforge review --print-yaml` prints)\n")
             deadline, last = time.monotonic() + timeout, ""
             progress: dict[str, Any] = {}
             while time.monotonic() < deadline:
@@ -183,7 +191,7 @@ def feedback_round(plane: LocalControlPlane, out: TextIO, *, run_name: str, per_
     moved = shares["after"] - shares["before"]
     verdict = ("moved toward the liked attribute by more than 3 standard errors" if moved > 3 * error
                else "did NOT move clearly toward the liked attribute")
-    summary = (f"feedback: FineTune {name} → version {new_version}; red-over-blue share of {n} samples, same seeds: "
+    summary = (f"feedback: FineTune {name} → version {new_version}; share of {n} samples with a red-over-blue shape, same seeds: "
                f"{shares['before']:.0%} → {shares['after']:.0%}; held-out seeds: {shares['beforeHeldOut']:.0%} → "
                f"{shares['afterHeldOut']:.0%} (standard error of a share {error:.0%}): {verdict}")
     return FeedbackResult(True, summary, finetune=name, version=new_version, shares=shares)
