@@ -104,7 +104,7 @@ def _get(url: str) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def feedback_round(plane: LocalControlPlane, out: TextIO, *, run_name: str, per_label: int = 16,
+def feedback_round(plane: LocalControlPlane, out: TextIO, *, run_name: str, per_label: int = 8,
                    steps: int = 25, timeout: float = 900) -> FeedbackResult:
     from genforge_trainer.generate import generate
 
