@@ -112,7 +112,8 @@ def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
         assert finetune["spec"]["method"] == "preference" and finetune["status"]["phase"] == "Succeeded"
         assert finetune["spec"]["preference"]["feedbackUri"] == "file:///data/feedback/default/shapes/v1/ratings.jsonl"
         ratings = Journal(tmp_path / "data/feedback/default/shapes/v1/ratings.jsonl").current()
-        assert len(ratings) == 16 and {r["rating"] for r in ratings.values()} <= {"up", "down"}
+        # 16 samples; the clearly red and clearly blue shapes rated, the rest skipped.
+        assert 0 < len(ratings) <= 16 and {r["rating"] for r in ratings.values()} == {"up", "down"}
         assert f"FineTune {feedback.finetune} → version {feedback.version}" in feedback.summary
         assert set(feedback.shares) == {"before", "after", "beforeHeldOut", "afterHeldOut"}
     phases = {(o["kind"], o["metadata"]["name"]): o["status"]["phase"] for o in result.objects}
