@@ -176,9 +176,12 @@ def test_preference_dpo_loss_starts_at_ln2_and_falls(tmp_path, dataset_uri, base
     data = tmp_path / "feedback"
     circles = shapes(data / "circles", count=8, size=16, only=("circle",)).removeprefix("file://")
     squares = shapes(data / "squares", count=8, size=16, only=("square",)).removeprefix("file://")
-    lines = [{"label": "circle", "image": f"circles/images/{i:06d}.png", "rating": "up"} for i in range(8)]
-    lines += [{"label": "circle", "image": f"squares/images/{i:06d}.png", "rating": "down"} for i in range(8)]
-    assert circles and squares
+    # `shapes(only=…)` keeps the circles (squares) among 64 generated items: up to 8 of each.
+    ups = sorted(p.name for p in (data / "circles/images").glob("*.png"))
+    downs = sorted(p.name for p in (data / "squares/images").glob("*.png"))
+    assert circles and squares and len(ups) >= 4 and len(downs) >= 4
+    lines = [{"label": "circle", "image": f"circles/images/{name}", "rating": "up"} for name in ups]
+    lines += [{"label": "circle", "image": f"squares/images/{name}", "rating": "down"} for name in downs]
     (data / "feedback.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
 
     reporter = RecordingReporter()
