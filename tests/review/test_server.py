@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -315,3 +316,21 @@ def test_without_a_genmodel_no_fine_tune_is_offered(folder):
         assert status == 409 and "no GenModel" in answer["error"]
     finally:
         running.close()
+
+
+def test_the_review_folder_is_on_the_data_volume_and_named_as_trainer_pods_see_it(tmp_path, monkeypatch):
+    """With the data volume mapped (genforge local's GENFORGE_PATH_MAP, or the chart's PVC at
+    /data), samples and ratings go to <data>/feedback/<ns>/<model>/<version>, and the FineTune
+    reads them at the pod's path; without it, ./genforge-review/… and the path as it is."""
+    from genforge_operator.review.cli import default_folder, to_pod
+
+    monkeypatch.setenv("GENFORGE_PATH_MAP", json.dumps({"/data": str(tmp_path / "plane-data")}))
+    (tmp_path / "plane-data").mkdir()
+    folder = default_folder("team-a", "shapes", "v2")
+    assert folder == tmp_path / "plane-data/feedback/team-a/shapes/v2"
+    folder.mkdir(parents=True)
+    assert to_pod(folder) == "/data/feedback/team-a/shapes/v2"
+    # A data root that is not mounted here: a local folder instead.
+    assert default_folder("team-a", "shapes", "v2", "/mnt/not-here") == Path("genforge-review/team-a/shapes/v2")
+    monkeypatch.delenv("GENFORGE_PATH_MAP")
+    assert to_pod(tmp_path) == str(tmp_path.resolve())
