@@ -83,9 +83,11 @@ def test_auto_picks_the_cheapest_pool_meeting_the_deadline(operator, namespace, 
         job = job_of(batch_api, namespace, "TrainingRun")
         resources = job.spec.template.spec.containers[0].resources
         assert resources.limits == {"nvidia.com/gpu": "1"}
-        events = [e for e in core_api.list_namespaced_event(namespace).items
-                  if e.involved_object.name == "auto" and e.reason == "PoolChosen"]
-        assert events and f"walk-{suffix}" in events[0].message and "deadline" in events[0].message
+        # kopf posts Events from a background queue: the status and the Job can be there first.
+        events = wait_for(lambda: [e for e in core_api.list_namespaced_event(namespace).items
+                                   if e.involved_object.name == "auto" and e.reason == "PoolChosen"],
+                          message="the PoolChosen Event")
+        assert f"walk-{suffix}" in events[0].message and "deadline" in events[0].message
     finally:
         for name in pools:
             custom_api.delete_cluster_custom_object(GROUP, VERSION, "acceleratorpools", name)
