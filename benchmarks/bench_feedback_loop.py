@@ -132,21 +132,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--base-uri", help="a trained model folder of the demo's architecture instead of training "
+                                           "one (e.g. the version `genforge demo` made)")
+    parser.add_argument("--sampling-steps", type=int, default=10, help="DDIM steps of every sample (the demo: 25)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     base, data_uri, model_spec = base_model(args, work)
+    if args.base_uri:
+        base = args.base_uri
 
     def sample(uri: str, out: Path, seed: int) -> np.ndarray:
         if not (out / "samples.jsonl").exists():
-            generate(uri, out, per_label=8, seed=seed, steps=10, model_name="shapes", version="v",
+            generate(uri, out, per_label=8, seed=seed, steps=args.sampling_steps, model_name="shapes", version="v",
                      progress=False, device="cpu")
         return redness(out)
 
-    folder = work / f"review-{args.model}"
-    before, held = sample(base, folder, 0), sample(base, work / f"held-{args.model}", 10_000)
+    tag = f"{args.model}" + (f"-k{args.sampling_steps}" if args.sampling_steps != 10 else "") + (
+        "-" + __import__("hashlib").sha256(args.base_uri.encode()).hexdigest()[:8] if args.base_uri else "")
+    folder = work / f"review-{tag}"
+    before, held = sample(base, folder, 0), sample(base, work / f"held-{tag}", 10_000)
     (folder / "ratings.jsonl").unlink(missing_ok=True)
     offer = FineTuneRequest(namespace="bench", model="shapes", version="v", dataset="shapes",
                             feedback_uri=f"file://{folder}/ratings.jsonl")
@@ -172,7 +179,7 @@ def main() -> None:
     for lr in args.lrs:
         for beta in args.betas:
             for seed in args.seeds:
-                out = work / f"ft-{args.model}-lr{lr:g}-b{beta:g}-s{seed}"
+                out = work / f"ft-{tag}-lr{lr:g}-b{beta:g}-s{seed}"
                 training = {**page_training, "learningRate": lr, "seed": seed, "logEverySteps": 20}
                 model = {**(TINY if args.model == "tiny" else demo_model()), "baseUri": base}
                 doc = run_document(out, data_uri, model, training, command="finetune",
