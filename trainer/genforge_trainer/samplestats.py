@@ -41,3 +41,20 @@ def shape_redness(pixels: np.ndarray) -> float | None:
     if not len(found):
         return None
     return float(found[:, 0].mean() - found[:, 2].mean())
+
+
+def nearest_background(pixels: np.ndarray, backgrounds: dict[str, tuple[int, int, int]]) -> tuple[str, float]:
+    """The data background closest to the sample's own (border median), and the distance: the
+    largest per-channel difference in levels (issue 21: "within 25 levels of a data background")."""
+    own = background_colour(pixels)
+    name, colour = min(backgrounds.items(), key=lambda kv: float(np.abs(own - np.asarray(kv[1])).max()))
+    return name, float(np.abs(own - np.asarray(colour)).max())
+
+
+def background_noise(pixels: np.ndarray) -> float:
+    """Standard deviation (levels, mean over channels) of the four corner patches (``H // 8``
+    square each): a flat background gives ~0, a noisy sample a large value."""
+    k = max(1, pixels.shape[0] // 8)
+    corners = np.concatenate([pixels[:k, :k].reshape(-1, 3), pixels[:k, -k:].reshape(-1, 3),
+                              pixels[-k:, :k].reshape(-1, 3), pixels[-k:, -k:].reshape(-1, 3)]).astype(np.float64)
+    return float(corners.std(axis=0).mean())
