@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "trainer"))
@@ -53,7 +52,7 @@ from genforge_trainer.imagedata import load_images  # noqa: E402
 from genforge_trainer.methods import per_sample_denoising_loss  # noqa: E402
 from genforge_trainer.models import load_pretrained  # noqa: E402
 from genforge_trainer.progress import ProgressReporter  # noqa: E402
-from genforge_trainer.samplestats import shape_redness  # noqa: E402
+from genforge_trainer.samplestats import folder_shape_redness  # noqa: E402
 
 CLEAR = 20.0
 TINY = {"name": "shapes", "architecture": "unet2d-ddpm", "resolution": 16,
@@ -61,13 +60,9 @@ TINY = {"name": "shapes", "architecture": "unet2d-ddpm", "resolution": 16,
 
 
 def redness(folder: Path) -> np.ndarray:
-    """Each sample's shape colour (samplestats.shape_redness: the object's pixels, not the
-    background), NaN without a shape."""
-    values = []
-    for line in (folder / "samples.jsonl").read_text().splitlines():
-        value = shape_redness(np.asarray(Image.open(folder / json.loads(line)["file"]).convert("RGB")))
-        values.append(np.nan if value is None else value)
-    return np.array(values)
+    """Each sample's shape colour (samplestats: the object's pixels, not the background); NaN
+    without a shape."""
+    return np.array([np.nan if v is None else v for v in folder_shape_redness(folder)])
 
 
 def share(values: np.ndarray) -> float:

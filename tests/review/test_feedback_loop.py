@@ -13,7 +13,6 @@ between the base's two seed sets). Sized for 2 CPU cores: about a minute.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -22,7 +21,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from PIL import Image  # noqa: E402
 from trainer.datasets import shapes  # noqa: E402
 from trainer.test_training import tiny_run  # noqa: E402
 
@@ -40,15 +38,10 @@ CLEAR = 20.0  # levels of the shape's mean red − mean blue that make it clearl
 
 
 def redness(folder: Path) -> np.ndarray:
-    """Each sample's shape colour, mean red minus mean blue of the object's pixels (levels;
-    samplestats.shape_redness); NaN for a sample without a shape. In samples.jsonl order."""
-    from genforge_trainer.samplestats import shape_redness
+    """Each sample's shape colour (samplestats: the object's pixels); NaN without a shape."""
+    from genforge_trainer.samplestats import folder_shape_redness
 
-    values = []
-    for line in (folder / "samples.jsonl").read_text().splitlines():
-        value = shape_redness(np.asarray(Image.open(folder / json.loads(line)["file"]).convert("RGB")))
-        values.append(math.nan if value is None else value)
-    return np.array(values)
+    return np.array([math.nan if v is None else v for v in folder_shape_redness(folder)])
 
 
 def share(values: np.ndarray) -> float:

@@ -10,6 +10,9 @@ that learned red shapes).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 #: Euclidean RGB distance (0–441) from the background colour that makes a pixel the object's.
@@ -58,3 +61,16 @@ def background_noise(pixels: np.ndarray) -> float:
     corners = np.concatenate([pixels[:k, :k].reshape(-1, 3), pixels[:k, -k:].reshape(-1, 3),
                               pixels[-k:, :k].reshape(-1, 3), pixels[-k:, -k:].reshape(-1, 3)]).astype(np.float64)
     return float(corners.std(axis=0).mean())
+
+
+def folder_shape_redness(folder: str | Path) -> list[float | None]:
+    """``shape_redness`` of each image of a samples folder (``samples.jsonl`` order, as
+    `genforge generate` writes it)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    values = []
+    for line in (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines():
+        with Image.open(folder / json.loads(line)["file"]) as image:
+            values.append(shape_redness(np.asarray(image.convert("RGB"))))
+    return values

@@ -69,21 +69,6 @@ class DemoFineTunes:
             raise
 
 
-def redness(folder: Path) -> list[float | None]:
-    """Each sample's shape colour, mean red minus mean blue of the object's pixels (levels;
-    samplestats.shape_redness: the shape, not the background); None without a shape."""
-    import numpy as np
-    from PIL import Image
-
-    from genforge_trainer.samplestats import shape_redness
-
-    values = []
-    for line in (folder / "samples.jsonl").read_text().splitlines():
-        with Image.open(folder / json.loads(line)["file"]) as image:
-            values.append(shape_redness(np.asarray(image.convert("RGB"))))
-    return values
-
-
 def share(values: list[float | None]) -> float:
     """Share of all samples showing a red-over-blue shape (no shape: not red)."""
     return sum(v is not None and v > 0 for v in values) / len(values)
@@ -107,6 +92,7 @@ def _get(url: str) -> dict[str, Any]:
 def feedback_round(plane: LocalControlPlane, out: TextIO, *, run_name: str, per_label: int = 8,
                    steps: int = 25, timeout: float = 900) -> FeedbackResult:
     from genforge_trainer.generate import generate
+    from genforge_trainer.samplestats import folder_shape_redness
 
     api = plane.api()
     run = api.request("GET", api.path("TrainingRun", run_name))
@@ -123,7 +109,7 @@ def feedback_round(plane: LocalControlPlane, out: TextIO, *, run_name: str, per_
                 raise RuntimeError(chain.message)
             generate(chain.uri, folder, per_label=per_label, seed=seed, steps=steps, adapters=chain.adapters,
                      model_name=model_name, version=version_name, progress=False, device="cpu")
-            return redness(folder)
+            return folder_shape_redness(folder)
 
         relative = f"feedback/{api.namespace}/{model_name}/{version}"
         folder = plane.data_dir / relative

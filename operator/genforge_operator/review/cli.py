@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .finetune import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, FineTuneRequest, manifest, source_of, to_yaml
-from .server import SAMPLES, ReviewApp, is_loopback
+from .server import SAMPLES, ReviewApp, is_loopback, read_samples
 
 DATA_MOUNT = "/data"
 
@@ -130,13 +130,6 @@ def _resolve(ref: str, namespace: str) -> tuple[dict[str, Any], Any, Any]:
     return body, chain, kube
 
 
-def _samples_of(folder: Path) -> list[dict[str, Any]]:
-    path = folder / SAMPLES
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def run(args: argparse.Namespace) -> int:
     if bool(args.model) == bool(args.uri):
         print("genforge review: give MODEL[:VERSION] or --uri FOLDER (one of them)", file=sys.stderr)
@@ -166,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         uri, adapters, name, version = chain.uri, chain.adapters, body["metadata"]["name"], chain.version
         folder = Path(args.dir) if args.dir else default_folder(namespace, name, version, args.data_root)
 
-    existing = _samples_of(folder)
+    existing = read_samples(folder) if (folder / SAMPLES).is_file() else []
     if existing:
         first = existing[0]
         if (first.get("model"), first.get("version"), first.get("uri")) != (name, version, uri):

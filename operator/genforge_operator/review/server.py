@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .finetune import ClusterFineTunes, FineTuneRequest, manifest, to_yaml
-from .journal import RATINGS, Journal, fold
+from .journal import RATINGS, Journal
 
 log = logging.getLogger(__name__)
 
@@ -369,8 +369,3 @@ class BackgroundServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def standing_ratings(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """The ratings of a folder's journal as they stand (for reports and tests)."""
-    return fold(Journal(folder / RATINGS_FILE).lines())
