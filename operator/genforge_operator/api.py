@@ -260,6 +260,8 @@ class ModelConfig:
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     inference_steps: int = 50
+    rescale_betas_zero_snr: bool = False
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
 
 
 @dataclass
@@ -324,6 +326,8 @@ class TrainingSpec:
     lr_warmup_steps: int = 0
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     ema: bool = False
+    ema_decay: float = 0.999
+    snr_gamma: float | None = None
 
 
 @dataclass

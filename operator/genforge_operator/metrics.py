@@ -64,7 +64,7 @@ DATASET_PHASES = ("Pending", "Running", "Ready", "Failed")
 # Every label name any genforge metric may carry (a test holds the module to it).
 ALLOWED_LABELS = frozenset({
     "namespace", "kind", "name", "pool", "accelerator_type", "phase", "outcome", "action", "reason",
-    "handler", "architecture", "resolution", "threshold",
+    "handler", "architecture", "resolution", "threshold", "metric",
 })
 
 RUN_LABELS = ("namespace", "kind", "name")
@@ -117,6 +117,10 @@ RUN_PROGRESS = _gauge(
 RUN_ETA = _gauge(
     "run_eta_seconds", "Seconds until the last step, as the trainer estimates it (status.progress.etaSeconds).",
     RUN_LABELS)
+RUN_EVALUATION = _gauge(
+    "run_evaluation", "The run's evaluation metrics once it has succeeded (status.metrics): loss, fid, kid, "
+    "and the sample statistics onDataBackground, backgroundNoise, dataBackgroundNoise, labelColour, "
+    "statisticsSamples.", (*RUN_LABELS, "metric"))
 RUN_RESTARTS = _gauge(
     "run_restarts", "Trainer pods of the run that failed and were replaced (status.restarts).", RUN_LABELS)
 RUN_PODS_NOT_READY = _gauge(
@@ -170,7 +174,7 @@ MODEL_VERSIONS = _gauge(
 
 STATUS_GAUGES: tuple[GaugeDef, ...] = (
     RUN_RUNNING_SECONDS, RUN_ACCELERATOR_SECONDS, RUN_COST, RUN_COST_RATE, RUN_ESTIMATED_COST,
-    RUN_ESTIMATED_SECONDS, RUN_COST_LIMIT, RUN_DURATION_LIMIT, RUN_PROGRESS, RUN_ETA, RUN_RESTARTS, RUN_PODS_NOT_READY, RUN_PODS_STUCK, RUN_PHASE,
+    RUN_ESTIMATED_SECONDS, RUN_COST_LIMIT, RUN_DURATION_LIMIT, RUN_PROGRESS, RUN_ETA, RUN_RESTARTS, RUN_EVALUATION, RUN_PODS_NOT_READY, RUN_PODS_STUCK, RUN_PHASE,
     POOL_PRICE, POOL_IN_USE, POOL_COST_RATE, POOL_THROUGHPUT,
     BUDGET_LIMIT, BUDGET_SPENT, BUDGET_REMAINING, BUDGET_RUNS, BUDGET_WARN,
     DATASET_PHASE, DATASET_KEPT, DATASET_DROPPED, MODEL_VERSIONS,
@@ -477,6 +481,9 @@ class StatusCollector(Collector):
         put(RUN_PROGRESS, progress_ratio(run))
         put(RUN_ETA, status.progress.eta_seconds if status.progress else None)
         put(RUN_RESTARTS, status.restarts)
+        for metric, value in sorted((status.metrics or {}).items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                families[RUN_EVALUATION.name].add_metric([*labels, metric], float(value))
         current = status.phase or "Pending"
         for phase in RUN_PHASES:
             families[RUN_PHASE.name].add_metric([*labels, phase], 1.0 if phase == current else 0.0)

@@ -88,6 +88,12 @@ ALLOWED = [
                                                "spec.config.attention": [False, False, True]}),
     ("model-inference-steps-equal-timesteps", "GenModel",
      {"spec.config.numTrainTimesteps": 100, "spec.config.inferenceSteps": 100}),
+    ("model-zero-terminal-snr-v-prediction", "GenModel",
+     {"spec.config.predictionType": "v_prediction", "spec.config.rescaleBetasZeroSnr": True,
+      "spec.config.timestepSpacing": "trailing"}),
+    ("model-zero-terminal-snr-off-epsilon", "GenModel", {"spec.config.rescaleBetasZeroSnr": False}),
+    ("run-min-snr-ema-warmup", "TrainingRun",
+     {"spec.training.snrGamma": 5.0, "spec.training.ema": True, "spec.training.emaDecay": 0.995}),
 ]
 # fmt: on
 
@@ -141,6 +147,10 @@ REJECTED = [
      "spec.tolerations[0].tolerationSeconds", "only valid with effect NoExecute"),
     ("model-stable-diffusion-without-base", "GenModel", STABLE_DIFFUSION,
      "spec.base", "needs base.uri"),
+    ("model-zero-terminal-snr-epsilon", "GenModel", {"spec.config.rescaleBetasZeroSnr": True},
+     "spec.config.rescaleBetasZeroSnr", "needs predictionType v_prediction"),
+    ("run-snr-gamma-zero", "TrainingRun", {"spec.training.snrGamma": 0},
+     "spec.training.snrGamma", "should be greater than 0"),
     ("model-stable-diffusion-odd-resolution", "GenModel",
      {**STABLE_DIFFUSION, "spec.resolution": 500, "spec.base": {"uri": "s3://m/sd"}},
      "spec.resolution", "multiple of 8"),

@@ -93,6 +93,26 @@ def test_summary_judges_every_outcome_and_quotes_the_metrics_endpoint(tmp_path):
     assert f"at {tmp_path / 'datasets/default/d'}" in text
 
 
+def test_summary_states_the_sample_statistics_beside_their_targets(tmp_path):
+    run = {"kind": "TrainingRun", "metadata": {"name": "r"}, "status": {
+        "phase": "Succeeded", "cost": {"accrued": "0.001", "limit": "1"},
+        "metrics": {"fid": 2.0, "statisticsSamples": 64, "onDataBackground": 0.859375, "backgroundMix": 0.81, "backgroundNoise": 1.42,
+                    "dataBackgroundNoise": 0.01, "labelColour": 0.625}}}
+    text, _ = demo.summarize([run], [], tmp_path, "", 1.0)
+    assert "sample statistics (64 samples): 55 of 64 (86%) on a data background [meets the 80% target]" in text
+    assert "background mix 0.81 (1 = the data's shares of each background) [meets the 0.75 target]" in text
+    assert "background noise 1.4 levels vs the data's 0.0 [meets the target of at most 2.0]" in text
+    assert "shape colour agrees with the label's data in 40 of 64 (62%) [MISSES the 70% target]" in text
+    # Noise above twice the floor, a low share: both said plainly.
+    run["status"]["metrics"].update(onDataBackground=0.25, backgroundNoise=9.0)
+    text, _ = demo.summarize([run], [], tmp_path, "", 1.0)
+    assert "16 of 64 (25%) on a data background [MISSES the 80% target]" in text
+    assert "background noise 9.0 levels vs the data's 0.0 [MISSES the target of at most 2.0]" in text
+    # A run without the statistics (photos, no evaluation) prints none.
+    run["status"]["metrics"] = {"fid": 2.0}
+    assert "sample statistics" not in demo.summarize([run], [], tmp_path, "", 1.0)[0]
+
+
 @pytest.mark.torch
 @pytest.mark.slow
 @pytest.mark.integration
@@ -124,6 +144,9 @@ def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
             samples = Path(demo.local_path(status["samples"], plane.data_dir))
             assert samples.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert status["metrics"]["fid"] > 0
+            assert status["metrics"]["statisticsSamples"] == status["metrics"]["samples"]
+            assert 0 <= status["metrics"]["onDataBackground"] <= 1
+    assert "sample statistics (" in result.summary and "on a data background" in result.summary
     assert "GenModel shapes: latest v2" in result.summary
     assert result.metrics_path is not None and "genforge_run_cost_dollars" in result.metrics_path.read_text()
 

@@ -153,6 +153,21 @@ def test_pods_that_do_not_run_are_exported_with_their_reason_and_the_stuck_flag(
     assert not select(running, "genforge_run_pods_not_ready_seconds")
 
 
+def test_a_finished_runs_evaluation_and_sample_statistics_are_exported_per_metric():
+    """Issue 21: what the evaluation measured (status.metrics) is a gauge per metric."""
+    body = bodies.run("shapes-v0", {
+        **RUNS["succeeded-closed"]["status"],
+        "metrics": {"loss": 0.0213, "fid": 2.5, "statisticsSamples": 64, "onDataBackground": 0.875,
+                    "backgroundMix": 0.81, "backgroundNoise": 1.2, "dataBackgroundNoise": 0.01,
+                    "labelColour": 0.72}})
+    samples = samples_of(make_store([body]))
+    who = {"kind": "TrainingRun", "namespace": "team-a", "name": "shapes-v0"}
+    for metric, value in body["status"]["metrics"].items():
+        assert one(samples, "genforge_run_evaluation", metric=metric, **who) == pytest.approx(value)
+    running = samples_of(make_store([RUNS["running-open-segment"]]))
+    assert not select(running, "genforge_run_evaluation")
+
+
 def test_run_cost_is_live_between_status_updates():
     """A minute after the status was written, the open segment has accrued a minute more."""
     body = RUNS["running-open-segment"]
@@ -349,7 +364,9 @@ def test_series_grow_linearly_with_runs():
 
 def test_collector_emits_exactly_the_declared_gauges():
     ds = bodies.dataset("shapes", {"phase": "Ready", "items": {"total": 1, "kept": 1}})
-    families = {name for name, _ in samples_of(make_store(*ALL, [ds, bodies.model(), stuck_run("PodStartTimeout")]))}
+    evaluated = bodies.run("evaluated", {**RUNS["succeeded-closed"]["status"], "metrics": {"fid": 2.5}})
+    families = {name for name, _ in samples_of(make_store(
+        *ALL, [ds, bodies.model(), stuck_run("PodStartTimeout"), evaluated]))}
     assert families == {g.name for g in metrics.STATUS_GAUGES}
     for gauge in metrics.STATUS_GAUGES:
         assert set(gauge.labels) <= metrics.ALLOWED_LABELS, gauge.name

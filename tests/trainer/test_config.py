@@ -108,6 +108,17 @@ REJECTED = [
         {"model": {"config": {"channels": [3]}}},
         "model.config: unknown key(s) channels",
     ),
+    (
+        "zero-terminal-snr-with-epsilon",
+        {"model": {"config": {"rescaleBetasZeroSnr": True}}},
+        "model.config.rescaleBetasZeroSnr: needs predictionType v_prediction",
+    ),
+    (
+        "bad-timestep-spacing",
+        {"model": {"config": {"timestepSpacing": "evenly"}}},
+        "model.config.timestepSpacing: must be one of",
+    ),
+    ("snr-gamma-zero", {"training": {"snrGamma": 0}}, "training.snrGamma: must be > 0"),
     ("keep-zero", {"checkpoint": {"keep": 0}}, "checkpoint.keep: must be >= 1"),
     (
         "unknown-metric",

@@ -66,3 +66,80 @@ def test_real_images_sit_on_a_data_background_and_noise_does_not():
         assert noise > 50
         passing += nearest_background(pixels, synthetic.BACKGROUNDS)[1] <= 25 and noise <= 2 * max(max(noisy), 1.0)
     assert passing == 0
+
+
+def _images(seed: int, count: int, size: int = 16) -> tuple[list[np.ndarray], list[str]]:
+    params = synthetic.ShapesParams(count=count, size=size, seed=seed)
+    items = [synthetic.generate(params, i) for i in range(count)]
+    return [np.asarray(item.image.convert("RGB")) for item in items], [item.label for item in items]
+
+
+def test_sample_statistics_on_data_images_are_perfect_and_on_noise_near_zero():
+    """Issue 21's test of the statistics themselves: 64 fresh images of the generator (other
+    seed than the reference) score 100 %; 64 uniform-noise images ~0 %."""
+    from genforge_trainer.samplestats import sample_statistics
+
+    reference, reference_labels = _images(0, 512)
+    real, real_labels = _images(11, 64)
+    stats = sample_statistics(real, reference, real_labels, reference_labels)
+    assert stats == {
+        "statisticsSamples": 64.0, "dataBackgrounds": 4.0, "onDataBackground": 1.0,
+        "backgroundMix": pytest.approx(0.9, abs=0.1),  # 64 draws of four equally common backgrounds
+        "backgroundNoise": pytest.approx(0.0, abs=0.5), "dataBackgroundNoise": pytest.approx(0.0, abs=0.5),
+        "labelColour": 1.0,
+    }
+    rng = np.random.default_rng(3)
+    noise = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(64)]
+    stats = sample_statistics(noise, reference, real_labels, reference_labels)
+    assert stats["onDataBackground"] == 0.0
+    assert stats["backgroundNoise"] > 50
+    assert stats["labelColour"] <= 0.1  # a noise image's "object" is rarely a palette colour
+
+
+
+def test_a_model_that_paints_every_background_grey_is_on_a_data_background_but_not_in_the_data_mix():
+    """What the demo's old recipe did: shapes on the grey background (the mean of the four),
+    so 100 % "on a data background" — the background mix says it is one of four."""
+    from genforge_trainer.samplestats import sample_statistics
+
+    reference, reference_labels = _images(0, 512)
+    grey, grey_labels = [], []
+    params = synthetic.ShapesParams(count=400, size=16, seed=12)
+    for i in range(params.count):
+        item = synthetic.generate(params, i)
+        if "gray background" in item.caption and len(grey) < 64:
+            grey.append(np.asarray(item.image.convert("RGB")))
+            grey_labels.append(item.label)
+    stats = sample_statistics(grey, reference, grey_labels, reference_labels)
+    assert stats["onDataBackground"] == 1.0 and stats["labelColour"] == 1.0
+    assert stats["backgroundMix"] == pytest.approx(0.25, abs=0.06)
+
+
+def test_plain_coloured_shapes_on_a_wrong_background_or_in_a_wrong_colour_are_counted_out():
+    from genforge_trainer.samplestats import sample_statistics
+
+    def square(background, colour):
+        pixels = np.zeros((16, 16, 3), np.uint8)
+        pixels[:] = background
+        pixels[5:11, 5:11] = colour
+        return pixels
+
+    red, blue, white, teal = (220, 40, 40), (40, 80, 220), (250, 250, 250), (40, 150, 150)
+    reference = [square(white, red)] * 8 + [square(white, blue)] * 8
+    reference_labels = ["a"] * 8 + ["b"] * 8
+    samples = [square(white, red), square(white, red), square(teal, red), square(white, blue)]
+    stats = sample_statistics(samples, reference, ["a", "b", "a", "b"], reference_labels)
+    assert stats["dataBackgrounds"] == 1.0
+    assert stats["onDataBackground"] == 0.75  # the teal background is no data background
+    assert stats["backgroundMix"] == 0.75  # the data: all white; the samples: 3 white, 1 none
+    assert stats["labelColour"] == 0.75       # "b" is blue in the data: a red "b" disagrees
+    # Without labels on both sides: no colour figure at all, rather than a meaningless one.
+    assert "labelColour" not in sample_statistics(samples, reference)
+
+
+def test_data_without_plain_backgrounds_gets_no_statistics():
+    from genforge_trainer.samplestats import sample_statistics
+
+    rng = np.random.default_rng(4)
+    photos = [np.clip(rng.normal(120, 30, (16, 16, 3)), 0, 255).astype(np.uint8) for _ in range(20)]
+    assert sample_statistics(photos[:4], photos) is None

@@ -360,3 +360,53 @@ def test_batch_order_is_a_pure_function_of_position_and_ranks_do_not_overlap():
 )
 def test_compile_is_automatic_only_for_long_cuda_runs(requested, steps, device, expected):
     assert train._should_compile(requested, steps, torch.device(device)) is expected
+
+
+# --------------------------------------------------------------------------- recipe knobs (issue 21)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weights_follow_the_paper(prediction):
+    from diffusers import DDPMScheduler
+
+    from genforge_trainer.methods import snr_weights
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction)
+    t = torch.tensor([0, 100, 500, 999])
+    alpha_bar = scheduler.alphas_cumprod[t].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64))
+    expected = expected / (snr + 1 if prediction == "v_prediction" else snr)
+    assert torch.allclose(snr_weights(scheduler, t, 5.0).double(), expected, rtol=1e-4)
+    # Low noise (high SNR) is weighted down, high noise keeps full weight (epsilon) —
+    # the point of the method.
+    weights = snr_weights(scheduler, t, 5.0)
+    assert weights[0] < 0.01 and (prediction == "v_prediction" or weights[-1] == pytest.approx(1.0))
+
+
+def test_a_zero_terminal_snr_v_prediction_run_with_min_snr_and_ema_trains_and_reports_statistics(
+    tmp_path, dataset_uri
+):
+    reporter = RecordingReporter()
+    doc = tiny_run(
+        tmp_path,
+        dataset_uri,
+        steps=40,
+        model={"config": {"predictionType": "v_prediction", "rescaleBetasZeroSnr": True,
+                          "timestepSpacing": "trailing"}},
+        training={"snrGamma": 5.0, "ema": True, "emaDecay": 0.999},
+        evaluation={"samples": 8, "metrics": ["loss"], "heldOutFraction": 0.25},
+    )
+    result = train.run(parse_run_spec(doc), reporter)
+    assert all(math.isfinite(loss) for loss in reporter.losses)
+    assert reporter.losses[-1] < reporter.losses[0], reporter.losses
+    model = load_pretrained(result["artifact"], parse_run_spec(doc).model)
+    config = model.noise_scheduler.config
+    assert config.rescale_betas_zero_snr and config.timestep_spacing == "trailing"
+    assert float(model.noise_scheduler.alphas_cumprod[-1]) < 1e-6  # training's last step is pure noise
+    # The evaluation's sample statistics are there, resting on the 8 samples (the tiny
+    # dataset is the synthetic shapes: plain backgrounds, labels).
+    metrics = result["metrics"]
+    assert metrics["statisticsSamples"] == 8 and metrics["dataBackgrounds"] >= 1
+    assert 0 <= metrics["onDataBackground"] <= 1 and 0 <= metrics["labelColour"] <= 1
+    assert metrics["backgroundNoise"] >= 0 and metrics["dataBackgroundNoise"] < 1

@@ -134,6 +134,14 @@ class ModelConfig:
     #: Denoising steps when sampling (evaluation, sample grids, DreamBooth class images);
     #: sampling uses DDIM on the trained DDPM noise schedule.
     inference_steps: int = 50
+    #: Rescale the betas to zero terminal SNR (Lin et al., "Common Diffusion Noise Schedules
+    #: and Sample Steps are Flawed"): the last training step is pure noise, as sampling's
+    #: first step is, so the model cannot lean on image statistics (a mean colour) that
+    #: leak through training's last step and are absent when sampling. Needs v_prediction.
+    rescale_betas_zero_snr: bool = False
+    #: Where sampling's timesteps fall: ``leading`` (diffusers' default), ``trailing``
+    #: (starts at the last training step — with zero terminal SNR), ``linspace``.
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
 
     def validate(self, path: str, errors: list[str]) -> None:
         ch = self.block_out_channels
@@ -169,6 +177,12 @@ class ModelConfig:
             1 <= self.inference_steps <= self.num_train_timesteps,
             f"{path}.inferenceSteps",
             f"must be in [1, numTrainTimesteps={self.num_train_timesteps}], got {self.inference_steps}",
+        )
+        _check(
+            errors,
+            not self.rescale_betas_zero_snr or self.prediction_type == "v_prediction",
+            f"{path}.rescaleBetasZeroSnr",
+            "needs predictionType v_prediction (at zero SNR an epsilon prediction says nothing about the image)",
         )
 
     @property
@@ -273,7 +287,13 @@ class TrainingSpec:
     lr_warmup_steps: int = 0
     lr_scheduler: LrScheduler = "constant"
     ema: bool = False
+    #: The EMA's decay; diffusers' EMAModel warms it up as ``min(decay, (1 + step) / (10 + step))``,
+    #: so a short run's average follows its recent weights, not its random initial ones.
     ema_decay: float = 0.999
+    #: Min-SNR-γ loss weighting (Hang et al., 2023): each timestep's loss weighted by
+    #: ``min(SNR, γ) / SNR`` (epsilon) or ``min(SNR, γ) / (SNR + 1)`` (v-prediction), so the
+    #: many easy low-noise steps stop dominating; 5 is the paper's value. Null: unweighted.
+    snr_gamma: float | None = None
     weight_decay: float = 0.0
     #: Optional accelerate trackers ("tensorboard", "mlflow"); logs go under <output.uri>/logs.
     trackers: tuple[Literal["tensorboard", "mlflow"], ...] = ()
@@ -317,6 +337,12 @@ class TrainingSpec:
         )
         _check(
             errors, self.weight_decay >= 0, f"{path}.weightDecay", f"must be >= 0, got {self.weight_decay}"
+        )
+        _check(
+            errors,
+            self.snr_gamma is None or (math.isfinite(self.snr_gamma) and self.snr_gamma > 0),
+            f"{path}.snrGamma",
+            f"must be > 0 (or null: no weighting), got {self.snr_gamma}",
         )
         _check(errors, self.log_every_steps >= 1, f"{path}.logEverySteps", "must be >= 1")
 

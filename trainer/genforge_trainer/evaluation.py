@@ -1,4 +1,11 @@
-"""Evaluation: held-out denoising loss, FID and KID, a PNG sample grid, ``metrics.json``.
+"""Evaluation: held-out denoising loss, FID and KID, sample statistics, a PNG sample grid,
+``metrics.json``.
+
+Sample statistics (``genforge_trainer.samplestats.sample_statistics``): on data with plain
+backgrounds (the synthetic shapes, product shots), the share of samples on one of the data's
+backgrounds, their background noise next to the data's and, for class-conditional models,
+whether the object's colour is one the data shows with that label — what a person checks on
+the sample grid, and what FID on a few samples does not show.
 
 FID/KID need an image feature extractor. ``evaluation.featureExtractorUri`` may point at a
 TorchScript Inception-v3 feature network (e.g. the ``inception-2015-12-05.pt`` file used
@@ -227,16 +234,39 @@ def sample_conditions(model, data: ImageSet, count: int) -> tuple[list[str] | No
     return None, None
 
 
+def statistics_against(samples_uint8: torch.Tensor, labels: list[str] | None, reference: ImageSet,
+                       seed: int) -> dict[str, float]:
+    """``samplestats.sample_statistics`` of samples against (at most ``MAX_REFERENCE``, a
+    seeded subset of) the data; empty when the data has no plain backgrounds."""
+    from genforge_trainer import samplestats
+
+    if not len(reference):
+        return {}
+    if len(reference) > samplestats.MAX_REFERENCE:
+        pick = np.random.default_rng(seed).choice(len(reference), samplestats.MAX_REFERENCE, replace=False)
+        reference = reference.subset(np.sort(pick))
+    to_hwc = lambda t: list(t.permute(0, 2, 3, 1).cpu().numpy())  # noqa: E731
+    labelled = labels is not None and all(label is not None for label in reference.labels)
+    found = samplestats.sample_statistics(
+        to_hwc(samples_uint8), to_hwc(reference.pixels),
+        labels if labelled else None, reference.labels if labelled else None,
+    )
+    return found or {}
+
+
 def evaluate_model(
     spec: RunSpec,
     model,
     denoiser: nn.Module,
     held_out: ImageSet,
     *,
+    reference: ImageSet | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the configured evaluation; write ``samples.png`` and ``metrics.json`` under the
-    run's output; return termination-message fields (``metrics``, ``samples``)."""
+    run's output; return termination-message fields (``metrics``, ``samples``).
+    ``reference``: the data the sample statistics compare with (default ``held_out``;
+    the training run passes the whole dataset, so that every label's colours are seen)."""
     ev = spec.evaluation or EvaluationSpec()
     seed = spec.training.seed if spec.training else 0
     metrics: dict[str, Any] = {}
@@ -258,6 +288,7 @@ def evaluate_model(
     elif wanted:
         metrics["featureExtractor"] = None
         log.warning("FID/KID skipped: fewer than 2 held-out images")
+    metrics.update(statistics_against(samples, labels, reference if reference is not None else held_out, seed))
     metrics["samples"] = ev.samples
     metrics["heldOut"] = len(held_out)
     if len(held_out):
@@ -290,5 +321,5 @@ def run(spec: RunSpec, reporter) -> dict[str, Any]:
     _, held = split_held_out(len(data), ev.held_out_fraction, spec.training.seed if spec.training else 0)
     held_out = data.subset(held) if len(held) else data
     spec = dataclasses.replace(spec, evaluation=ev)
-    result = evaluate_model(spec, model, model.denoiser, held_out)
+    result = evaluate_model(spec, model, model.denoiser, held_out, reference=data)
     return {"artifact": uri, **result}

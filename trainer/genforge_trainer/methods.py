@@ -74,8 +74,10 @@ def per_sample_denoising_loss(
     *,
     noise: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """Mean squared error of the denoiser's prediction, one value per sample."""
+    """Mean squared error of the denoiser's prediction, one value per sample; with
+    ``snr_gamma``, weighted by min-SNR-γ (``snr_weights``)."""
     latents = model.encode(to_model_input(pixels))
     if noise is None:
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
@@ -90,9 +92,25 @@ def per_sample_denoising_loss(
     noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
     prediction = denoiser(noisy, timesteps, **cond).sample
     target = model.target(latents, noise, timesteps)
-    return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
+    losses = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
         dim=tuple(range(1, target.dim()))
     )
+    if snr_gamma:
+        losses = losses * snr_weights(model.noise_scheduler, timesteps, snr_gamma)
+    return losses
+
+
+def snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ weights (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting
+    Strategy", 2023) of ``timesteps``: ``min(SNR, γ) / SNR`` for an epsilon target,
+    ``min(SNR, γ) / (SNR + 1)`` for a v target (the same weighting of the x0 error)."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps).float()
+    clipped = torch.clamp(snr, max=gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped / snr.clamp(min=1e-8)
 
 
 def _freeze_all_but(module: nn.Module, keep: Iterable[nn.Parameter]) -> None:
@@ -157,7 +175,8 @@ class Method:
 
     def loss(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         per_sample = per_sample_denoising_loss(
-            self.model, self.modules["denoiser"], batch.pixels, self.conditioning(batch), generator
+            self.model, self.modules["denoiser"], batch.pixels, self.conditioning(batch), generator,
+            snr_gamma=self.spec.training.snr_gamma if self.spec.training else None,
         )
         return per_sample.mean()
 

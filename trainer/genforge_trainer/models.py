@@ -266,6 +266,8 @@ def build_unet2d(spec: ModelSpec, labels: list[str]) -> DiffusionModel:
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
         prediction_type=cfg.prediction_type,
+        rescale_betas_zero_snr=cfg.rescale_betas_zero_snr,
+        timestep_spacing=cfg.timestep_spacing,
     )
     return DiffusionModel("unet2d-ddpm", spec.resolution, unet, scheduler, labels=list(labels))
 

@@ -263,7 +263,8 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
             )
             result.update(
                 evaluate_model(
-                    spec, model, method.evaluation_denoiser(), held, progress=lambda msg: log.info("%s", msg)
+                    spec, model, method.evaluation_denoiser(), held, reference=data,
+                    progress=lambda msg: log.info("%s", msg),
                 )
             )
         if ema is not None:
