@@ -32,6 +32,11 @@ def test_shrink_divides_steps_and_keeps_checkpoints_inside(manifests):
         if before["kind"] in ("TrainingRun", "FineTune"):
             assert after["spec"]["training"]["steps"] == max(5, before["spec"]["training"]["steps"] // 10)
             assert after["spec"]["checkpoint"]["everySteps"] <= after["spec"]["training"]["steps"]
+            # The CRD refuses a warm-up longer than the run: shrinking keeps it inside.
+            assert after["spec"]["training"].get("lrWarmupSteps", 0) <= after["spec"]["training"]["steps"]
+    tiny = demo.shrink(manifests, 1000)
+    run = next(m for m in tiny if m["kind"] == "TrainingRun")
+    assert run["spec"]["training"]["steps"] == 5 and run["spec"]["training"]["lrWarmupSteps"] == 5
 
 
 def run_obj(phase, **status):

@@ -25,6 +25,7 @@ REQUIRED_PANELS = [
     ("estimate vs actual: time", "genforge_run_estimated_duration_seconds"),
     ("accelerators in use", "genforge_pool_accelerators_in_use"),
     ("reconcile errors", "genforge_reconcile_errors_total"),
+    ("sample quality of finished runs", "genforge_run_evaluation"),
 ]
 
 

@@ -93,7 +93,10 @@ def test_sample_statistics_on_data_images_are_perfect_and_on_noise_near_zero():
     stats = sample_statistics(noise, reference, real_labels, reference_labels)
     assert stats["onDataBackground"] == 0.0
     assert stats["backgroundNoise"] > 50
-    assert stats["labelColour"] <= 0.1  # a noise image's "object" is rarely a palette colour
+    # A noise image's "object" core (its most extreme pixels) lands near one of the eight
+    # palette colours by chance ~1 time in 5: the colour figure means something only beside
+    # onDataBackground.
+    assert stats["labelColour"] <= 0.3
 
 
 
@@ -143,3 +146,22 @@ def test_data_without_plain_backgrounds_gets_no_statistics():
     rng = np.random.default_rng(4)
     photos = [np.clip(rng.normal(120, 30, (16, 16, 3)), 0, 255).astype(np.uint8) for _ in range(20)]
     assert sample_statistics(photos[:4], photos) is None
+
+
+def test_the_label_colour_reads_the_shapes_core_so_a_slightly_blurred_shape_keeps_its_colour():
+    """A person calls a soft-edged red blob red: Gaussian blur of σ 0.8 px keeps ≥ 90 % of
+    fresh data images agreeing with their label's colours; a heavy blur (σ 2) does not."""
+    from PIL import ImageFilter
+
+    from genforge_trainer.samplestats import sample_statistics
+
+    reference, reference_labels = _images(0, 512)
+    params = synthetic.ShapesParams(count=64, size=16, seed=13)
+    items = [synthetic.generate(params, i) for i in range(params.count)]
+    labels = [item.label for item in items]
+
+    def blurred(radius):
+        return [np.asarray(item.image.filter(ImageFilter.GaussianBlur(radius))) for item in items]
+
+    assert sample_statistics(blurred(0.8), reference, labels, reference_labels)["labelColour"] >= 0.9
+    assert sample_statistics(blurred(2.0), reference, labels, reference_labels)["labelColour"] <= 0.5

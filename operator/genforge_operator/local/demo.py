@@ -89,6 +89,8 @@ def shrink(manifests: list[Body], factor: int) -> list[Body]:
         training = m.get("spec", {}).get("training")
         if m["kind"] in ("TrainingRun", "FineTune") and training and training.get("steps"):
             training["steps"] = max(5, int(training["steps"]) // factor)
+            if training.get("lrWarmupSteps"):
+                training["lrWarmupSteps"] = min(int(training["lrWarmupSteps"]), training["steps"])
             checkpoint = m["spec"].get("checkpoint")
             if checkpoint and checkpoint.get("everySteps"):
                 checkpoint["everySteps"] = max(1, min(int(checkpoint["everySteps"]), training["steps"]))
