@@ -131,14 +131,17 @@ def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
         result = demo.run_demo(plane, demo.shrink(manifests, 10), out=out, timeout=600)
         assert result.ok, out.getvalue() + "\n" + result.summary
         # --feedback: rate through the review page, its button creates the FineTune, the operator runs it.
-        feedback = feedback_round(plane, out, run_name="shapes-v1", per_label=2, steps=5, timeout=300)
+        # 8 samples per label, the model's 25 sampling steps: the shrunk (220-step) model draws
+        # mostly warm colours (with 5 steps not one clearly blue shape in 64), and the button
+        # needs a 👍 and a 👎 of one label.
+        feedback = feedback_round(plane, out, run_name="shapes-v1", per_label=8, steps=25, timeout=300)
         assert feedback.ok, out.getvalue() + "\n" + feedback.summary
         finetune = plane.api().request("GET", plane.api().path("FineTune", feedback.finetune))
         assert finetune["spec"]["method"] == "preference" and finetune["status"]["phase"] == "Succeeded"
         assert finetune["spec"]["preference"]["feedbackUri"] == "file:///data/feedback/default/shapes/v1/ratings.jsonl"
         ratings = Journal(tmp_path / "data/feedback/default/shapes/v1/ratings.jsonl").current()
-        # 16 samples; the clearly red and clearly blue shapes rated, the rest skipped.
-        assert 0 < len(ratings) <= 16 and {r["rating"] for r in ratings.values()} == {"up", "down"}
+        # 64 samples; the clearly red and clearly blue shapes rated, the rest skipped.
+        assert 0 < len(ratings) <= 64 and {r["rating"] for r in ratings.values()} == {"up", "down"}
         assert f"FineTune {feedback.finetune} → version {feedback.version}" in feedback.summary
         assert set(feedback.shares) == {"before", "after", "beforeHeldOut", "afterHeldOut"}
     phases = {(o["kind"], o["metadata"]["name"]): o["status"]["phase"] for o in result.objects}
