@@ -119,8 +119,8 @@ RUN_ETA = _gauge(
     RUN_LABELS)
 RUN_EVALUATION = _gauge(
     "run_evaluation", "The run's evaluation metrics once it has succeeded (status.metrics): loss, fid, kid, "
-    "and the sample statistics onDataBackground, backgroundNoise, dataBackgroundNoise, labelColour, "
-    "statisticsSamples.", (*RUN_LABELS, "metric"))
+    "and the sample statistics onDataBackground, backgroundMix, backgroundNoise, dataBackgroundNoise, "
+    "labelColour, statisticsSamples.", (*RUN_LABELS, "metric"))
 RUN_RESTARTS = _gauge(
     "run_restarts", "Trainer pods of the run that failed and were replaced (status.restarts).", RUN_LABELS)
 RUN_PODS_NOT_READY = _gauge(

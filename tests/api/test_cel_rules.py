@@ -93,6 +93,7 @@ ALLOWED = [
       "spec.config.timestepSpacing": "trailing"}),
     ("model-zero-terminal-snr-off-epsilon", "GenModel",
      {"spec.config.rescaleBetasZeroSnr": False, "spec.config.predictionType": "epsilon"}),
+    ("finetune-lora-snr-gamma", "FineTune", {"spec.training.snrGamma": 5.0}),
     ("run-min-snr-ema-warmup", "TrainingRun",
      {"spec.training.snrGamma": 5.0, "spec.training.ema": True, "spec.training.emaDecay": 0.995}),
 ]
@@ -151,6 +152,8 @@ REJECTED = [
     ("model-zero-terminal-snr-epsilon", "GenModel",
      {"spec.config.rescaleBetasZeroSnr": True, "spec.config.predictionType": "epsilon"},
      "spec.config.rescaleBetasZeroSnr", "needs predictionType v_prediction"),
+    ("finetune-preference-snr-gamma", "FineTune", {**PREFERENCE, "spec.training.snrGamma": 5.0},
+     "spec.training.snrGamma", "does not apply to method preference"),
     ("run-snr-gamma-zero", "TrainingRun", {"spec.training.snrGamma": 0},
      "spec.training.snrGamma", "should be greater than 0"),
     ("model-stable-diffusion-odd-resolution", "GenModel",

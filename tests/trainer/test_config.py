@@ -119,6 +119,12 @@ REJECTED = [
         "model.config.timestepSpacing: must be one of",
     ),
     ("snr-gamma-zero", {"training": {"snrGamma": 0}}, "training.snrGamma: must be > 0"),
+    (
+        "snr-gamma-with-preference",
+        {**FINETUNE, "training": {"snrGamma": 5.0},
+         "finetune": {"method": "preference", "preference": {"feedbackUri": "file:///f.jsonl"}}},
+        "training.snrGamma: does not apply to method preference",
+    ),
     ("keep-zero", {"checkpoint": {"keep": 0}}, "checkpoint.keep: must be >= 1"),
     (
         "unknown-metric",

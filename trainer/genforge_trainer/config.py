@@ -597,6 +597,13 @@ class RunSpec:
                 "model.baseUri",
                 "is required for command 'finetune' (the base version's weights)",
             )
+        if self.finetune is not None and self.training is not None:
+            _check(
+                errors,
+                self.finetune.method != "preference" or self.training.snr_gamma is None,
+                "training.snrGamma",
+                "does not apply to method preference (its loss compares denoising errors of pairs)",
+            )
 
     @property
     def checkpoint_uri(self) -> str:

@@ -491,7 +491,8 @@ class DreamBooth(Method):
 
     def loss(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         per_sample = per_sample_denoising_loss(
-            self.model, self.modules["denoiser"], batch.pixels, self.conditioning(batch), generator
+            self.model, self.modules["denoiser"], batch.pixels, self.conditioning(batch), generator,
+            snr_gamma=self.spec.training.snr_gamma if self.spec.training else None,
         )
         if self.class_images is None:
             return per_sample.mean()
