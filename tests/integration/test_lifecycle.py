@@ -115,7 +115,9 @@ def test_dataset_prepared_end_to_end(operator, namespace, custom_api, batch_api,
     assert spec_volume.config_map.name.startswith(job.metadata.name + "-")  # named after its content
     cm = core_api.read_namespaced_config_map(spec_volume.config_map.name, namespace)
     assert json.loads(cm.data["run.json"])["command"] == "prepare"
-    assert phase_of(custom_api, namespace, "datasets", "shapes") == "Running"
+    # The operator creates the Job, then writes the status: a watcher can see the Job first
+    # (named FLAKY by .ci/reruns.py in CI when this read the phase at once).
+    wait_for(lambda: phase_of(custom_api, namespace, "datasets", "shapes") == "Running", message="phase Running")
 
     status = mark_dataset_ready(custom_api, batch_api, core_api, namespace)
     assert status["items"]["kept"] == 30 and status["items"]["dropped"]["duplicate"] == 2

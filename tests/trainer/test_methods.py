@@ -22,7 +22,7 @@ from .test_training import RecordingReporter, tiny_run  # noqa: E402
 pytestmark = pytest.mark.torch
 
 
-def finetune(tmp_path, dataset_uri, base_uri, method, steps=8, reporter=None, adapters=(), **blocks):
+def finetune(tmp_path, dataset_uri, base_uri, method, steps=8, reporter=None, adapters=(), training=None, **blocks):
     doc = tiny_run(
         tmp_path,
         dataset_uri,
@@ -30,6 +30,7 @@ def finetune(tmp_path, dataset_uri, base_uri, method, steps=8, reporter=None, ad
         command="finetune",
         model={"baseUri": base_uri, "baseAdapters": list(adapters)},
         finetune={"method": method, "baseVersion": "v1", **blocks},
+        **({"training": training} if training else {}),
     )
     spec = parse_run_spec(doc)
     return spec, train.run(spec, reporter or ProgressReporter())
@@ -152,22 +153,27 @@ def test_embedding_learns_one_new_class_row_and_nothing_else(tmp_path, dataset_u
 def test_dreambooth_trains_on_instance_and_generated_class_images(tmp_path, dataset_uri, base):
     base_uri, _ = base
     instance = shapes(tmp_path / "instance", count=8, size=16, only=("star",))
-    spec, result = finetune(
-        tmp_path,
-        instance,
-        base_uri,
-        "dreambooth",
-        steps=6,
-        dreambooth={
-            "instancePrompt": "sks-star",
-            "classPrompt": "star",
-            "priorLossWeight": 1.0,
-            "numClassImages": 4,
-        },
-    )
-    tuned = load_pretrained(result["artifact"], spec.model)
-    assert "sks-star" in tuned.labels
-    assert math.isfinite(result["loss"])
+    losses = {}
+    for snr_gamma in (None, 5.0):  # the same seeds, batches and noise: only the weighting differs
+        spec, result = finetune(
+            tmp_path / str(snr_gamma),
+            instance,
+            base_uri,
+            "dreambooth",
+            steps=6,
+            training={"snrGamma": snr_gamma} if snr_gamma else None,
+            dreambooth={
+                "instancePrompt": "sks-star",
+                "classPrompt": "star",
+                "priorLossWeight": 1.0,
+                "numClassImages": 4,
+            },
+        )
+        tuned = load_pretrained(result["artifact"], spec.model)
+        assert "sks-star" in tuned.labels
+        assert math.isfinite(result["loss"])
+        losses[snr_gamma] = result["loss"]
+    assert losses[None] != losses[5.0]  # training.snrGamma reaches DreamBooth's loss
 
 
 def test_preference_dpo_loss_starts_at_ln2_and_falls(tmp_path, dataset_uri, base):
