@@ -50,15 +50,22 @@ def background_colour(pixels: np.ndarray) -> np.ndarray:
     return np.median(border.astype(np.float64), axis=0)
 
 
+def _object(pixels: np.ndarray, distance: float = OBJECT_DISTANCE) -> tuple[np.ndarray, np.ndarray]:
+    """The object's pixels ([K, 3]) and their distances from the background (see
+    ``object_pixels``); both empty when there is no object."""
+    ring = max(1, pixels.shape[0] // 8)
+    inner = pixels[ring:-ring, ring:-ring].reshape(-1, 3).astype(np.float64)
+    away = np.sqrt(((inner - background_colour(pixels)) ** 2).sum(axis=1))
+    far = away > distance
+    if far.sum() < max(3, inner.shape[0] // 20):
+        return inner[:0], away[:0]
+    return inner[far], away[far]
+
+
 def object_pixels(pixels: np.ndarray, distance: float = OBJECT_DISTANCE) -> np.ndarray:
     """The inner pixels (the ring excluded) farther than ``distance`` from the background: [K, 3];
     empty when fewer than 1/20 of the inner pixels (and 3) are — no object to speak of."""
-    ring = max(1, pixels.shape[0] // 8)
-    inner = pixels[ring:-ring, ring:-ring].reshape(-1, 3).astype(np.float64)
-    far = np.sqrt(((inner - background_colour(pixels)) ** 2).sum(axis=1)) > distance
-    if far.sum() < max(3, inner.shape[0] // 20):
-        return inner[:0]
-    return inner[far]
+    return _object(pixels, distance)[0]
 
 
 def shape_redness(pixels: np.ndarray) -> float | None:
@@ -106,13 +113,9 @@ def object_colour(pixels: np.ndarray) -> np.ndarray | None:
     shape, and a slightly blurred red blob is still red (Gaussian blur of σ 0.8 px moves
     the median of all its pixels off the palette for ~45 % of the data's shapes, the
     core's for ~5 %)."""
-    ring = max(1, pixels.shape[0] // 8)
-    inner = pixels[ring:-ring, ring:-ring].reshape(-1, 3).astype(np.float64)
-    distance = np.sqrt(((inner - background_colour(pixels)) ** 2).sum(axis=1))
-    far = distance > OBJECT_DISTANCE
-    if far.sum() < max(3, inner.shape[0] // 20):
+    found, distance = _object(pixels)
+    if not len(found):
         return None
-    found, distance = inner[far], distance[far]
     core = found[np.argsort(distance)[-max(3, len(found) // 4):]]
     return np.median(core, axis=0)
 
