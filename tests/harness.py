@@ -75,6 +75,12 @@ class OperatorRunner:
         os.environ["GENFORGE_API_SERVER"] = self.cluster.url
         mark = self.cluster.mark()
         _shorten_kopf_hung_task_grace()
+        # Create kopf's process-wide registry here, before kopf's thread imports the operator
+        # module: kopf creates it lazily without a lock, and `_watched_resources` (this thread)
+        # reads it while that import runs, so two registries could be made and the module's
+        # handlers — its login among them — land in the one that loses (seen in CI: every later
+        # operator test then failed with kopf's fallback login).
+        kopf.get_default_registry()
         settings = kopf.OperatorSettings()
         # kopf gives each object's queue 2 s to drain at exit; the tests stop the operator often,
         # and a restart re-lists everything anyway (level-based), so drain briefly.
