@@ -8,17 +8,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-# Condition types.
-READY = "Ready"
-ADMITTED = "Admitted"
-PROGRESSING = "Progressing"
-BUDGET = "WithinBudget"
-REFERENCES = "ReferencesResolved"
-PODS_READY = "PodsReady"
-QUEUED = "Queued"
-
-TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
-
 
 def timestamp(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,7 +1,8 @@
 """Operator configuration: what the chart's values (or `genforge local`) decide.
 
-Read once from the environment (`GENFORGE_*`) into a frozen dataclass that the pure
-builders take as an argument; nothing else reads the environment.
+Read from the environment (`GENFORGE_*`) into a frozen dataclass: the pure builders take it
+as an argument, and the kopf settings, the API client and the metrics server read it. No
+other operator module reads the environment (the local cluster, `genforge_local`, has its own).
 """
 
 from __future__ import annotations
@@ -46,6 +47,41 @@ class OperatorConfig:
     memory_request: str = "2Gi"
     memory_limit: str | None = None
     extra_env: tuple[tuple[str, str], ...] = ()
+    # ---- the operator process (not the Jobs it builds)
+    #: An API server to use without credentials: `genforge local` and the tests. Unset in a
+    #: cluster, where the pod's ServiceAccount (or a kubeconfig) is used.
+    api_server: str | None = None
+    #: No API request waits longer: a hung request would hold an object's lock for ever.
+    api_timeout: float = 30.0
+    #: JSON {path in pods: path here}: where a local kubelet put the pods' volumes.
+    path_map_json: str = ""
+    workers: int = 8
+    #: A silent watch stream must never stall the operator: the server ends it after this long,
+    #: the client (a dead peer) 30 s later.
+    watch_server_timeout: int = 300
+    watch_client_timeout: int | None = None
+    #: kopf peering: replicas coordinate through this KopfPeering object (unset: standalone).
+    peering: str | None = None
+    peering_priority: int | None = None
+    #: How long a replica's keep-alive lasts before a standby takes over (None: kopf's 60 s).
+    peering_lifetime: int | None = None
+    liveness: str = "http://0.0.0.0:8081/healthz"
+    log_format: str = "full"
+    #: The operator's own /metrics endpoint (`metrics_port` is the trainers').
+    operator_metrics_port: int = 8080
+    operator_metrics_host: str = "0.0.0.0"
+
+    def path_map(self) -> dict[str, str]:
+        """`path_map_json` parsed; ValueError names GENFORGE_PATH_MAP when it is not a JSON object."""
+        if not self.path_map_json:
+            return {}
+        try:
+            mapping = json.loads(self.path_map_json)
+        except ValueError as exc:
+            raise ValueError(f"GENFORGE_PATH_MAP is not JSON: {exc}") from exc
+        if not isinstance(mapping, dict):
+            raise ValueError("GENFORGE_PATH_MAP must be a JSON object {path in pods: path here}")
+        return {str(k): str(v) for k, v in mapping.items()}
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -57,6 +93,7 @@ class OperatorConfig:
             secret_name=env.get("GENFORGE_STORAGE_SECRET") or None,
         )
         extra = json.loads(env.get("GENFORGE_TRAINER_EXTRA_ENV", "{}"))
+        server_timeout = int(env.get("GENFORGE_WATCH_SERVER_TIMEOUT") or cls.watch_server_timeout)
         return cls(
             trainer_image=env.get("GENFORGE_TRAINER_IMAGE", cls.trainer_image),
             image_pull_policy=env.get("GENFORGE_IMAGE_PULL_POLICY", cls.image_pull_policy),
@@ -70,4 +107,26 @@ class OperatorConfig:
             memory_request=env.get("GENFORGE_TRAINER_MEMORY_REQUEST", cls.memory_request),
             memory_limit=env.get("GENFORGE_TRAINER_MEMORY_LIMIT") or None,
             extra_env=tuple(sorted((str(k), str(v)) for k, v in extra.items())),
+            api_server=env.get("GENFORGE_API_SERVER") or None,
+            api_timeout=float(env.get("GENFORGE_API_TIMEOUT") or cls.api_timeout),
+            path_map_json=env.get("GENFORGE_PATH_MAP", ""),
+            workers=int(env.get("GENFORGE_WORKERS") or cls.workers),
+            watch_server_timeout=server_timeout,
+            watch_client_timeout=int(env.get("GENFORGE_WATCH_CLIENT_TIMEOUT") or server_timeout + 30),
+            peering=env.get("GENFORGE_PEERING") or None,
+            peering_priority=_int_or_none(env.get("GENFORGE_PEERING_PRIORITY")),
+            peering_lifetime=_int_or_none(env.get("GENFORGE_PEERING_LIFETIME")),
+            liveness=env.get("GENFORGE_LIVENESS") or cls.liveness,
+            log_format=env.get("GENFORGE_LOG_FORMAT") or cls.log_format,
+            operator_metrics_port=int(env.get("GENFORGE_METRICS_PORT") or cls.operator_metrics_port),
+            operator_metrics_host=env.get("GENFORGE_METRICS_HOST") or cls.operator_metrics_host,
         )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def bundled_dir_override(name: str) -> str | None:
+    """`GENFORGE_<NAME>_DIR`: where the shipped `crds/`, `examples/` or `charts/` folder is."""
+    return os.environ.get(f"GENFORGE_{name.upper()}_DIR") or None

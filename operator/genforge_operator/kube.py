@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import threading
+import time
 import urllib.request
+from collections.abc import Callable
 
 import kopf
 import urllib3
@@ -19,8 +21,15 @@ from kubernetes import config as kube_config
 from kubernetes.client.rest import ApiException
 
 from .api import GROUP, KINDS, VERSION
+from .config import OperatorConfig
 
 log = logging.getLogger(__name__)
+
+
+class StatusConflict(kopf.TemporaryError):
+    """Other writers changed the object under every attempt of `Kube.update_status`."""
+
+
 MERGE_PATCH = "application/merge-patch+json"
 USER_AGENT = "genforge-operator"  # what audit logs (and the emulator's request log) show
 #: No API request waits longer than this (env GENFORGE_API_TIMEOUT): a hung request would
@@ -58,7 +67,7 @@ class ApiClient(client.ApiClient):
     def __init__(self, configuration: client.Configuration | None = None, *, request_timeout: float | None = None):
         super().__init__(configuration)
         self.user_agent = USER_AGENT
-        self.request_timeout = request_timeout or float(os.environ.get("GENFORGE_API_TIMEOUT", DEFAULT_REQUEST_TIMEOUT))
+        self.request_timeout = request_timeout or DEFAULT_REQUEST_TIMEOUT
 
     def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
         try:
@@ -76,25 +85,48 @@ KUEUE_VERSIONS = ("v1beta2", "v1beta1")
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
-def service_account_dir(env: dict[str, str] | None = None) -> str:
+def service_account_dir(config: OperatorConfig | None = None) -> str:
     """Where the pod's ServiceAccount volume (token, ca.crt) is: the standard path, or where a
     local kubelet (`genforge local --kube`, the test tier) put it, per $GENFORGE_PATH_MAP."""
-    env = os.environ if env is None else env
     try:
-        mapped = json.loads(env.get("GENFORGE_PATH_MAP") or "{}")
+        mapped = (config or OperatorConfig.from_env()).path_map()
     except ValueError:
         mapped = {}
-    return str(mapped.get(SERVICE_ACCOUNT_DIR) or SERVICE_ACCOUNT_DIR) if isinstance(mapped, dict) else SERVICE_ACCOUNT_DIR
+    return mapped.get(SERVICE_ACCOUNT_DIR) or SERVICE_ACCOUNT_DIR
 
 
-def load_cluster_config() -> None:
+def load_cluster_config(config: OperatorConfig | None = None) -> None:
     """The kubernetes client's default configuration: in-cluster (the pod's ServiceAccount), else kubeconfig."""
-    folder = service_account_dir()
+    folder = service_account_dir(config)
     try:
         kube_config.incluster_config.InClusterConfigLoader(
             token_filename=f"{folder}/token", cert_filename=f"{folder}/ca.crt").load_and_set()
     except kube_config.ConfigException:
         kube_config.load_kube_config()
+
+
+def update_status(kube, kind: str, namespace: str | None, name: str,
+                  change: Callable[[dict], dict | None], *, attempts: int = 5) -> dict | None:
+    """Read-modify-write of an object's status under its resourceVersion (`kube`: a `Kube`).
+
+    `change(body)` returns the status fields to merge in (None: nothing to write); it is
+    called again on a fresh read whenever another writer got there first. Returns the
+    body the change was computed from (None: the object is gone or nothing to write).
+    Raises `StatusConflict` (kopf retries the handler) once other writers have won every
+    one of `attempts` rounds: never a silent give-up.
+    """
+    for attempt in range(attempts):
+        body = kube.get(kind, namespace, name)
+        if body is None:
+            return None
+        patch = change(body)
+        if not patch:
+            return None
+        if kube.replace_status_guarded(kind, namespace, name, body["metadata"]["resourceVersion"], patch):
+            return body
+        time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # jitter: the writers fall out of step
+    raise StatusConflict(f"{kind} {namespace + '/' if namespace else ''}{name} changed under each of "
+                         f"{attempts} attempts to update its status", delay=1)
 
 
 class Kube:
@@ -110,15 +142,18 @@ class Kube:
 
     @classmethod
     def from_env(cls) -> Kube:
-        server = os.environ.get("GENFORGE_API_SERVER")
-        if server:
+        return cls.from_config(OperatorConfig.from_env())
+
+    @classmethod
+    def from_config(cls, config: OperatorConfig) -> Kube:
+        if config.api_server:
             configuration = client.Configuration()
-            configuration.host = server
+            configuration.host = config.api_server
             configuration.verify_ssl = False
             configuration.api_key = {"authorization": "Bearer genforge-local"}
-            return cls(ApiClient(configuration))
-        load_cluster_config()
-        return cls(ApiClient())
+            return cls(ApiClient(configuration, request_timeout=config.api_timeout))
+        load_cluster_config(config)
+        return cls(ApiClient(request_timeout=config.api_timeout))
 
     # ---------------------------------------------------------------- genforge kinds
     def get(self, kind: str, namespace: str | None, name: str) -> dict | None:
@@ -165,6 +200,10 @@ class Kube:
             if exc.status == 409:
                 return False
             raise self._retry(exc, f"patch status of {kind} {namespace}/{name}") from exc
+
+    def update_status(self, kind: str, namespace: str | None, name: str,
+                      change: Callable[[dict], dict | None], *, attempts: int = 5) -> dict | None:
+        return update_status(self, kind, namespace, name, change, attempts=attempts)
 
     # ---------------------------------------------------------------- children
     def get_job(self, namespace: str, name: str) -> dict | None:

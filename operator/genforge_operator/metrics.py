@@ -30,7 +30,6 @@ default 8080) from a daemon thread; `collect_text()` renders it for tests.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -50,16 +49,17 @@ from prometheus_client.registry import Collector
 
 from . import cost
 from .api import GROUP, KINDS, VERSION, Resource, SpecError, parse_resource
+from .config import OperatorConfig
+from .vocabulary import DatasetPhase, Reason, RunPhase
 
 log = logging.getLogger("genforge.metrics")
 
 PREFIX = "genforge_"
-DEFAULT_PORT = 8080
-PORT_ENV = "GENFORGE_METRICS_PORT"
+DEFAULT_PORT = OperatorConfig.operator_metrics_port
 
 RUN_KINDS = ("TrainingRun", "FineTune")
-RUN_PHASES = ("Pending", "Waiting", "Running", "Succeeded", "Failed", "BudgetExceeded", "Suspended")
-DATASET_PHASES = ("Pending", "Running", "Ready", "Failed")
+RUN_PHASES = tuple(RunPhase)
+DATASET_PHASES = tuple(DatasetPhase)
 
 # Every label name any genforge metric may carry (a test holds the module to it).
 ALLOWED_LABELS = frozenset({
@@ -494,7 +494,7 @@ class StatusCollector(Collector):
                 since = cost.parse_time(pods.last_transition_time)
                 families[RUN_PODS_NOT_READY.name].add_metric(
                     [*labels, pods.reason], max(0.0, (now - since).total_seconds()))
-            put(RUN_PODS_STUCK, 1.0 if ready is not None and ready.reason == "PodStartTimeout" else 0.0)
+            put(RUN_PODS_STUCK, 1.0 if ready is not None and ready.reason == Reason.POD_START_TIMEOUT else 0.0)
 
     @staticmethod
     def _pool(families: dict[str, GaugeMetricFamily], pool: Resource) -> None:
@@ -583,7 +583,7 @@ _server: Any = None
 
 
 def metrics_port(env: Mapping[str, str] | None = None) -> int:
-    return int((os.environ if env is None else env).get(PORT_ENV) or DEFAULT_PORT)
+    return OperatorConfig.from_env(None if env is None else dict(env)).operator_metrics_port
 
 
 def start_metrics_server(port: int | None = None, addr: str | None = None) -> int:
@@ -599,7 +599,7 @@ def start_metrics_server(port: int | None = None, addr: str | None = None) -> in
     global _server
     with _server_lock:
         if _server is None:
-            addr = addr or os.environ.get("GENFORGE_METRICS_HOST") or "0.0.0.0"
+            addr = addr or OperatorConfig.from_env().operator_metrics_host
             httpd, _thread = start_http_server(metrics_port() if port is None else port, addr, registry=REGISTRY)
             _server = httpd
             log.info("serving metrics on %s:%d/metrics", addr, httpd.server_port)

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from .builders import CONTAINER
+from .vocabulary import KUBERNETES_STARTING_REASONS
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def pod_run(pod: dict) -> PodRun:
 
 
 #: Container waiting reasons of a pod that is starting normally (no alarm while they last).
-STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing", "Pending"})
+STARTING_REASONS = KUBERNETES_STARTING_REASONS
 
 
 def pod_not_running(pod: dict) -> tuple[str, str] | None:

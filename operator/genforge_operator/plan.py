@@ -21,18 +21,10 @@ from .runspec import (
     dataset_uri,
     run_output_uri,
 )
+from .vocabulary import DatasetPhase, Reason
 
-# Reasons a run cannot start (yet) — the condition reasons users see.
-REASON_DATASET_NOT_FOUND = "DatasetNotFound"
-REASON_DATASET_NOT_READY = "DatasetNotReady"
-REASON_DATASET_FAILED = "DatasetFailed"
-REASON_MODEL_NOT_FOUND = "ModelNotFound"
-REASON_BASE_VERSION_NOT_FOUND = "BaseVersionNotFound"
-REASON_ADAPTER_BASE_NOT_FOUND = "AdapterBaseNotFound"
-REASON_POOL_NOT_FOUND = "PoolNotFound"
-REASON_NO_POOL = "NoPoolAvailable"
-REASON_BASE_REQUIRED = "BaseWeightsRequired"
-REASON_OUTPUT_NOT_PERSISTENT = "OutputNotPersistent"
+#: Until the money modules import the vocabulary (redesign in progress).
+REASON_MODEL_NOT_FOUND = Reason.MODEL_NOT_FOUND
 
 #: fsspec schemes of object stores: outputs there outlive the pod.
 OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")
@@ -114,11 +106,11 @@ def resolve_model_version(model: Resource, pinned: str | None) -> BaseChain | Bl
     versions = {v.name: v for v in model.status.versions}
     wanted = pinned or model.status.promoted or model.status.latest
     if not wanted:
-        return Blocked(REASON_BASE_VERSION_NOT_FOUND,
+        return Blocked(Reason.BASE_VERSION_NOT_FOUND,
                        f"GenModel {model.name} has no versions yet; a FineTune needs a trained version")
     if wanted not in versions:
         known = ", ".join(versions) or "none"
-        return Blocked(REASON_BASE_VERSION_NOT_FOUND,
+        return Blocked(Reason.BASE_VERSION_NOT_FOUND,
                        f"GenModel {model.name} has no version {wanted!r} (versions: {known})")
     chain: list[ModelVersion] = []
     current = versions[wanted]
@@ -136,7 +128,7 @@ def resolve_model_version(model: Resource, pinned: str | None) -> BaseChain | Bl
             missing = f"its chain of bases loops back to {parent}"
         else:
             missing = f"{current.name}'s base {parent} is no longer a version of GenModel {model.name}"
-        return Blocked(REASON_ADAPTER_BASE_NOT_FOUND,
+        return Blocked(Reason.ADAPTER_BASE_NOT_FOUND,
                        f"{how} {wanted}, a LoRA adapter, and the model it adapts is unknown: {missing}. "
                        f"Set baseModel.version to a complete version (one made with lora.merge: true "
                        f"or by another method)")
@@ -150,18 +142,18 @@ def resolve_references(run: Resource, catalog: Catalog) -> tuple[Resource, Resou
     model_name = run.spec.base_model.name if run.kind == "FineTune" else run.spec.model_ref.name
     model = catalog.models.get(model_name)
     if model is None:
-        return Blocked(REASON_MODEL_NOT_FOUND, f"GenModel {model_name!r} not found in namespace {run.namespace}")
+        return Blocked(Reason.MODEL_NOT_FOUND, f"GenModel {model_name!r} not found in namespace {run.namespace}")
     if model.spec.architecture == "stable-diffusion" and not model.spec.base and run.kind == "TrainingRun":
-        return Blocked(REASON_BASE_REQUIRED,
+        return Blocked(Reason.BASE_WEIGHTS_REQUIRED,
                        f"GenModel {model_name} is stable-diffusion and needs spec.base.uri", permanent=True)
     dataset_name = run.spec.dataset_ref.name
     dataset = catalog.datasets.get(dataset_name)
     if dataset is None:
-        return Blocked(REASON_DATASET_NOT_FOUND, f"Dataset {dataset_name!r} not found in namespace {run.namespace}")
-    if dataset.status.phase == "Failed":
-        return Blocked(REASON_DATASET_FAILED, f"Dataset {dataset_name} failed to prepare")
-    if dataset.status.phase != "Ready":
-        return Blocked(REASON_DATASET_NOT_READY,
+        return Blocked(Reason.DATASET_NOT_FOUND, f"Dataset {dataset_name!r} not found in namespace {run.namespace}")
+    if dataset.status.phase == DatasetPhase.FAILED:
+        return Blocked(Reason.DATASET_FAILED, f"Dataset {dataset_name} failed to prepare")
+    if dataset.status.phase != DatasetPhase.READY:
+        return Blocked(Reason.DATASET_NOT_READY,
                        f"Dataset {dataset_name} is {dataset.status.phase or 'Pending'}; waiting until it is Ready")
     return model, dataset
 
@@ -171,7 +163,7 @@ def fixed_pool(run: Resource, catalog: Catalog) -> Resource | Blocked:
     pool = catalog.pools.get(name)
     if pool is None:
         known = ", ".join(sorted(catalog.pools)) or "none"
-        return Blocked(REASON_POOL_NOT_FOUND, f"AcceleratorPool {name!r} not found (pools: {known})")
+        return Blocked(Reason.POOL_NOT_FOUND, f"AcceleratorPool {name!r} not found (pools: {known})")
     return pool
 
 
@@ -200,7 +192,7 @@ def output_problem(uri: str, config: OperatorConfig) -> Blocked | None:
         if any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots):
             return None
     allowed = [f"file://{root}/…" for root in roots] + [f"{s}://…" for s in OBJECT_STORE_SCHEMES[:2]]
-    return Blocked(REASON_OUTPUT_NOT_PERSISTENT,
+    return Blocked(Reason.OUTPUT_NOT_PERSISTENT,
                    f"output {uri} is not on persistent storage: its files would vanish with the pod. "
                    f"Use a path under {' or '.join(allowed)} (or leave output.uri out for the default)",
                    permanent=True)
@@ -214,7 +206,7 @@ def plan_dataset(dataset: Resource, catalog: Catalog, config: OperatorConfig) ->
     if dataset.spec.hardware.pool:
         pool = catalog.pools.get(dataset.spec.hardware.pool)
         if pool is None:
-            return Blocked(REASON_POOL_NOT_FOUND, f"AcceleratorPool {dataset.spec.hardware.pool!r} not found")
+            return Blocked(Reason.POOL_NOT_FOUND, f"AcceleratorPool {dataset.spec.hardware.pool!r} not found")
     placement = Placement(pool=pool)
     document = build_dataset_spec(dataset, config)
     secrets = [dataset.spec.source.secret_ref.name] if dataset.spec.source.secret_ref else []

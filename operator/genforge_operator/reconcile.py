@@ -36,26 +36,7 @@ from .plan import (
 )
 from .runspec import run_output_uri
 from .units import format_duration, format_money, money_str
-
-# Phases.
-PENDING, WAITING, RUNNING = "Pending", "Waiting", "Running"
-SUCCEEDED, FAILED, READY = "Succeeded", "Failed", "Ready"
-BUDGET_EXCEEDED, SUSPENDED = "BudgetExceeded", "Suspended"
-FINAL_PHASES = (SUCCEEDED, FAILED, READY)
-
-# Reasons (condition reasons and Event reasons).
-REASON_JOB_CREATED = "JobCreated"
-REASON_RUNNING = "Running"
-REASON_SUCCEEDED = "Succeeded"
-REASON_PREPARED = "Prepared"
-REASON_JOB_FAILED = "JobFailed"
-REASON_SUSPENDED = "Suspended"
-REASON_RESUMED = "Resumed"
-REASON_KUEUE = "AwaitingKueueAdmission"
-REASON_BUDGET_RAISED = "BudgetRaised"
-REASON_SPEC_CHANGED = "SpecChanged"
-#: Ready's reason once a run's trainer pods have not run for `OperatorConfig.pod_start_timeout`.
-REASON_POD_START_TIMEOUT = "PodStartTimeout"
+from .vocabulary import ConditionStatus, ConditionType, DatasetPhase, Reason, RunPhase
 
 ANNOTATION_GENERATION = "genforge.dev/owner-generation"
 #: The pool a run's Job was placed on, so that status can be recovered from the Job when the
@@ -121,10 +102,10 @@ def _set(out: Outcome, obs: Observed, type_: str, status: str, reason: str, mess
 def _phase(out: Outcome, obs: Observed, phase: str, reason: str, message: str, *, warning: bool = False) -> None:
     """Set the phase and the Ready condition; an Event only when something changed."""
     before = out.status.get("phase")
-    ready = cond.get_condition(out.status.get("conditions") or [], cond.READY) or {}
+    ready = cond.get_condition(out.status.get("conditions") or [], ConditionType.READY) or {}
     out.status["phase"] = phase
-    ready_status = cond.TRUE if phase in (READY, SUCCEEDED) else cond.FALSE
-    _set(out, obs, cond.READY, ready_status, reason, message)
+    ready_status = ConditionStatus.TRUE if phase in (DatasetPhase.READY, RunPhase.SUCCEEDED) else ConditionStatus.FALSE
+    _set(out, obs, ConditionType.READY, ready_status, reason, message)
     if before != phase or ready.get("reason") != reason:
         out.event(reason, message, warning)
 
@@ -150,44 +131,44 @@ def reconcile_dataset(obs: Observed, config: OperatorConfig) -> Outcome:
     if job.exists and _job_generation(obs.job) not in (None, ds.generation):
         # The preparation settings changed: prepare again from scratch.
         out.delete_job = True
-        out.status.update({"phase": PENDING, "items": None, "contentHash": None})
-        _phase(out, obs, PENDING, REASON_SPEC_CHANGED, "the Dataset spec changed; preparing it again")
+        out.status.update({"phase": DatasetPhase.PENDING, "items": None, "contentHash": None})
+        _phase(out, obs, DatasetPhase.PENDING, Reason.SPEC_CHANGED, "the Dataset spec changed; preparing it again")
         out.requeue_after = 1.0
         return out
     if not job.exists:
-        if phase in (READY, FAILED) and out.status.get("job"):
+        if phase in (DatasetPhase.READY, DatasetPhase.FAILED) and out.status.get("job"):
             return out  # done; the Job was cleaned up (TTL or by hand)
         planned = plan_dataset(ds, obs.catalog, config)
         if isinstance(planned, Blocked):
-            _phase(out, obs, FAILED if planned.permanent else PENDING, planned.reason, planned.message, warning=True)
+            _phase(out, obs, DatasetPhase.FAILED if planned.permanent else DatasetPhase.PENDING, planned.reason, planned.message, warning=True)
             return out
         out.create = _stamp_generation(planned.children.objects(), ds.generation)
         out.status.update({"job": planned.children.job["metadata"]["name"], "startTime": cond.timestamp(obs.now)})
-        _phase(out, obs, RUNNING, REASON_JOB_CREATED,
+        _phase(out, obs, DatasetPhase.RUNNING, Reason.JOB_CREATED,
                f"preparing {ds.spec.source.uri} into {planned.document['output']['uri']}")
         return out
 
     words = last_words(obs.pod_runs)
-    if (job.succeeded or job.failed) and phase not in (READY, FAILED) and _awaiting_result(out, obs, job, words):
+    if (job.succeeded or job.failed) and phase not in (DatasetPhase.READY, DatasetPhase.FAILED) and _awaiting_result(out, obs, job, words):
         return out
     if job.succeeded:
-        if phase != READY:
+        if phase != DatasetPhase.READY:
             _apply_manifest(out, words)
             out.status["completionTime"] = cond.timestamp(obs.now)
             items = out.status.get("items") or {}
-            _phase(out, obs, READY, REASON_PREPARED,
+            _phase(out, obs, DatasetPhase.READY, Reason.PREPARED,
                    f"kept {items.get('kept', 0)} of {items.get('total', 0)} items "
                    f"(dropped {out.status.get('droppedTotal', 0)}: "
                    f"{_dropped_summary(items.get('dropped') or {})})")
         return out
     if job.failed:
-        if phase != FAILED:
+        if phase != DatasetPhase.FAILED:
             out.status["completionTime"] = cond.timestamp(obs.now)
-            _phase(out, obs, FAILED, words.get("reason") or job.reason or REASON_JOB_FAILED,
+            _phase(out, obs, DatasetPhase.FAILED, words.get("reason") or job.reason or Reason.JOB_FAILED,
                    words.get("message") or job.message or "the preparation Job failed", warning=True)
         return out
-    if phase != RUNNING:
-        _phase(out, obs, RUNNING, REASON_RUNNING, "preparing")
+    if phase != DatasetPhase.RUNNING:
+        _phase(out, obs, DatasetPhase.RUNNING, Reason.RUNNING, "preparing")
     return out
 
 
@@ -227,8 +208,8 @@ def _apply_manifest(out: Outcome, words: dict) -> None:
 
 # ------------------------------------------------------------------ TrainingRun / FineTune
 def _blocked(out: Outcome, obs: Observed, blocked: Blocked) -> Outcome:
-    _set(out, obs, cond.ADMITTED, cond.FALSE, blocked.reason, blocked.message)
-    _phase(out, obs, FAILED if blocked.permanent else WAITING, blocked.reason, blocked.message, warning=True)
+    _set(out, obs, ConditionType.ADMITTED, ConditionStatus.FALSE, blocked.reason, blocked.message)
+    _phase(out, obs, RunPhase.FAILED if blocked.permanent else RunPhase.WAITING, blocked.reason, blocked.message, warning=True)
     return out
 
 
@@ -288,7 +269,7 @@ def _adopt_job(out: Outcome, obs: Observed) -> None:
 def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
     run = obs.resource
     if run.spec.suspend:
-        _phase(out, obs, SUSPENDED, REASON_SUSPENDED, "spec.suspend is true; no Job is running")
+        _phase(out, obs, RunPhase.SUSPENDED, Reason.SUSPENDED, "spec.suspend is true; no Job is running")
         return out
     bad_output = output_problem(run_output_uri(run, config), config)
     if bad_output is not None:  # a spec that would lose its results: refused before anything runs
@@ -313,11 +294,11 @@ def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
     out.status["cost"] = cost
     out.status["pool"] = pool.name
     if admitted.note:
-        out.event("PoolChosen", admitted.note)
+        out.event(Reason.POOL_CHOSEN, admitted.note)
     planned = plan_run(run, pool, obs.catalog, config, active_deadline_seconds=admitted.active_deadline_seconds)
     if isinstance(planned, Blocked):
         return _blocked(out, obs, planned)
-    _set(out, obs, cond.BUDGET, cond.TRUE, "WithinBudget", admitted.budget_message)
+    _set(out, obs, ConditionType.WITHIN_BUDGET, ConditionStatus.TRUE, Reason.WITHIN_BUDGET, admitted.budget_message)
     return _create_children(out, obs, planned, estimate)
 
 
@@ -330,16 +311,16 @@ def _create_children(out: Outcome, obs: Observed, planned: Planned, estimate) ->
     if planned.base:
         planned.children.job["metadata"]["annotations"][ANNOTATION_BASE_VERSION] = planned.base.version
         if planned.base.adapters:
-            out.event("BaseIsAdapter",
+            out.event(Reason.BASE_IS_ADAPTER,
                       f"base version {planned.base.version} is a LoRA adapter: the trainer merges "
                       f"{', '.join(planned.base.through)} into {planned.base.root}'s weights, then fine-tunes")
-    _set(out, obs, cond.ADMITTED, cond.TRUE, REASON_JOB_CREATED,
+    _set(out, obs, ConditionType.ADMITTED, ConditionStatus.TRUE, Reason.JOB_CREATED,
          f"estimated {estimate.duration_seconds}s and {format_money(estimate.cost)} on pool "
          f"{planned.placement.pool.name}")
     if run.spec.queue_name:
-        _phase(out, obs, WAITING, REASON_KUEUE, f"Job {job_name} queued in Kueue LocalQueue {run.spec.queue_name}")
+        _phase(out, obs, RunPhase.WAITING, Reason.AWAITING_KUEUE_ADMISSION, f"Job {job_name} queued in Kueue LocalQueue {run.spec.queue_name}")
     else:
-        _phase(out, obs, RUNNING, REASON_JOB_CREATED,
+        _phase(out, obs, RunPhase.RUNNING, Reason.JOB_CREATED,
                f"Job {job_name} created on pool {planned.placement.pool.name} "
                f"({planned.placement.nodes} node(s) × {planned.placement.accelerators_per_node} "
                f"{planned.placement.accelerator_type})")
@@ -353,13 +334,13 @@ def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
     phase = out.status.get("phase")
     job = job_state(obs.job)
 
-    if phase == SUCCEEDED:
+    if phase == RunPhase.SUCCEEDED:
         return out
     if not job.exists:
-        if phase == FAILED and out.status.get("observedGeneration") == run.generation and obs.body_status.get(
+        if phase == RunPhase.FAILED and out.status.get("observedGeneration") == run.generation and obs.body_status.get(
                 "observedGeneration") == run.generation:
             return out
-        if phase in (BUDGET_EXCEEDED, SUSPENDED) and out.status.get("job"):
+        if phase in (RunPhase.BUDGET_EXCEEDED, RunPhase.SUSPENDED) and out.status.get("job"):
             # Stopped by deleting its Job (Kueue-managed runs): stays stopped until the
             # budget has room again (or it is unsuspended), then starts from its checkpoint.
             _accrue(out, obs, _current_pool(obs, out.status))
@@ -427,7 +408,7 @@ def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) 
             "format": _artifact_format(run),
         }
     cost = (out.status.get("cost") or {}).get("accrued", "0")
-    _phase(out, obs, SUCCEEDED, REASON_SUCCEEDED,
+    _phase(out, obs, RunPhase.SUCCEEDED, Reason.SUCCEEDED,
            f"finished {total} steps in {out.status.get('runningSeconds', 0):.0f}s for {cost}"
            + (f"; metrics {', '.join(f'{k}={v:.4g}' for k, v in metrics.items())}" if metrics else ""))
     return out
@@ -465,10 +446,10 @@ def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: R
         # activeDeadlineSeconds is the budget's backstop: the run hit its money or time limit
         # while the operator was not looking. Resumable like any BudgetExceeded run.
         verdict = economics.enforce(run, obs.catalog, out.status, obs.now)
-        if out.status.get("phase") == BUDGET_EXCEEDED:
+        if out.status.get("phase") == RunPhase.BUDGET_EXCEEDED:
             if economics.resumable(verdict):
                 out.delete_job = True  # recreated on the next pass; the trainer resumes from its checkpoint
-                _phase(out, obs, PENDING, REASON_BUDGET_RAISED,
+                _phase(out, obs, RunPhase.PENDING, Reason.BUDGET_RAISED,
                        "the budget allows more now; resuming from the checkpoint")
                 out.requeue_after = 1.0
             return out
@@ -478,13 +459,13 @@ def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: R
         message = (verdict.message if not verdict.allowed else
                    f"the Job reached its activeDeadlineSeconds ({job.active_deadline_seconds}s), "
                    "the budget's backstop")
-        _phase(out, obs, BUDGET_EXCEEDED, reason, message + ". Raise the budget to resume.", warning=True)
+        _phase(out, obs, RunPhase.BUDGET_EXCEEDED, reason, message + ". Raise the budget to resume.", warning=True)
         return out
-    if out.status.get("phase") != FAILED:
+    if out.status.get("phase") != RunPhase.FAILED:
         out.status["completionTime"] = cond.timestamp(obs.now)
-        reason = words.get("reason") or job.reason or REASON_JOB_FAILED
+        reason = words.get("reason") or job.reason or Reason.JOB_FAILED
         message = words.get("message") or job.message or "the trainer Job failed"
-        _phase(out, obs, FAILED, reason, message, warning=True)
+        _phase(out, obs, RunPhase.FAILED, reason, message, warning=True)
     return out
 
 
@@ -512,50 +493,50 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None,
     if run.spec.suspend:
         if not job.suspended:
             _stop(out, run)
-        if phase != SUSPENDED:
-            _phase(out, obs, SUSPENDED, REASON_SUSPENDED,
+        if phase != RunPhase.SUSPENDED:
+            _phase(out, obs, RunPhase.SUSPENDED, Reason.SUSPENDED,
                    "spec.suspend is true: the trainer checkpoints and stops; set it to false to resume")
         return out
 
     verdict = economics.enforce(run, obs.catalog, out.status, obs.now)
-    if phase in (BUDGET_EXCEEDED, SUSPENDED) and job.suspended:
+    if phase in (RunPhase.BUDGET_EXCEEDED, RunPhase.SUSPENDED) and job.suspended:
         if not economics.resumable(verdict):
             out.requeue_after = 30.0
             return out
         deadline = economics.active_deadline(run, obs.catalog, out.status, obs.now, pool)
         out.job_patch = {"spec": {"suspend": False, "activeDeadlineSeconds": deadline}}
-        reason = REASON_BUDGET_RAISED if phase == BUDGET_EXCEEDED else REASON_RESUMED
-        _phase(out, obs, RUNNING, reason, f"resuming from checkpoint {out.status.get('checkpoint') or '(latest)'}")
+        reason = Reason.BUDGET_RAISED if phase == RunPhase.BUDGET_EXCEEDED else Reason.RESUMED
+        _phase(out, obs, RunPhase.RUNNING, reason, f"resuming from checkpoint {out.status.get('checkpoint') or '(latest)'}")
         out.requeue_after = 1.0
         return out
 
     if job.suspended and run.spec.queue_name and not job.active:
         reason, message = _kueue_says(obs.workload, run.spec.queue_name)
-        _set(out, obs, cond.QUEUED, cond.TRUE, reason, message)
-        _phase(out, obs, WAITING, REASON_KUEUE, message)
+        _set(out, obs, ConditionType.QUEUED, ConditionStatus.TRUE, reason, message)
+        _phase(out, obs, RunPhase.WAITING, Reason.AWAITING_KUEUE_ADMISSION, message)
         out.requeue_after = 10.0
         return out
-    if run.spec.queue_name and cond.get_condition(out.status.get("conditions") or [], cond.QUEUED):
-        _set(out, obs, cond.QUEUED, cond.FALSE, "Admitted", f"Kueue admitted the Job ({run.spec.queue_name})")
+    if run.spec.queue_name and cond.get_condition(out.status.get("conditions") or [], ConditionType.QUEUED):
+        _set(out, obs, ConditionType.QUEUED, ConditionStatus.FALSE, "Admitted", f"Kueue admitted the Job ({run.spec.queue_name})")
 
     if not verdict.allowed:
         _stop(out, run)
-        phase_to = SUSPENDED if verdict.action == "Suspend" else BUDGET_EXCEEDED
-        _set(out, obs, cond.BUDGET, cond.FALSE, verdict.reason, verdict.message)
+        phase_to = RunPhase.SUSPENDED if verdict.action == "Suspend" else RunPhase.BUDGET_EXCEEDED
+        _set(out, obs, ConditionType.WITHIN_BUDGET, ConditionStatus.FALSE, verdict.reason, verdict.message)
         _phase(out, obs, phase_to, verdict.reason,
                verdict.message + "; the trainer checkpoints and stops. Raise the budget to resume.", warning=True)
         out.requeue_after = 30.0
         return out
 
-    _set(out, obs, cond.BUDGET, cond.TRUE, "WithinBudget", verdict.message)
+    _set(out, obs, ConditionType.WITHIN_BUDGET, ConditionStatus.TRUE, Reason.WITHIN_BUDGET, verdict.message)
     _follow_limits_with_the_backstop(out, obs, job, pool)
     out.requeue_after = verdict.requeue_after
     if _pods_not_running(out, obs, config):
         return out
-    ready = cond.get_condition(out.status.get("conditions") or [], cond.READY) or {}
-    if phase != RUNNING or ready.get("reason") not in (REASON_RUNNING, REASON_JOB_CREATED, REASON_RESUMED,
-                                                       REASON_BUDGET_RAISED):
-        _phase(out, obs, RUNNING, REASON_RUNNING, f"Job {out.status.get('job')} is running")
+    ready = cond.get_condition(out.status.get("conditions") or [], ConditionType.READY) or {}
+    if phase != RunPhase.RUNNING or ready.get("reason") not in (Reason.RUNNING, Reason.JOB_CREATED, Reason.RESUMED,
+                                                       Reason.BUDGET_RAISED):
+        _phase(out, obs, RunPhase.RUNNING, Reason.RUNNING, f"Job {out.status.get('job')} is running")
     return out
 
 
@@ -570,7 +551,7 @@ def _kueue_says(workload: dict | None, queue: str) -> tuple[str, str]:
     if reserved and reserved.get("status") == "False":
         return f"Kueue{reserved.get('reason') or 'Pending'}", (
             f"waiting for Kueue to admit the Job ({queue}): {reserved.get('message') or reserved.get('reason')}")
-    return REASON_KUEUE, f"waiting for Kueue to admit the Job ({queue})"
+    return Reason.AWAITING_KUEUE_ADMISSION, f"waiting for Kueue to admit the Job ({queue})"
 
 
 def _pods_not_running(out: Outcome, obs: Observed, config: OperatorConfig) -> bool:
@@ -588,28 +569,28 @@ def _pods_not_running(out: Outcome, obs: Observed, config: OperatorConfig) -> bo
     waiting = [(p, why) for p in obs.pods if (why := pod_not_running(p))]
     live = [p for p in obs.pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
     if not waiting and live:
-        _set(out, obs, cond.PODS_READY, cond.TRUE, "Running", f"{len(live)} trainer pod(s) of Job {job_name} running")
+        _set(out, obs, ConditionType.PODS_READY, ConditionStatus.TRUE, Reason.RUNNING, f"{len(live)} trainer pod(s) of Job {job_name} running")
         return False
     if not waiting:
         if obs.pods:
             return False  # every pod has ended: the Job's outcome is on its way
-        reason, message = "NoPods", f"Job {job_name} has created no pod yet (`kubectl describe job {job_name}` says why)"
+        reason, message = Reason.NO_PODS, f"Job {job_name} has created no pod yet (`kubectl describe job {job_name}` says why)"
         name = None
     else:
         waiting.sort(key=lambda w: w[1][0] in STARTING_REASONS)  # a problem first
         pod, (reason, message) = waiting[0]
         name = (pod.get("metadata") or {}).get("name")
     text = f"pod {name} is not running: {reason}: {message}" if name else f"{reason}: {message}"
-    _set(out, obs, cond.PODS_READY, cond.FALSE, reason, text)
-    podsready = cond.get_condition(out.status["conditions"], cond.PODS_READY) or {}
+    _set(out, obs, ConditionType.PODS_READY, ConditionStatus.FALSE, reason, text)
+    podsready = cond.get_condition(out.status["conditions"], ConditionType.PODS_READY) or {}
     since = cond.parse_time(podsready.get("lastTransitionTime")) or obs.now
     left = config.pod_start_timeout - (obs.now - since).total_seconds()
     if left <= 0:
-        _phase(out, obs, RUNNING, REASON_POD_START_TIMEOUT,
+        _phase(out, obs, RunPhase.RUNNING, Reason.POD_START_TIMEOUT,
                f"no trainer pod has run for podStartTimeout ({format_duration(config.pod_start_timeout)}); "
                f"{text}", warning=True)
-    elif reason not in STARTING_REASONS and reason != "NoPods":
-        _phase(out, obs, RUNNING, reason, f"the trainer is not running: {text}", warning=True)
+    elif reason not in STARTING_REASONS and reason != Reason.NO_PODS:
+        _phase(out, obs, RunPhase.RUNNING, reason, f"the trainer is not running: {text}", warning=True)
     if left > 0:
         out.requeue_after = min(out.requeue_after or left, left + 0.5, 30.0)
     return True

@@ -6,14 +6,14 @@ GenModel's resourceVersion, so two runs finishing at once never lose a version.
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import conditions as cond
 from .api import GenModelSpec, from_dict
+from .kube import update_status
+from .vocabulary import ConditionStatus, ConditionType, Reason
 
 MAX_ATTEMPTS = 5
 
@@ -22,8 +22,6 @@ def _version_number(name: str) -> int:
     return int(name[1:]) if name.startswith("v") and name[1:].isdigit() else 0
 
 
-#: Condition on a GenModel saying how its promoted version was last decided.
-PROMOTED = "Promoted"
 #: What must agree for two versions' metrics to be compared: the held-out reference images for
 #: any metric; for FID/KID also the feature extractor and the number of generated samples
 #: (FID is biased by sample count).
@@ -66,7 +64,7 @@ def promote(spec: GenModelSpec, versions: list[dict], current: str | None) -> Pr
     keep = current if current in by_name else None
     if _score(new, metric) is None:
         measured = sorted(k for k in (new.get("metrics") or {}) if _score(new, k) is not None)
-        return Promotion(keep, "False", "MetricMissing",
+        return Promotion(keep, ConditionStatus.FALSE, Reason.METRIC_MISSING,
                          f"version {new['name']} has no {metric!r} metric (it measured "
                          f"{', '.join(measured) or 'nothing'}), so it was not compared; promoted stays "
                          f"{keep or 'unset'}. Add {metric} to the run's evaluation.metrics, or set "
@@ -74,15 +72,15 @@ def promote(spec: GenModelSpec, versions: list[dict], current: str | None) -> Pr
     if keep is not None and _score(by_name[keep], metric) is not None:
         differs = measured_differently(new, by_name[keep], metric)
         if differs:
-            return Promotion(keep, "False", "NotComparable",
+            return Promotion(keep, ConditionStatus.FALSE, Reason.NOT_COMPARABLE,
                              f"version {new['name']}'s {metric} was measured differently from promoted "
                              f"{keep}'s ({'; '.join(differs)}), so it was not compared; promoted stays {keep}")
     pool = [v for v in versions if _score(v, metric) is not None and not measured_differently(v, new, metric)]
     sign = 1 if spec.promotion.lower_is_better else -1
     best = min(pool, key=lambda v: (sign * _score(v, metric), -_version_number(v["name"])))["name"]
     direction = "lowest" if spec.promotion.lower_is_better else "highest"
-    reason = "Promoted" if best == new["name"] else "Kept"
-    return Promotion(best, "True", reason,
+    reason = Reason.PROMOTED if best == new["name"] else Reason.KEPT
+    return Promotion(best, ConditionStatus.TRUE, reason,
                      f"{best} has the {direction} {metric} ({_score(by_name[best], metric):.6g}) of "
                      f"{len(pool)} comparable version(s); {new['name']} has {_score(new, metric):.6g}")
 
@@ -102,7 +100,7 @@ def register(model_body: dict, version: dict, now: datetime | None = None) -> tu
     versions.append({"name": name, **version})
     spec = from_dict(GenModelSpec, model_body.get("spec") or {}, "spec")
     decision = promote(spec, versions, status.get("promoted"))
-    conditions = cond.set_condition(status.get("conditions") or [], PROMOTED, decision.status, decision.reason,
+    conditions = cond.set_condition(status.get("conditions") or [], ConditionType.PROMOTED, decision.status, decision.reason,
                                     decision.message, now or datetime.now(UTC))
     patch = {"versions": versions, "latest": name, "conditions": conditions}
     if decision.promoted is not None:
@@ -113,12 +111,8 @@ def register(model_body: dict, version: dict, now: datetime | None = None) -> tu
 def promotion_note(patch: dict | None) -> dict | None:
     """The Promoted condition of a registry patch when it is a warning (metric missing, or
     not comparable), for an Event on the GenModel."""
-    found = cond.get_condition((patch or {}).get("conditions") or [], PROMOTED)
-    return found if found and found.get("status") == "False" else None
-
-
-class RegistryBusy(RuntimeError):
-    """Every attempt lost the optimistic lock to another writer: try again later."""
+    found = cond.get_condition((patch or {}).get("conditions") or [], ConditionType.PROMOTED)
+    return found if found and found.get("status") == ConditionStatus.FALSE else None
 
 
 def add_version(kube, namespace: str, run_body: dict, version: dict,
@@ -128,24 +122,21 @@ def add_version(kube, namespace: str, run_body: dict, version: dict,
     `on_note(model, condition)` is called when the promotion was left as it was because the
     new version lacks the promotion metric or was measured differently (an Event's material).
 
-    Raises `RegistryBusy` when other writers won every attempt (many runs finishing at
-    once, all reconciled again after a restart): the caller must not record the run as
+    Raises `kube.StatusConflict` when other writers won every attempt (many runs finishing
+    at once, all reconciled again after a restart): the caller must not record the run as
     finished without its version.
     """
     spec = run_body.get("spec") or {}
     model_name = (spec.get("modelRef") or spec.get("baseModel") or {}).get("name")
-    for attempt in range(MAX_ATTEMPTS):
-        model = kube.get("GenModel", namespace, model_name)
-        if model is None:
-            return None
-        patch, name = register(model, version)
-        if patch is None:
-            return name
-        if kube.replace_status_guarded("GenModel", namespace, model_name,
-                                       model["metadata"]["resourceVersion"], patch):
-            note = promotion_note(patch)
-            if note is not None and on_note is not None:
-                on_note(model, note)
-            return name
-        time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # jitter: the writers fall out of step
-    raise RegistryBusy(f"GenModel {namespace}/{model_name} changed under each of {MAX_ATTEMPTS} attempts")
+    decided: dict = {}
+
+    def change(model: dict) -> dict | None:
+        decided["patch"], decided["name"] = register(model, version)
+        return decided["patch"]
+
+    model = update_status(kube, "GenModel", namespace, model_name, change, attempts=MAX_ATTEMPTS)
+    if model is not None:
+        note = promotion_note(decided["patch"])
+        if note is not None and on_note is not None:
+            on_note(model, note)
+    return decided.get("name")

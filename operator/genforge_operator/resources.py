@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from .config import bundled_dir_override
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _find(name: str) -> Path:
-    env = os.environ.get(f"GENFORGE_{name.upper()}_DIR")
+    env = bundled_dir_override(name)
     candidates = [Path(env)] if env else []
     candidates += [_REPO_ROOT / name, Path(__file__).resolve().parent / name, Path("/opt/genforge") / name]
     for candidate in candidates:

@@ -24,8 +24,10 @@ import os
 import random
 import time
 
+from .config import OperatorConfig
+
 OPERATOR_MODULE = "genforge_operator.main"
-DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
+DEFAULT_LIVENESS = OperatorConfig.liveness
 LOG_FORMATS = ("plain", "full", "json")
 
 
@@ -35,23 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="watch every namespace (the default when no --namespace is given)")
     scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
                        help="watch only this namespace; repeat for several")
-    parser.add_argument("--liveness", default=os.environ.get("GENFORGE_LIVENESS", DEFAULT_LIVENESS),
+    config = OperatorConfig.from_env()
+    parser.add_argument("--liveness", default=config.liveness,
                         metavar="URL", help=f"kopf's liveness endpoint (default {DEFAULT_LIVENESS})")
-    parser.add_argument("--peering", default=os.environ.get("GENFORGE_PEERING") or None, metavar="NAME",
+    parser.add_argument("--peering", default=config.peering, metavar="NAME",
                         help="coordinate replicas through kopf peering object NAME (env GENFORGE_PEERING); "
                              "without it the operator runs standalone")
-    parser.add_argument("--priority", type=int, default=_env_int("GENFORGE_PEERING_PRIORITY"),
+    parser.add_argument("--priority", type=int, default=config.peering_priority,
                         help="this replica's peering priority (env GENFORGE_PEERING_PRIORITY; "
                              "default: start time, so the newest replica is the active one)")
     parser.add_argument("--log-format", choices=LOG_FORMATS,
-                        default=os.environ.get("GENFORGE_LOG_FORMAT", "full"),
+                        default=config.log_format,
                         help="kopf's log format (env GENFORGE_LOG_FORMAT)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
 
 
 def default_priority(now: float, tiebreak: int) -> int:

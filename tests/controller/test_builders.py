@@ -10,14 +10,12 @@ from genforge_operator.builders import CONTAINER, PERMANENT_EXIT_CODES
 from genforge_operator.config import OperatorConfig, Storage
 from genforge_operator.naming import LABEL_KUEUE_QUEUE, child_name
 from genforge_operator.plan import (
-    REASON_BASE_VERSION_NOT_FOUND,
-    REASON_DATASET_NOT_READY,
-    REASON_MODEL_NOT_FOUND,
     Blocked,
     Catalog,
     plan_dataset,
     plan_run,
 )
+from genforge_operator.vocabulary import Reason
 
 from .factories import make_dataset, make_finetune, make_model, make_pool, make_run, uid_of
 
@@ -214,10 +212,10 @@ def test_finetune_uses_promoted_else_latest_version():
 
 
 @pytest.mark.parametrize("run,cat,reason", [
-    (make_run(), catalog(dataset=make_dataset(phase="Running")), REASON_DATASET_NOT_READY),
-    (make_run(modelRef={"name": "nope"}), None, REASON_MODEL_NOT_FOUND),
-    (make_finetune(), catalog(model=make_model()), REASON_BASE_VERSION_NOT_FOUND),
-    (make_finetune(baseModel={"version": "v9"}), None, REASON_BASE_VERSION_NOT_FOUND),
+    (make_run(), catalog(dataset=make_dataset(phase="Running")), Reason.DATASET_NOT_READY),
+    (make_run(modelRef={"name": "nope"}), None, Reason.MODEL_NOT_FOUND),
+    (make_finetune(), catalog(model=make_model()), Reason.BASE_VERSION_NOT_FOUND),
+    (make_finetune(baseModel={"version": "v9"}), None, Reason.BASE_VERSION_NOT_FOUND),
 ], ids=["dataset-not-ready", "model-missing", "no-versions", "unknown-version"])
 def test_blocked_references(run, cat, reason):
     cat = cat or catalog()

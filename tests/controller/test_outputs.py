@@ -10,8 +10,9 @@ import pytest
 
 from genforge_operator.cli import main
 from genforge_operator.config import OperatorConfig, Storage
-from genforge_operator.plan import REASON_OUTPUT_NOT_PERSISTENT, Blocked, Catalog, output_problem
+from genforge_operator.plan import Blocked, Catalog, output_problem
 from genforge_operator.reconcile import Observed, reconcile_dataset, reconcile_run
+from genforge_operator.vocabulary import Reason
 
 from .factories import make_dataset, make_model, make_pool, make_run
 
@@ -41,7 +42,7 @@ def test_output_persistence(case, uri, config, persistent):
         assert problem is None
     else:
         assert isinstance(problem, Blocked) and problem.permanent
-        assert problem.reason == REASON_OUTPUT_NOT_PERSISTENT and uri in problem.message
+        assert problem.reason == Reason.OUTPUT_NOT_PERSISTENT and uri in problem.message
         if config.storage.pvc:
             assert "file:///data/" in problem.message  # names the allowed root
 
@@ -57,7 +58,7 @@ def test_a_dataset_with_an_ephemeral_output_fails_without_a_job():
                                      now=NOW), PVC)
     assert out.create == [] and out.status["phase"] == "Failed"
     reason, message = _ready_reason(out)
-    assert reason == REASON_OUTPUT_NOT_PERSISTENT and "file:///data/" in message
+    assert reason == Reason.OUTPUT_NOT_PERSISTENT and "file:///data/" in message
 
 
 def test_a_run_with_an_ephemeral_output_fails_before_money_or_references():
@@ -66,7 +67,7 @@ def test_a_run_with_an_ephemeral_output_fails_before_money_or_references():
                       datasets={"shapes": make_dataset()})
     out = reconcile_run(Observed(resource=run, body_status={}, catalog=catalog, job=None, pods=[], now=NOW), PVC)
     assert out.create == [] and out.status["phase"] == "Failed"
-    assert _ready_reason(out)[0] == REASON_OUTPUT_NOT_PERSISTENT
+    assert _ready_reason(out)[0] == Reason.OUTPUT_NOT_PERSISTENT
 
 
 RUN = """
@@ -92,7 +93,7 @@ def test_render_and_estimate_refuse_it_the_same_way(tmp_path, capsys, monkeypatc
              "-f", str(examples_dir() / "dataset.yaml"), "-f", str(run)]
     assert main(["render", *files]) == 1
     out, err = capsys.readouterr()
-    assert REASON_OUTPUT_NOT_PERSISTENT in err and "TrainingRun default/ephemeral" in err
+    assert Reason.OUTPUT_NOT_PERSISTENT in err and "TrainingRun default/ephemeral" in err
     assert main(["estimate", *files]) == 2
     out, err = capsys.readouterr()
-    assert REASON_OUTPUT_NOT_PERSISTENT in err and out == ""
+    assert Reason.OUTPUT_NOT_PERSISTENT in err and out == ""

@@ -23,8 +23,9 @@ import pytest
 from controller.factories import make_run
 from controller.test_reconcile_run import CONFIG, DEAR, job, observe, pod, ts
 
+from genforge_operator.kube import StatusConflict
 from genforge_operator.reconcile import ANNOTATION_POOL, final_status, reconcile_run
-from genforge_operator.registry import RegistryBusy, add_version
+from genforge_operator.registry import add_version
 
 
 def annotated_job(**kwargs) -> dict:
@@ -102,6 +103,6 @@ class ContendedKube:
 
 def test_a_version_that_loses_every_optimistic_lock_is_retried_not_dropped():
     run_body = {"spec": {"modelRef": {"name": "shapes"}}}
-    with pytest.raises(RegistryBusy):
+    with pytest.raises(StatusConflict):
         add_version(ContendedKube(), "team-a", run_body, {"source": {"kind": "TrainingRun", "name": "r"},
                                                           "uri": "file:///m", "metrics": {}})

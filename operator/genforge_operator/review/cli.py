@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import hashlib
-import json
 import os
 import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import OperatorConfig
 from .finetune import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, FineTuneRequest, manifest, source_of, to_yaml
 from .server import SAMPLES, ReviewApp, is_loopback, read_samples
 
@@ -67,10 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _path_map() -> dict[str, str]:
     try:
-        mapping = json.loads(os.environ.get("GENFORGE_PATH_MAP") or "{}")
+        mapping = OperatorConfig.from_env().path_map()
     except ValueError as exc:
-        raise SystemExit(f"genforge review: GENFORGE_PATH_MAP is not JSON: {exc}") from exc
-    return {str(k).rstrip("/") or "/": str(v) for k, v in mapping.items()} if isinstance(mapping, dict) else {}
+        raise SystemExit(f"genforge review: {exc}") from exc
+    return {k.rstrip("/") or "/": v for k, v in mapping.items()}
 
 
 def to_local(pod_path: str) -> Path:

@@ -1,0 +1,273 @@
+"""The I/O half of reconciling: read an object and its children, decide, apply.
+
+`Reconciler.reconcile(kind, namespace, name, idx)` fetches the object, builds the
+observation from kopf's in-memory indexes (`idx`: pools, models, datasets, budgets, runs,
+Jobs, pods — no per-reconcile list calls, so a thousand runs stay cheap), calls the pure
+decision in `reconcile.py` and applies the `Outcome` (children, status, Events, the
+model registry, the pool's measurement). Level-based: any trigger, any number of times,
+converges to the same state. `main.py` registers the kopf handlers that call it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import kopf
+
+from . import budget, economics, metrics
+from . import conditions as cond
+from .api import Resource, SpecError, parse_resource
+from .builders import build_trainer_service_account
+from .config import OperatorConfig
+from .kube import Kube, merge_patch
+from .naming import LABEL_UID, owner_selector
+from .observe import pod_run, rank_zero
+from .plan import Catalog
+from .reconcile import Observed, Outcome, final_status, reconcile_dataset, reconcile_run
+from .registry import add_version
+from .vocabulary import (
+    ENFORCEMENT_REASONS,
+    FINAL_RUN_PHASES,
+    ConditionStatus,
+    ConditionType,
+    Reason,
+    RunPhase,
+)
+
+log = logging.getLogger("genforge")
+RUN_KINDS = ("TrainingRun", "FineTune")
+#: kopf index name → the kind it holds (the indexes `main.py` registers).
+OWNER_INDEXES = {"trainingrun_index": "TrainingRun", "finetune_index": "FineTune", "dataset_index": "Dataset"}
+
+
+def parsed(body) -> Resource | None:
+    """The typed resource, or None (logged) for one the schema should have refused."""
+    try:
+        return parse_resource(dict(body))
+    except SpecError as exc:
+        log.warning("ignoring %s %s: %s", body.get("kind"), body.get("metadata", {}).get("name"), exc)
+        return None
+
+
+def values(index, key) -> list:
+    return list(index.get(key, ())) if index is not None else []
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, config: OperatorConfig):
+        self.kube = kube
+        self.config = config
+        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+        self._timers: dict[str, tuple[float, threading.Timer]] = {}
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks[key]
+
+    def catalog(self, namespace: str, idx: dict) -> Catalog:
+        runs = values(idx["trainingrun_index"], namespace) + values(idx["finetune_index"], namespace)
+        return Catalog(
+            pools={p.name: p for values in idx["pool_index"].values() for p in values},
+            models={m.name: m for m in values(idx["model_index"], namespace)},
+            datasets={d.name: d for d in values(idx["dataset_index"], namespace)},
+            budgets=values(idx["budget_index"], namespace),
+            runs=runs,
+        )
+
+    def reconcile(self, kind: str, namespace: str, name: str, idx: dict, logger=log) -> float | None:
+        with metrics.track_reconcile(kind, handler=f"reconcile-{kind}"):
+            return self._reconcile(kind, namespace, name, idx)
+
+    def _reconcile(self, kind: str, namespace: str, name: str, idx: dict) -> float | None:
+        body = self.kube.get(kind, namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        uid = body["metadata"]["uid"]
+        with self._lock(uid):
+            body = self.kube.get(kind, namespace, name) or body
+            try:
+                resource = parse_resource(body)
+            except SpecError as exc:
+                # The schema should have caught it: say so on the object, never crash.
+                self.kube.patch_status(kind, namespace, name, {"phase": RunPhase.FAILED, "conditions": [{
+                    "type": ConditionType.READY, "status": ConditionStatus.FALSE, "reason": Reason.INVALID_SPEC,
+                    "message": str(exc), "lastTransitionTime": cond.timestamp(datetime.now(UTC))}]})
+                kopf.warn(body, reason=Reason.INVALID_SPEC, message=str(exc))
+                return None
+            job = next(iter(values(idx["job_index"], uid)), None)
+            pods = values(idx["pod_index"], uid)
+            job_name = (body.get("status") or {}).get("job")
+            if job is None and job_name:  # the index may not have caught up with our own create
+                job = self.kube.get_job(namespace, job_name)
+            catalog = self.catalog(namespace, idx)
+            progress = None
+            if kind in RUN_KINDS and job is not None and (body.get("status") or {}).get("phase") == RunPhase.RUNNING:
+                zero = rank_zero([pod_run(p) for p in pods])
+                if zero is not None and zero.phase == "Running":  # the pod's phase
+                    progress = self.kube.fetch_progress(zero.ip, self.config.metrics_port,
+                                                        self.config.progress_timeout)
+            workload = None
+            if kind in RUN_KINDS and job is not None and (resource.spec.queue_name or None) \
+                    and (job.get("spec") or {}).get("suspend"):
+                workload = self.kube.kueue_workload(namespace, job)  # why Kueue holds it
+            observed = Observed(resource=resource, body_status=dict(body.get("status") or {}),
+                                catalog=catalog, job=job, pods=pods, progress=progress,
+                                now=datetime.now(UTC), workload=workload)
+            decide = reconcile_dataset if kind == "Dataset" else reconcile_run
+            outcome = decide(observed, self.config)
+            self.apply(kind, body, outcome)
+            if outcome.requeue_after is not None and outcome.requeue_after < self.config.enforcement_interval:
+                self.recheck_soon(uid, outcome.requeue_after, kind, namespace, name, idx)
+            return outcome.requeue_after
+
+    def recheck_soon(self, uid: str, delay: float, kind: str, namespace: str, name: str, idx: dict) -> None:
+        """A one-shot re-check sooner than the timers' interval: when a limit is due.
+
+        This is what bounds overspend by the moment a limit is reached rather than by the
+        enforcement interval. One pending re-check per object; an earlier one replaces it.
+        """
+        due = time.monotonic() + max(0.05, delay)
+        with self._guard:
+            pending = self._timers.get(uid)
+            if pending is not None and pending[0] <= due:
+                return
+            if pending is not None:
+                pending[1].cancel()
+            context = contextvars.copy_context()  # kopf's posting settings live in context variables
+
+            def fire():
+                with self._guard:
+                    if self._timers.get(uid, (None, None))[1] is timer:
+                        del self._timers[uid]
+                try:
+                    context.run(self.reconcile, kind, namespace, name, idx)
+                except Exception:  # the next timer tick or event retries
+                    log.exception("re-check of %s %s/%s failed", kind, namespace, name)
+
+            timer = threading.Timer(max(0.05, delay), fire)
+            timer.daemon = True
+            self._timers[uid] = (due, timer)
+            timer.start()
+
+    def apply(self, kind: str, body: dict, outcome: Outcome) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if any(obj["kind"] == "Job" for obj in outcome.create):
+            self.kube.create(build_trainer_service_account(namespace, self.config))
+        for obj in outcome.create:
+            self.kube.create(obj)
+        job_name = outcome.status.get("job")
+        if outcome.job_patch and job_name:
+            self.kube.patch_job(namespace, job_name, outcome.job_patch)
+        if outcome.delete_job and job_name:
+            self.kube.delete_job(namespace, job_name)
+        if outcome.new_version is not None:
+            # StatusConflict (kopf retries): never Succeeded without its version.
+            version = add_version(self.kube, namespace, body, outcome.new_version, on_note=_promotion_event)
+            if version:
+                outcome.status["version"] = version
+        if outcome.measure is not None and outcome.status.get("pool"):
+            self.record_measurement(outcome.status["pool"], outcome.measure)
+        patch = merge_patch(dict(body.get("status") or {}), outcome.status)
+        self.kube.patch_status(kind, namespace, name, patch)
+        _count_transition(kind, dict(body.get("status") or {}), outcome.status)
+        for event in outcome.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+
+    def record_measurement(self, pool_name: str, measure) -> None:
+        """Fold a run's throughput into the pool's status."""
+        self.kube.update_status("AcceleratorPool", None, pool_name,
+                                lambda body: {"measured": measure(parse_resource(body))})
+
+
+def _promotion_event(model: dict, condition: dict) -> None:
+    """A Warning Event on the GenModel when a new version was not compared for promotion."""
+    kopf.event(model, type="Warning", reason=condition["reason"], message=condition["message"][:1024])
+
+
+def _count_transition(kind: str, before: dict, after: dict) -> None:
+    """The counters: runs finished, enforcement actions, admissions refused (on transitions only)."""
+    old, new = before.get("phase"), after.get("phase")
+    if old == new or kind == "Dataset":
+        return
+    conditions = after.get("conditions") or []
+    ready = cond.get_condition(conditions, ConditionType.READY) or {}
+    if new in FINAL_RUN_PHASES:
+        metrics.record_run_finished(kind, new)
+    if new in (RunPhase.BUDGET_EXCEEDED, RunPhase.SUSPENDED) and ready.get("reason") in ENFORCEMENT_REASONS:
+        metrics.record_enforcement("Stop" if new == RunPhase.BUDGET_EXCEEDED else "Suspend")
+    admitted = cond.get_condition(conditions, ConditionType.ADMITTED) or {}
+    if new in (RunPhase.WAITING, RunPhase.FAILED) and admitted.get("status") == ConditionStatus.FALSE:
+        metrics.record_admission_refused(admitted.get("reason", ""))
+
+
+# ---------------------------------------------------------------------- beyond one object
+def owner_of(labels: dict, idx: dict) -> tuple[str, str, str] | None:
+    """(kind, namespace, name) of the run or Dataset a Job or pod with `labels` belongs to."""
+    uid = labels.get(LABEL_UID)
+    for index_name, kind in OWNER_INDEXES.items():
+        for items in idx[index_name].values():
+            for r in items:
+                if r.uid == uid:
+                    return kind, r.namespace, r.name
+    return None
+
+
+def unfinished_runs(namespace: str, idx: dict, predicate) -> list[tuple[str, str, str]]:
+    """The runs in `namespace` not yet Succeeded or Failed for which `predicate(run)` holds."""
+    out = []
+    for index_name in ("trainingrun_index", "finetune_index"):
+        for r in values(idx[index_name], namespace):
+            if r.status.phase not in FINAL_RUN_PHASES and predicate(r):
+                out.append((OWNER_INDEXES[index_name], r.namespace, r.name))
+    return out
+
+
+def waits_for_dataset(name: str):
+    return lambda run: run.spec.dataset_ref.name == name
+
+
+def fine_tunes(model_name: str):
+    return lambda run: run.kind == "FineTune" and run.spec.base_model.name == model_name
+
+
+def held_by_money(run: Resource) -> bool:
+    return run.status.phase in (RunPhase.WAITING, RunPhase.BUDGET_EXCEEDED)
+
+
+def retire_from_budgets(reconciler: Reconciler, namespace: str, body: dict, idx: dict) -> None:
+    """A deleted run's spending stays on the Budgets that covered it (no way around a Budget)."""
+    run = parsed(body)
+    if run is None:
+        return
+    kube = reconciler.kube
+    # Its pods, read now (not from the index, which may lag): the time they really ran.
+    pods = kube.list_pods(namespace, owner_selector(run.uid))
+    observed = Observed(resource=run, body_status=dict(body.get("status") or {}),
+                        catalog=reconciler.catalog(namespace, idx),
+                        job=next(iter(values(idx["job_index"], run.uid)), None), pods=pods, now=datetime.now(UTC))
+    run = parsed({**body, "status": final_status(observed)})
+    if run is None:
+        return
+    for budget_resource in values(idx["budget_index"], namespace):
+        def change(current: dict, run: Resource = run) -> dict | None:
+            retired = budget.retire(parse_resource(current), run, datetime.now(UTC))
+            return None if retired is None else {"retired": retired}
+
+        kube.update_status("Budget", namespace, budget_resource.name, change)
+
+
+def update_budget(reconciler: Reconciler, body: dict, namespace: str, idx: dict) -> None:
+    """A Budget's status: spent in the current period, remaining, warnings (as Events)."""
+    catalog = reconciler.catalog(namespace, idx)
+    status, events = economics.budget_status(parse_resource(dict(body)), catalog, datetime.now(UTC))
+    patch = merge_patch(dict(body.get("status") or {}), status)
+    reconciler.kube.patch_status("Budget", namespace, body["metadata"]["name"], patch)
+    for event in events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
