@@ -25,11 +25,11 @@ from .api import Resource, SpecError, parse_resource
 from .builders import build_trainer_service_account
 from .config import OperatorConfig
 from .kube import Kube, merge_patch
+from .model_versions import add_version
 from .naming import LABEL_UID, owner_selector
 from .observe import pod_run, rank_zero
 from .plan import Catalog
 from .reconcile import Observed, Outcome, final_status, reconcile_dataset, reconcile_run
-from .registry import add_version
 from .vocabulary import (
     ENFORCEMENT_REASONS,
     FINAL_RUN_PHASES,

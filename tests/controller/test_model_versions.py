@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from genforge_operator.api import EvaluationSpec, Promotion
-from genforge_operator.registry import promotion_note, register
+from genforge_operator.model_versions import promotion_note, register
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 SAME = {"featureExtractor": "random-conv-v1", "referenceSet": "sha256:aaaa", "samples": 16, "heldOut": 4}

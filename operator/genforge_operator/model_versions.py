@@ -1,4 +1,4 @@
-"""The model registry: GenModel.status.versions, latest and promoted.
+"""A GenModel's versions (status.versions, latest, promoted): the model registry.
 
 Pure `register` decides; `add_version` applies it with an optimistic lock on the
 GenModel's resourceVersion, so two runs finishing at once never lose a version.
