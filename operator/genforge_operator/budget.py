@@ -38,6 +38,7 @@ from typing import Literal
 
 from . import cost, estimate
 from .api import BudgetStatus, GenModelSpec, LabelSelector, Resource, RetiredRun, to_dict
+from .formats import human_duration, money
 
 #: How often a running run is re-checked at most (seconds): the overspend bound.
 DEFAULT_INTERVAL = 5.0
@@ -301,7 +302,7 @@ def admit(
     if chosen is not None:
         message = choice.message
         if views:
-            message += "; " + "; ".join(f"Budget {v.name}: {_money(v.available)} available" for v in views)
+            message += "; " + "; ".join(f"Budget {v.name}: {money(v.available)} available" for v in views)
         deadline = _deadline(spec, accrued, cost.accrue(run.status.segments if run.status else [], now)
                              .running_seconds, chosen.rate_per_second, views)
         return Admission("Admit", REASON_WITHIN_BUDGET, message, chosen.pool, chosen,
@@ -325,22 +326,22 @@ def admit(
     for v in views:
         if best.cost <= v.available:
             continue
-        what = f"estimated {_money(best.cost)} on {best.pool}"
-        numbers = (f"limit {_money(v.limit)}, spent {_money(v.spent)}"
+        what = f"estimated {money(best.cost)} on {best.pool}"
+        numbers = (f"limit {money(v.limit)}, spent {money(v.spent)}"
                    + (f" this {v.period} period" if v.period != "Total" else "")
-                   + (f", {_money(v.reserved)} reserved by running runs" if v.reserved else ""))
+                   + (f", {money(v.reserved)} reserved by running runs" if v.reserved else ""))
         if best.cost > v.limit:
             decision = "Failed"
             reasons.append(REASON_ESTIMATE_EXCEEDS_BUDGET_LIMIT)
-            messages.append(f"{what} exceeds Budget {v.name}'s whole {v.period} limit of {_money(v.limit)}")
+            messages.append(f"{what} exceeds Budget {v.name}'s whole {v.period} limit of {money(v.limit)}")
             continue
         reason = REASON_BUDGET_EXHAUSTED if v.exhausted else REASON_INSUFFICIENT_BUDGET
         reasons.append(reason)
-        text = f"{what} exceeds Budget {v.name}'s remainder {_money(v.available)} ({numbers})"
+        text = f"{what} exceeds Budget {v.name}'s remainder {money(v.available)} ({numbers})"
         if v.window.end is not None:
             waits.append(v.window.seconds_left(now))
             text += (f"; the period rolls over at {cost.format_time(v.window.end)} "
-                     f"(in {estimate.human_duration(v.window.seconds_left(now))})")
+                     f"(in {human_duration(v.window.seconds_left(now))})")
         elif best.cost > v.remaining:
             decision = "Failed"
             text += "; a Total Budget never rolls over: raise its limit"
@@ -396,18 +397,18 @@ def enforce(
     if spec.max_cost is not None:
         left = _seconds_until(spec.max_cost - accrual.cost, accrual.rate_per_second)
         limits.append((left, spec.on_exceeded, REASON_MAX_COST_REACHED,
-                       f"accrued {_money(accrual.cost)} of maxCost {_money(spec.max_cost)}"))
+                       f"accrued {money(accrual.cost)} of maxCost {money(spec.max_cost)}"))
     if spec.max_duration_seconds is not None:
         left = spec.max_duration_seconds - running if accrual.running else (
             0.0 if running >= spec.max_duration_seconds else math.inf)
         limits.append((left, spec.on_exceeded, REASON_MAX_DURATION_REACHED,
-                       f"ran {estimate.human_duration(running)} of maxDuration {spec.max_duration}"))
+                       f"ran {human_duration(running)} of maxDuration {spec.max_duration}"))
     for v in views:
         if not v.enforcing:
             continue
         left = _seconds_until(v.limit - v.spent, v.rate_per_second)
         limits.append((left, v.on_exhausted, REASON_BUDGET_EXHAUSTED,
-                       f"Budget {v.name} spent {_money(v.spent)} of its {v.period} limit {_money(v.limit)}"))
+                       f"Budget {v.name} spent {money(v.spent)} of its {v.period} limit {money(v.limit)}"))
 
     reached = [lim for lim in limits if lim[0] <= REACHED_WITHIN_SECONDS]
     finite = [lim[0] for lim in limits if math.isfinite(lim[0])]
@@ -418,7 +419,7 @@ def enforce(
     requeue = min(interval, seconds_to_limit) if seconds_to_limit is not None else interval
     summary = "; ".join(lim[3] for lim in limits) or "no limits"
     if seconds_to_limit is not None:
-        summary += f"; nearest limit in {estimate.human_duration(seconds_to_limit)} at the current rate"
+        summary += f"; nearest limit in {human_duration(seconds_to_limit)} at the current rate"
     return Enforcement(True, "Continue", REASON_WITHIN_BUDGET, summary, max(requeue, REACHED_WITHIN_SECONDS),
                        seconds_to_limit, accrual.cost, running)
 
@@ -523,7 +524,7 @@ def budget_report(budget: Resource, runs: Iterable[Resource], now: datetime) -> 
     newly_exhausted = view.exhausted and 100 not in already
     warned = sorted(set(already) | set(new_warnings) | ({100} if view.exhausted else set()))
 
-    share = f"{_money(view.spent)} of {_money(view.limit)}"
+    share = f"{money(view.spent)} of {money(view.limit)}"
     percent = f"{(view.spent * 100 / view.limit):.0f}%" if view.limit else "100%"
     when = (f"; the {view.period} period rolls over at {cost.format_time(view.window.end)}"
             if view.window.end else "")
@@ -534,7 +535,7 @@ def budget_report(budget: Resource, runs: Iterable[Resource], now: datetime) -> 
         message = f"spent {share} ({percent}): new runs wait, {effect}{when}"
     else:
         reason = REASON_BUDGET_WARNING if crossed else REASON_WITHIN_BUDGET
-        message = f"spent {share} ({percent}) on {view.runs} run(s); {_money(view.remaining)} remaining{when}"
+        message = f"spent {share} ({percent}) on {view.runs} run(s); {money(view.remaining)} remaining{when}"
 
     waits = [view.window.seconds_left(now)] if view.window.end else []
     pending = [t for t in sorted(set(budget.spec.warn_at) | {100}) if t not in warned]
@@ -547,7 +548,5 @@ def budget_report(budget: Resource, runs: Iterable[Resource], now: datetime) -> 
 
 
 def warning_message(view: BudgetView, threshold: int) -> str:
-    return f"Budget {view.name} crossed {threshold}%: spent {_money(view.spent)} of {_money(view.limit)}"
+    return f"Budget {view.name} crossed {threshold}%: spent {money(view.spent)} of {money(view.limit)}"
 
-
-_money = estimate.money

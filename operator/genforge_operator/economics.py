@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from . import budget, cost, estimate
 from .api import AccrualSegment, BudgetStatus, HardwareSpec, Resource, from_dict, to_dict
+from .formats import human_duration, money
 from .observe import PodRun
 from .plan import REASON_MODEL_NOT_FOUND, Blocked, Catalog
 
@@ -129,7 +130,7 @@ def admit(run: Resource, catalog: Catalog, status: dict, now: datetime) -> Admit
     note = ""
     if run.spec.hardware.pool == estimate.AUTO:
         note = f"{admission.message}. Alternatives: " + "; ".join(
-            f"{e.pool}: {estimate.money(e.cost, e.currency)} in {estimate.human_duration(e.duration_seconds)} "
+            f"{e.pool}: {money(e.cost, e.currency)} in {human_duration(e.duration_seconds)} "
             f"({e.note})" for e in admission.estimates)
     return Admitted(pool=catalog.pools[admission.pool], estimate=admission.estimate,
                     active_deadline_seconds=deadline, note=note, budget_message=admission.message)

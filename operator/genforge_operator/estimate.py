@@ -49,6 +49,7 @@ from .api import (
     Resource,
     TrainingRunSpec,
 )
+from .formats import human_duration, money
 from .units import CENT, MICRO
 
 RunSpec = TrainingRunSpec | FineTuneSpec
@@ -499,39 +500,6 @@ def update_measured(
         out.append(MeasuredThroughput(architecture=model.architecture, resolution=model.resolution,
                                       samples_per_second=round(per_accelerator, 6), runs=1))
     return out
-
-
-# ------------------------------------------------------------------ formatting
-def human_duration(seconds: float | None) -> str:
-    """`45s`, `12m30s`, `3h05m`, `12d04h`, `21d`, `44y113d`."""
-    if seconds is None:
-        return "-"
-    s = int(math.ceil(seconds))
-    years, rest = divmod(s, 365 * 86400)
-    days, rest = divmod(rest, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if years:
-        return f"{years}y{days}d"
-    if days:
-        return f"{days}d{hours:02d}h" if hours else f"{days}d"
-    if hours:
-        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
-    if minutes:
-        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
-    return f"{secs}s"
-
-
-def money(value: Decimal | None, currency: str = "USD") -> str:
-    """Money for people: `$343,950.02`; amounts under a cent keep four decimals."""
-    if value is None:
-        return "-"
-    digits = f"{value:,.4f}" if Decimal(0) < value < CENT else f"{value.quantize(CENT, rounding=ROUND_HALF_UP):,}"
-    return f"${digits}" if currency == "USD" else f"{digits} {currency}"
-
-
-_money = money  # the name economics.py was written against
-
 
 
 # ------------------------------------------------------------------ for `genforge render`

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from budget_builders import make_model, make_pool, make_run
 
-from genforge_operator import cost, estimate
+from genforge_operator import cost, estimate, formats
 from genforge_operator.api import MeasuredThroughput
 
 MODEL = make_model()  # unet2d-ddpm, 64 px, channels 32/64/64
@@ -187,4 +187,4 @@ def test_a_measurement_predicts_the_same_throughput_back():
     (3 * 365 * 86400 + 86400, "3y1d"),
 ])
 def test_human_duration(seconds, text):
-    assert estimate.human_duration(seconds) == text
+    assert formats.human_duration(seconds) == text
