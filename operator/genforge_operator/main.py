@@ -19,11 +19,12 @@ from datetime import UTC, datetime
 
 import kopf
 
-from . import budget, economics, kube, metrics
+from . import kube, metrics, money
 from .api import GROUP, VERSION, SpecError, parse_resource
 from .builders import build_trainer_service_account
 from .config import OperatorConfig
 from .kube import Kube, merge_patch
+from .money.periods import retire
 from .naming import LABEL_MANAGED_BY, LABEL_UID, MANAGER, owner_selector
 from .observe import pod_run, rank_zero
 from .plan import Catalog
@@ -370,7 +371,7 @@ def _retire_from_budgets(namespace: str, body: dict, idx: dict, attempts: int = 
             current = kube.get("Budget", namespace, budget_resource.name)
             if current is None:
                 break
-            retired = budget.retire(parse_resource(current), run, datetime.now(UTC))
+            retired = retire(parse_resource(current), run, datetime.now(UTC))
             if retired is None or kube.replace_status_guarded(
                     "Budget", namespace, budget_resource.name, current["metadata"]["resourceVersion"],
                     {"retired": retired}):
@@ -447,7 +448,7 @@ def budget_tick(body, namespace, **kwargs):
     """A Budget's status: spent in the current period, remaining, warnings."""
     idx = _indexes(kwargs)
     catalog = reconciler().catalog(namespace, idx)
-    status, events = economics.budget_status(parse_resource(dict(body)), catalog, datetime.now(UTC))
+    status, events = money.budget_status(parse_resource(dict(body)), catalog, datetime.now(UTC))
     patch = merge_patch(dict(body.get("status") or {}), status)
     reconciler().kube.patch_status("Budget", namespace, body["metadata"]["name"], patch)
     for event in events:

@@ -61,7 +61,7 @@ def _assume_ready(resources: list[Resource], config: OperatorConfig) -> list[Res
 def choose_pool(run: Resource, catalog: Catalog) -> Resource | Blocked:
     if run.spec.hardware.pool != "auto":
         return fixed_pool(run, catalog)
-    from .estimate import choose_pool_for_run  # the one cost model decides `auto`
+    from .money.estimate import choose_pool_for_run  # the one cost model decides `auto`
 
     return choose_pool_for_run(run, catalog)
 

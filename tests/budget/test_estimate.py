@@ -8,8 +8,9 @@ from decimal import Decimal
 import pytest
 from budget_builders import make_model, make_pool, make_run
 
-from genforge_operator import cost, estimate, formats
+from genforge_operator import formats
 from genforge_operator.api import MeasuredThroughput
+from genforge_operator.money import accrual, estimate
 
 MODEL = make_model()  # unet2d-ddpm, 64 px, channels 32/64/64
 PRIOR_GPU = estimate.reference_samples_per_second(MODEL, cpu=False)
@@ -53,7 +54,7 @@ def test_duration_is_startup_plus_work_rounded_up_and_cost_uses_the_cost_model()
     pool = make_pool(measured=MEASURED, price="0.72")
     e = estimate.estimate_on_pool(pool, make_run(steps=1000, batch=32).spec, MODEL)  # 32,000 samples at 100/s
     assert e.duration_seconds == math.ceil(estimate.STARTUP_SECONDS_ACCELERATOR + 320)
-    assert e.cost == cost.cost_of(e.duration_seconds, 1, Decimal("0.72"))
+    assert e.cost == accrual.cost_of(e.duration_seconds, 1, Decimal("0.72"))
 
 
 def test_more_nodes_process_more_samples_at_the_scaling_efficiency():

@@ -12,12 +12,12 @@ import sys
 from datetime import UTC, datetime
 
 from ..api import Resource
-from ..budget import admit
 from ..config import OperatorConfig
-from ..cost import parse_time
-from ..estimate import AUTO, model_name
 from ..formats import human_duration, money
 from ..manifests import ManifestError, load_resources
+from ..money.accrual import parse_time
+from ..money.estimate import AUTO, model_name
+from ..money.periods import admit
 from ..plan import output_problem
 from ..runspec import run_output_uri
 from ..units import MICRO

@@ -36,9 +36,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from . import cost, estimate
-from .api import BudgetStatus, GenModelSpec, LabelSelector, Resource, RetiredRun, to_dict
-from .formats import human_duration, money
+from ..api import BudgetStatus, GenModelSpec, LabelSelector, Resource, RetiredRun, to_dict
+from ..formats import human_duration, money
+from . import estimate
+from .accrual import accrue, close_segments, format_time, parse_time
 
 #: How often a running run is re-checked at most (seconds): the overspend bound.
 DEFAULT_INTERVAL = 5.0
@@ -76,11 +77,11 @@ class Window:
     end: datetime | None
 
     def seconds_left(self, now: datetime) -> float | None:
-        return None if self.end is None else max(0.0, (self.end - cost.parse_time(now)).total_seconds())
+        return None if self.end is None else max(0.0, (self.end - parse_time(now)).total_seconds())
 
 
 def period_window(period: str, now: datetime) -> Window:
-    now = cost.parse_time(now)
+    now = parse_time(now)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "Daily":
         return Window(midnight, midnight + timedelta(days=1))
@@ -193,19 +194,19 @@ def budget_view(budget: Resource, runs: Iterable[Resource] | None, now: datetime
         if not _is_run(run) or not covers(budget, run):
             continue
         segments = run.status.segments if run.status else []
-        in_period = cost.accrue(segments, now, since=window.start, until=window.end)
+        in_period = accrue(segments, now, since=window.start, until=window.end)
         spent += in_period.cost
         rate += in_period.rate_per_second
         counted += 1 if in_period.cost > 0 or in_period.rate_per_second > 0 else 0
         if exclude is not None and _same(run, exclude):
             continue
         if run.status and run.status.phase in ACTIVE_PHASES and run.status.cost and run.status.cost.estimated:
-            reserved += max(ZERO, run.status.cost.estimated - cost.accrue(segments, now).cost)
+            reserved += max(ZERO, run.status.cost.estimated - accrue(segments, now).cost)
     live = {run.uid for run in runs if run.uid}
     for retired in _retired_in_window(budget, window, now):
         if retired.uid in live:
             continue  # still being deleted: counted above
-        in_period = cost.accrue(retired.segments, now, since=window.start, until=window.end)
+        in_period = accrue(retired.segments, now, since=window.start, until=window.end)
         spent += in_period.cost
         counted += 1 if in_period.cost > 0 else 0
     return BudgetView(budget.name, spec.period, spec.limit, spent, reserved, rate, counted, window,
@@ -218,7 +219,7 @@ def _retired_in_window(budget: Resource, window: Window, now: datetime) -> list[
     if window.start is None:
         return list(retired)
     return [r for r in retired
-            if any(s.end is None or cost.parse_time(s.end) > window.start for s in r.segments)]
+            if any(s.end is None or parse_time(s.end) > window.start for s in r.segments)]
 
 
 def retire(budget: Resource, run: Resource, now: datetime) -> list[dict] | None:
@@ -231,8 +232,8 @@ def retire(budget: Resource, run: Resource, now: datetime) -> list[dict] | None:
         return None
     window = period_window(budget.spec.period, now)
     kept = [r for r in _retired_in_window(budget, window, now) if r.uid != run.uid]
-    segments = cost.close_segments(run.status.segments, now)
-    if cost.accrue(segments, now, since=window.start, until=window.end).cost <= 0:
+    segments = close_segments(run.status.segments, now)
+    if accrue(segments, now, since=window.start, until=window.end).cost <= 0:
         return None
     kept.append(RetiredRun(kind=run.kind, name=run.name, uid=run.uid, segments=segments))
     return [to_dict(r) for r in kept]
@@ -283,10 +284,10 @@ def admit(
     checkpoint a resumed run starts from: the estimate covers the remaining steps, and
     maxCost is checked against what was accrued plus that estimate.
     """
-    now = cost.parse_time(now)
+    now = parse_time(now)
     runs = _with_run(run, runs)
     spec = run.spec
-    accrued = cost.accrue(run.status.segments if run.status else [], now).cost
+    accrued = accrue(run.status.segments if run.status else [], now).cost
     views = [budget_view(b, runs, now, exclude=run) for b in covering(budgets, run)]
     max_cost_room = None if spec.budget.max_cost is None else spec.budget.max_cost - accrued
     budget_room = min((v.available for v in views), default=None)
@@ -303,7 +304,7 @@ def admit(
         message = choice.message
         if views:
             message += "; " + "; ".join(f"Budget {v.name}: {money(v.available)} available" for v in views)
-        deadline = _deadline(spec, accrued, cost.accrue(run.status.segments if run.status else [], now)
+        deadline = _deadline(spec, accrued, accrue(run.status.segments if run.status else [], now)
                              .running_seconds, chosen.rate_per_second, views)
         return Admission("Admit", REASON_WITHIN_BUDGET, message, chosen.pool, chosen,
                          active_deadline_seconds=deadline, **common)
@@ -340,7 +341,7 @@ def admit(
         text = f"{what} exceeds Budget {v.name}'s remainder {money(v.available)} ({numbers})"
         if v.window.end is not None:
             waits.append(v.window.seconds_left(now))
-            text += (f"; the period rolls over at {cost.format_time(v.window.end)} "
+            text += (f"; the period rolls over at {format_time(v.window.end)} "
                      f"(in {human_duration(v.window.seconds_left(now))})")
         elif best.cost > v.remaining:
             decision = "Failed"
@@ -383,9 +384,9 @@ def enforce(
     `runs`: every run the Budgets may cover (the run itself included), for Budget spent
     and burn rate; None → the Budgets' status, burned by this run alone.
     """
-    now = cost.parse_time(now)
+    now = parse_time(now)
     spec = run.spec.budget
-    accrual = cost.accrue(run.status.segments if run.status else [], now)
+    accrual = accrue(run.status.segments if run.status else [], now)
     running = float(accrual.running_seconds)
     runs = _with_run(run, runs)
     views = [budget_view(b, runs, now) for b in covering(budgets, run)]
@@ -450,8 +451,8 @@ def active_deadline_seconds(
     when updating a running Job (the deadline counts from it). Rounded up, at least 1;
     None when no limit applies.
     """
-    now = cost.parse_time(now)
-    accrual = cost.accrue(run.status.segments if run.status else [], now)
+    now = parse_time(now)
+    accrual = accrue(run.status.segments if run.status else [], now)
     rate = rate_per_second if rate_per_second is not None else accrual.rate_per_second
     runs = _with_run(run, runs)
     views = [budget_view(b, runs, now) for b in covering(budgets, run)]
@@ -459,7 +460,7 @@ def active_deadline_seconds(
                          extra_rate=ZERO if accrual.running and runs is not None else rate)
     if deadline is None or job_start is None:
         return deadline
-    elapsed = max(0.0, (now - cost.parse_time(job_start)).total_seconds())
+    elapsed = max(0.0, (now - parse_time(job_start)).total_seconds())
     return max(1, math.ceil(deadline + elapsed))
 
 
@@ -512,10 +513,10 @@ class BudgetReport:
 
 def budget_report(budget: Resource, runs: Iterable[Resource], now: datetime) -> BudgetReport:
     """Spent, remaining, warnings and exhaustion of `budget` now, from the covered runs."""
-    now = cost.parse_time(now)
+    now = parse_time(now)
     view = budget_view(budget, list(runs), now)
     start = view.window.start
-    period_start = cost.format_time(start) if start else None
+    period_start = format_time(start) if start else None
     previous = budget.status or BudgetStatus()
     rolled_over = previous.period_start is not None and previous.period_start != period_start
     already = [] if rolled_over else sorted(set(previous.warned))
@@ -526,7 +527,7 @@ def budget_report(budget: Resource, runs: Iterable[Resource], now: datetime) -> 
 
     share = f"{money(view.spent)} of {money(view.limit)}"
     percent = f"{(view.spent * 100 / view.limit):.0f}%" if view.limit else "100%"
-    when = (f"; the {view.period} period rolls over at {cost.format_time(view.window.end)}"
+    when = (f"; the {view.period} period rolls over at {format_time(view.window.end)}"
             if view.window.end else "")
     if view.exhausted:
         effect = {"Stop": "running runs are stopped", "Suspend": "running runs are suspended",

@@ -23,7 +23,7 @@ The model (docs/estimates.md has the derivation and a worked example):
 * **Scaling.** `accelerators × efficiency`, efficiency = 0.98 per doubling of
   accelerators within a node × 0.95 per doubling of nodes.
 * **Duration** = startup (image pull, model load, rendezvous) + samples / throughput,
-  rounded up to whole seconds. **Cost** = `cost.cost_of(duration, accelerators, price)`.
+  rounded up to whole seconds. **Cost** = `accrual.cost_of(duration, accelerators, price)`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from . import cost
-from .api import (
+from ..api import (
     AcceleratorPoolSpec,
     FineTuneSpec,
     GenModelSpec,
@@ -46,8 +45,9 @@ from .api import (
     Resource,
     TrainingRunSpec,
 )
-from .formats import human_duration, money
-from .units import CENT
+from ..formats import human_duration, money
+from ..units import CENT
+from . import accrual
 
 RunSpec = TrainingRunSpec | FineTuneSpec
 
@@ -279,7 +279,7 @@ class PoolEstimate:
 
     @property
     def rate_per_second(self) -> Decimal:
-        return cost.rate_per_second(self.accelerators, self.price_per_hour)
+        return accrual.rate_per_second(self.accelerators, self.price_per_hour)
 
     @property
     def accelerator_hours(self) -> float:
@@ -299,13 +299,13 @@ def estimate_on_pool(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
     pool_spec: AcceleratorPoolSpec = pool.spec
     hardware = spec.hardware
     cpu = pool_spec.accelerator.is_cpu
-    accelerators = cost.accelerators_on(pool_spec, hardware)
+    accelerators = accrual.accelerators_on(pool_spec, hardware)
     per_node = processes_per_node(pool_spec, hardware.accelerators_per_node)
     samples = samples_of(spec, accelerators, completed_steps=completed_steps)
     per_accelerator, source = per_accelerator_samples_per_second(pool, model)
     factor = work_factor(spec, cpu=cpu)
     throughput = per_accelerator * accelerators * scaling_efficiency(hardware.nodes, per_node) / factor
-    unfit = cost.fits_pool(pool_spec, hardware)
+    unfit = accrual.fits_pool(pool_spec, hardware)
     if throughput <= 0:
         unfit, throughput = "has no throughput (relativeThroughput is 0)", math.inf
     train_seconds = samples / throughput if samples else 0.0
@@ -314,7 +314,7 @@ def estimate_on_pool(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
         pool=pool.name, accelerator_type=pool_spec.accelerator.type, cpu=cpu, nodes=hardware.nodes,
         accelerators=accelerators, price_per_hour=pool_spec.price_per_hour, currency=pool_spec.currency,
         samples=samples, samples_per_second=throughput, throughput_source=source, duration_seconds=duration,
-        cost=cost.cost_of(duration, accelerators, pool_spec.price_per_hour), unfit=unfit,
+        cost=accrual.cost_of(duration, accelerators, pool_spec.price_per_hour), unfit=unfit,
     )
 
 
@@ -480,7 +480,7 @@ def update_measured(
         return list(measured)
     hardware = spec.hardware
     cpu = pool.accelerator.is_cpu
-    accelerators = cost.accelerators_on(pool, hardware)
+    accelerators = accrual.accelerators_on(pool, hardware)
     efficiency = scaling_efficiency(hardware.nodes, processes_per_node(pool, hardware.accelerators_per_node))
     per_accelerator = samples_per_second * work_factor(spec, cpu=cpu) / (accelerators * efficiency)
     out = []
@@ -502,8 +502,8 @@ def update_measured(
 # ------------------------------------------------------------------ for `genforge render`
 def choose_pool_for_run(run: Resource, catalog: Any, now: datetime | None = None) -> Any:
     """The pool the operator would run `run` on, or a `plan.Blocked` saying why none."""
-    from .budget import admit
-    from .plan import REASON_MODEL_NOT_FOUND, Blocked
+    from ..plan import REASON_MODEL_NOT_FOUND, Blocked
+    from .periods import admit
 
     model = catalog.models.get(model_name(run))
     if model is None:

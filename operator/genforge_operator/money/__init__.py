@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from . import budget, cost, estimate
-from .api import AccrualSegment, BudgetStatus, HardwareSpec, Resource, from_dict, to_dict
-from .formats import human_duration, money
-from .observe import PodRun
-from .plan import REASON_MODEL_NOT_FOUND, Blocked, Catalog
+from .. import conditions as cond
+from .. import formats
+from ..api import AccrualSegment, BudgetStatus, HardwareSpec, Resource, from_dict, to_dict
+from ..observe import PodRun
+from ..plan import REASON_MODEL_NOT_FOUND, Blocked, Catalog
+from . import accrual, estimate, periods
 
-DEFAULT_INTERVAL = budget.DEFAULT_INTERVAL
+DEFAULT_INTERVAL = periods.DEFAULT_INTERVAL
 #: The Job's activeDeadlineSeconds is the backstop for when the operator is down; it counts
 #: from the Job's start (image pull and scheduling included), so it gets this much slack
 #: to let the operator's own, exact enforcement act first.
@@ -45,36 +46,36 @@ def sync_segments(raw: list[dict], pods: list[PodRun], pool: Resource | None, ha
     if pool is None:
         return raw
     segments = _segments(raw)
-    units = cost.accelerators_on(pool.spec, hardware)
+    units = accrual.accelerators_on(pool.spec, hardware)
     price = pool.spec.price_per_hour
-    latest_end = max((cost.parse_time(s.end) for s in segments if s.end), default=None)
+    latest_end = max((accrual.parse_time(s.end) for s in segments if s.end), default=None)
     finished = sorted((p for p in pods if p.start and p.end), key=lambda p: p.start)
     for pod in finished:
-        if latest_end is not None and cost.parse_time(pod.end) <= latest_end:
+        if latest_end is not None and accrual.parse_time(pod.end) <= latest_end:
             continue  # already accounted
-        if cost.open_segment(segments) is None:
-            segments = cost.sync_segments(segments, running=True, at=pod.start, pool=pool.name,
+        if accrual.open_segment(segments) is None:
+            segments = accrual.sync_segments(segments, running=True, at=pod.start, pool=pool.name,
                                           accelerators=units, price_per_hour=price)
         if not _covered_after(pod, pods):
-            segments = cost.sync_segments(segments, running=False, at=pod.end)
-        latest_end = max(latest_end or cost.parse_time(pod.end), cost.parse_time(pod.end))
+            segments = accrual.sync_segments(segments, running=False, at=pod.end)
+        latest_end = max(latest_end or accrual.parse_time(pod.end), accrual.parse_time(pod.end))
     running = [p for p in pods if p.start and not p.end and p.phase == "Running"]
     if running:
         # An open segment with other terms (a new price) is closed now, not in the past.
-        at = now if cost.open_segment(segments) else min(p.start for p in running)
-        segments = cost.sync_segments(segments, running=True, at=at, pool=pool.name,
+        at = now if accrual.open_segment(segments) else min(p.start for p in running)
+        segments = accrual.sync_segments(segments, running=True, at=at, pool=pool.name,
                                       accelerators=units, price_per_hour=price)
-    elif cost.open_segment(segments) is not None:
+    elif accrual.open_segment(segments) is not None:
         ends = [p.end for p in pods if p.end]
-        segments = cost.sync_segments(segments, running=False, at=max(ends) if ends else now)
+        segments = accrual.sync_segments(segments, running=False, at=max(ends) if ends else now)
     return [to_dict(s) for s in segments]
 
 
 def _covered_after(pod: PodRun, pods: list[PodRun]) -> bool:
     """Whether another pod was running when `pod` finished (the run kept its accelerators)."""
-    end = cost.parse_time(pod.end)
-    return any(q is not pod and q.start and cost.parse_time(q.start) <= end
-               and (q.end is None or cost.parse_time(q.end) > end) for q in pods)
+    end = accrual.parse_time(pod.end)
+    return any(q is not pod and q.start and accrual.parse_time(q.start) <= end
+               and (q.end is None or accrual.parse_time(q.end) > end) for q in pods)
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,9 @@ class Totals:
 
 
 def totals(raw: list[dict], now: datetime) -> Totals:
-    accrual = cost.accrue(_segments(raw), now)
-    return Totals(cost=accrual.cost, accelerator_seconds=float(accrual.accelerator_seconds),
-                  running_seconds=float(accrual.running_seconds), rate_per_second=accrual.rate_per_second)
+    used = accrual.accrue(_segments(raw), now)
+    return Totals(cost=used.cost, accelerator_seconds=float(used.accelerator_seconds),
+                  running_seconds=float(used.running_seconds), rate_per_second=used.rate_per_second)
 
 
 # ------------------------------------------------------------------ admission and enforcement
@@ -120,7 +121,7 @@ def admit(run: Resource, catalog: Catalog, status: dict, now: datetime) -> Admit
         return Blocked(REASON_MODEL_NOT_FOUND,
                        f"GenModel {estimate.model_name(run)!r} not found in namespace {run.namespace}")
     run = _with_status(run, status)
-    admission = budget.admit(run, model.spec, list(catalog.pools.values()), catalog.budgets, now,
+    admission = periods.admit(run, model.spec, list(catalog.pools.values()), catalog.budgets, now,
                              runs=_others(catalog, run), completed_steps=_completed_steps(status))
     if not admission.admitted:
         return Blocked(admission.reason, admission.message, permanent=admission.decision == "Failed")
@@ -130,7 +131,7 @@ def admit(run: Resource, catalog: Catalog, status: dict, now: datetime) -> Admit
     note = ""
     if run.spec.hardware.pool == estimate.AUTO:
         note = f"{admission.message}. Alternatives: " + "; ".join(
-            f"{e.pool}: {money(e.cost, e.currency)} in {human_duration(e.duration_seconds)} "
+            f"{e.pool}: {formats.money(e.cost, e.currency)} in {formats.human_duration(e.duration_seconds)} "
             f"({e.note})" for e in admission.estimates)
     return Admitted(pool=catalog.pools[admission.pool], estimate=admission.estimate,
                     active_deadline_seconds=deadline, note=note, budget_message=admission.message)
@@ -146,12 +147,12 @@ def _others(catalog: Catalog, run: Resource) -> list[Resource]:
     return [r for r in catalog.runs if (r.kind, r.name) != (run.kind, run.name)] + [run]
 
 
-def enforce(run: Resource, catalog: Catalog, status: dict, now: datetime) -> budget.Enforcement:
+def enforce(run: Resource, catalog: Catalog, status: dict, now: datetime) -> periods.Enforcement:
     run = _with_status(run, status)
-    return budget.enforce(run, catalog.budgets, now, runs=_others(catalog, run), interval=DEFAULT_INTERVAL)
+    return periods.enforce(run, catalog.budgets, now, runs=_others(catalog, run), interval=DEFAULT_INTERVAL)
 
 
-def resumable(verdict: budget.Enforcement) -> bool:
+def resumable(verdict: periods.Enforcement) -> bool:
     """Allowed again, with real room — not a limit about to be hit again at once."""
     return verdict.allowed and (verdict.seconds_to_limit is None or verdict.seconds_to_limit >= RESUME_MIN_SECONDS)
 
@@ -162,8 +163,8 @@ def active_deadline(run: Resource, catalog: Catalog, status: dict, now: datetime
     run = _with_status(run, status)
     rate = None
     if pool is not None:
-        rate = cost.rate_per_second(cost.accelerators_on(pool.spec, run.spec.hardware), pool.spec.price_per_hour)
-    deadline = budget.active_deadline_seconds(run, catalog.budgets, now, runs=_others(catalog, run),
+        rate = accrual.rate_per_second(accrual.accelerators_on(pool.spec, run.spec.hardware), pool.spec.price_per_hour)
+    deadline = periods.active_deadline_seconds(run, catalog.budgets, now, runs=_others(catalog, run),
                                               rate_per_second=rate, job_start=job_start)
     return None if deadline is None else deadline + BACKSTOP_SLACK_SECONDS
 
@@ -202,20 +203,19 @@ class BudgetEvent:
 
 
 def budget_status(budget_resource: Resource, catalog: Catalog, now: datetime) -> tuple[dict, list[BudgetEvent]]:
-    report = budget.budget_report(budget_resource, catalog.runs, now)
+    report = periods.budget_report(budget_resource, catalog.runs, now)
     previous = budget_resource.status or BudgetStatus()
     status = to_dict(report.status(previous))
     status["observedGeneration"] = budget_resource.generation
-    from . import conditions as cond
     status["conditions"] = cond.set_condition(
         [to_dict(c) for c in previous.conditions], "Exhausted", "True" if report.exhausted else "False",
         report.reason, report.message, now, budget_resource.generation)
-    events = [BudgetEvent("Warning", budget.REASON_BUDGET_WARNING, budget.warning_message(report.view, t))
+    events = [BudgetEvent("Warning", periods.REASON_BUDGET_WARNING, periods.warning_message(report.view, t))
               for t in report.new_warnings]
     if report.newly_exhausted:
-        events.append(BudgetEvent("Warning", budget.REASON_BUDGET_EXHAUSTED, report.message))
+        events.append(BudgetEvent("Warning", periods.REASON_BUDGET_EXHAUSTED, report.message))
     if report.rolled_over:
-        events.append(BudgetEvent("Normal", budget.REASON_PERIOD_ROLLED_OVER,
+        events.append(BudgetEvent("Normal", periods.REASON_PERIOD_ROLLED_OVER,
                                   f"a new {budget_resource.spec.period} period began at {report.period_start}"))
     return status, events
 
