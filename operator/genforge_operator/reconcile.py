@@ -234,7 +234,7 @@ def _blocked(out: Outcome, obs: Observed, blocked: Blocked) -> Outcome:
 
 def _accrue(out: Outcome, obs: Observed, pool: Resource | None) -> None:
     run = obs.resource
-    segments = money.sync_segments(
+    segments = money.sync_run_segments(
         out.status.get("segments") or [], obs.pod_runs, pool, run.spec.hardware, obs.now)
     out.status["segments"] = segments
     totals = money.totals(segments, obs.now)
@@ -299,7 +299,7 @@ def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
         refs = resolve_base_version(run, refs[0])
     if isinstance(refs, Blocked):
         return _blocked(out, obs, refs)
-    admitted = money.admit(run, obs.catalog, out.status, obs.now)
+    admitted = money.admit_run(run, obs.catalog, out.status, obs.now)
     if isinstance(admitted, Blocked):
         if not admitted.permanent:
             out.requeue_after = 60.0  # a Budget period may roll over, runs may finish
@@ -363,7 +363,7 @@ def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
             # Stopped by deleting its Job (Kueue-managed runs): stays stopped until the
             # budget has room again (or it is unsuspended), then starts from its checkpoint.
             _accrue(out, obs, _current_pool(obs, out.status))
-            if run.spec.suspend or not money.resumable(money.enforce(run, obs.catalog, out.status, obs.now)):
+            if run.spec.suspend or not money.resumable(money.enforce_run(run, obs.catalog, out.status, obs.now)):
                 out.requeue_after = 30.0
                 return out
         return _start_run(out, obs, config)
@@ -464,7 +464,7 @@ def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: R
     if job.reason == "DeadlineExceeded":
         # activeDeadlineSeconds is the budget's backstop: the run hit its money or time limit
         # while the operator was not looking. Resumable like any BudgetExceeded run.
-        verdict = money.enforce(run, obs.catalog, out.status, obs.now)
+        verdict = money.enforce_run(run, obs.catalog, out.status, obs.now)
         if out.status.get("phase") == BUDGET_EXCEEDED:
             if money.resumable(verdict):
                 out.delete_job = True  # recreated on the next pass; the trainer resumes from its checkpoint
@@ -517,7 +517,7 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None,
                    "spec.suspend is true: the trainer checkpoints and stops; set it to false to resume")
         return out
 
-    verdict = money.enforce(run, obs.catalog, out.status, obs.now)
+    verdict = money.enforce_run(run, obs.catalog, out.status, obs.now)
     if phase in (BUDGET_EXCEEDED, SUSPENDED) and job.suspended:
         if not money.resumable(verdict):
             out.requeue_after = 30.0
@@ -627,7 +627,7 @@ def _follow_limits_with_the_backstop(out: Outcome, obs: Observed, job: JobState,
     if job.suspended or not job.start_time:
         return
     wanted = money.active_deadline(obs.resource, obs.catalog, out.status, obs.now, pool,
-                                       job_start=job.start_time)
+                                   job_start=job.start_time)
     current = job.active_deadline_seconds
     if wanted == current or (wanted is not None and current is not None
                              and abs(wanted - current) <= BACKSTOP_TOLERANCE_SECONDS):

@@ -1,7 +1,7 @@
 """`genforge estimate -f FILE…` — duration and cost of each run on every pool, offline.
 
 Reads files and prints; every number comes from the operator's own admission
-(`budget.admit`), so the CLI and the operator agree. Exit code 2 on input it cannot use.
+(`money.admission.admit`), so the CLI and the operator agree. Exit code 2 on input it cannot use.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from ..config import OperatorConfig
 from ..formats import human_duration, money
 from ..manifests import ManifestError, load_resources
 from ..money.accrual import parse_time
+from ..money.admission import admit
 from ..money.estimate import AUTO, model_name
-from ..money.periods import admit
 from ..plan import output_problem
 from ..runspec import run_output_uri
 from ..units import MICRO

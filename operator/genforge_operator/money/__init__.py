@@ -1,8 +1,17 @@
-"""The reconciler's view of money and time: observations in, decisions out.
+"""Money for the reconciler: observations in, decisions out.
 
-A thin adapter between what the operator observes (pods, status dicts) and the pure
-budget core — `cost` (the one cost model), `estimate` (durations, pool choice) and
-`budget` (admission, enforcement, Budgets). No formula lives here.
+A thin façade over the pure money modules, which depend on each other in this order
+(each imports only those before it):
+
+* `accrual` — the one cost model: segments, accrued cost, burn rate;
+* `throughput` — the FLOP model and measured throughput;
+* `estimate` — duration and cost on each pool, and the pool choice;
+* `periods` — Budgets: coverage, spent in the period, status;
+* `admission`, `enforcement` — whether a run may start, whether it must stop.
+
+The functions here take what the operator observes (pods, status dicts, a `Catalog`)
+and are named for the run (`admit_run`, `enforce_run`, `sync_run_segments`), so they are
+not mistaken for the inner modules' functions they call. No formula lives here.
 """
 
 from __future__ import annotations
@@ -10,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from .. import conditions as cond
@@ -18,9 +27,9 @@ from .. import formats
 from ..api import AccrualSegment, BudgetStatus, HardwareSpec, Resource, from_dict, to_dict
 from ..observe import PodRun
 from ..plan import REASON_MODEL_NOT_FOUND, Blocked, Catalog
-from . import accrual, estimate, periods
+from . import accrual, admission, enforcement, estimate, periods, throughput
+from .estimate import PoolEstimate
 
-DEFAULT_INTERVAL = periods.DEFAULT_INTERVAL
 #: The Job's activeDeadlineSeconds is the backstop for when the operator is down; it counts
 #: from the Job's start (image pull and scheduling included), so it gets this much slack
 #: to let the operator's own, exact enforcement act first.
@@ -34,8 +43,8 @@ def _segments(raw: list[dict]) -> list[AccrualSegment]:
     return [from_dict(AccrualSegment, s, "status.segments", strict=False) for s in raw]
 
 
-def sync_segments(raw: list[dict], pods: list[PodRun], pool: Resource | None, hardware: HardwareSpec,
-                  now: datetime) -> list[dict]:
+def sync_run_segments(raw: list[dict], pods: list[PodRun], pool: Resource | None, hardware: HardwareSpec,
+                      now: datetime) -> list[dict]:
     """Segments brought in line with the pods' own start and finish times.
 
     Level-based: the same observation gives the same segments, so an operator restart
@@ -55,7 +64,7 @@ def sync_segments(raw: list[dict], pods: list[PodRun], pool: Resource | None, ha
             continue  # already accounted
         if accrual.open_segment(segments) is None:
             segments = accrual.sync_segments(segments, running=True, at=pod.start, pool=pool.name,
-                                          accelerators=units, price_per_hour=price)
+                                             accelerators=units, price_per_hour=price)
         if not _covered_after(pod, pods):
             segments = accrual.sync_segments(segments, running=False, at=pod.end)
         latest_end = max(latest_end or accrual.parse_time(pod.end), accrual.parse_time(pod.end))
@@ -64,7 +73,7 @@ def sync_segments(raw: list[dict], pods: list[PodRun], pool: Resource | None, ha
         # An open segment with other terms (a new price) is closed now, not in the past.
         at = now if accrual.open_segment(segments) else min(p.start for p in running)
         segments = accrual.sync_segments(segments, running=True, at=at, pool=pool.name,
-                                      accelerators=units, price_per_hour=price)
+                                         accelerators=units, price_per_hour=price)
     elif accrual.open_segment(segments) is not None:
         ends = [p.end for p in pods if p.end]
         segments = accrual.sync_segments(segments, running=False, at=max(ends) if ends else now)
@@ -96,7 +105,7 @@ def totals(raw: list[dict], now: datetime) -> Totals:
 @dataclass(frozen=True)
 class Admitted:
     pool: Resource
-    estimate: estimate.PoolEstimate
+    estimate: PoolEstimate
     active_deadline_seconds: int | None
     note: str
     budget_message: str
@@ -110,7 +119,7 @@ def _completed_steps(status: dict) -> int:
     return int(((status.get("progress") or {}).get("step")) or 0)
 
 
-def admit(run: Resource, catalog: Catalog, status: dict, now: datetime) -> Admitted | Blocked:
+def admit_run(run: Resource, catalog: Catalog, status: dict, now: datetime) -> Admitted | Blocked:
     """Where the run goes and whether its budget and the namespace Budgets allow it now.
 
     A resumed run (it has accrued segments and a checkpoint) is estimated for the steps
@@ -118,23 +127,46 @@ def admit(run: Resource, catalog: Catalog, status: dict, now: datetime) -> Admit
     """
     model = _model(run, catalog)
     if model is None:
-        return Blocked(REASON_MODEL_NOT_FOUND,
-                       f"GenModel {estimate.model_name(run)!r} not found in namespace {run.namespace}")
+        return _model_not_found(run)
     run = _with_status(run, status)
-    admission = periods.admit(run, model.spec, list(catalog.pools.values()), catalog.budgets, now,
-                             runs=_others(catalog, run), completed_steps=_completed_steps(status))
-    if not admission.admitted:
-        return Blocked(admission.reason, admission.message, permanent=admission.decision == "Failed")
-    deadline = admission.active_deadline_seconds
+    outcome = admission.admit(run, model.spec, list(catalog.pools.values()), catalog.budgets, now,
+                              runs=_others(catalog, run), completed_steps=_completed_steps(status))
+    if not outcome.admitted:
+        return _blocked(outcome)
+    deadline = outcome.active_deadline_seconds
     if deadline is not None:
         deadline += BACKSTOP_SLACK_SECONDS
     note = ""
     if run.spec.hardware.pool == estimate.AUTO:
-        note = f"{admission.message}. Alternatives: " + "; ".join(
+        note = f"{outcome.message}. Alternatives: " + "; ".join(
             f"{e.pool}: {formats.money(e.cost, e.currency)} in {formats.human_duration(e.duration_seconds)} "
-            f"({e.note})" for e in admission.estimates)
-    return Admitted(pool=catalog.pools[admission.pool], estimate=admission.estimate,
-                    active_deadline_seconds=deadline, note=note, budget_message=admission.message)
+            f"({e.note})" for e in outcome.estimates)
+    return Admitted(pool=catalog.pools[outcome.pool], estimate=outcome.estimate,
+                    active_deadline_seconds=deadline, note=note, budget_message=outcome.message)
+
+
+def choose_pool_for_run(run: Resource, catalog: Catalog, now: datetime | None = None) -> Resource | Blocked:
+    """The pool the operator would run `run` on, or why none (`genforge render`'s `auto`).
+
+    Judged on the Budgets' status alone (no other runs, no checkpoint to resume from).
+    """
+    model = _model(run, catalog)
+    if model is None:
+        return _model_not_found(run)
+    outcome = admission.admit(run, model.spec, list(catalog.pools.values()), catalog.budgets,
+                              now or datetime.now(UTC))
+    if not outcome.admitted:
+        return _blocked(outcome)
+    return catalog.pools[outcome.pool]
+
+
+def _model_not_found(run: Resource) -> Blocked:
+    return Blocked(REASON_MODEL_NOT_FOUND,
+                   f"GenModel {estimate.model_name(run)!r} not found in namespace {run.namespace}")
+
+
+def _blocked(outcome: admission.Admission) -> Blocked:
+    return Blocked(outcome.reason, outcome.message, permanent=outcome.decision == "Failed")
 
 
 def _with_status(run: Resource, status: dict) -> Resource:
@@ -147,25 +179,26 @@ def _others(catalog: Catalog, run: Resource) -> list[Resource]:
     return [r for r in catalog.runs if (r.kind, r.name) != (run.kind, run.name)] + [run]
 
 
-def enforce(run: Resource, catalog: Catalog, status: dict, now: datetime) -> periods.Enforcement:
+def enforce_run(run: Resource, catalog: Catalog, status: dict, now: datetime) -> enforcement.Enforcement:
     run = _with_status(run, status)
-    return periods.enforce(run, catalog.budgets, now, runs=_others(catalog, run), interval=DEFAULT_INTERVAL)
+    return enforcement.enforce(run, catalog.budgets, now, runs=_others(catalog, run),
+                               interval=enforcement.DEFAULT_INTERVAL)
 
 
-def resumable(verdict: periods.Enforcement) -> bool:
+def resumable(verdict: enforcement.Enforcement) -> bool:
     """Allowed again, with real room — not a limit about to be hit again at once."""
     return verdict.allowed and (verdict.seconds_to_limit is None or verdict.seconds_to_limit >= RESUME_MIN_SECONDS)
 
 
 def active_deadline(run: Resource, catalog: Catalog, status: dict, now: datetime, pool: Resource | None,
                     job_start: str | None = None) -> int | None:
-    """The Job's backstop when resuming a stopped run."""
+    """The Job's activeDeadlineSeconds, with slack: when resuming a stopped run or updating a running Job."""
     run = _with_status(run, status)
     rate = None
     if pool is not None:
         rate = accrual.rate_per_second(accrual.accelerators_on(pool.spec, run.spec.hardware), pool.spec.price_per_hour)
-    deadline = periods.active_deadline_seconds(run, catalog.budgets, now, runs=_others(catalog, run),
-                                              rate_per_second=rate, job_start=job_start)
+    deadline = enforcement.active_deadline_seconds(run, catalog.budgets, now, runs=_others(catalog, run),
+                                                   rate_per_second=rate, job_start=job_start)
     return None if deadline is None else deadline + BACKSTOP_SLACK_SECONDS
 
 
@@ -187,7 +220,7 @@ def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict,
         return Review(estimate_error=error, measure=None)
 
     def measure(current: Resource) -> list[dict]:
-        return [to_dict(m) for m in estimate.update_measured(
+        return [to_dict(m) for m in throughput.update_measured(
             current.status.measured, pool=current.spec, spec=run.spec, model=model.spec,
             samples_per_second=float(speed))]  # all processes together
 

@@ -1,70 +1,38 @@
-"""Budget decisions: admission, enforcement, the Job's backstop deadline, Budget status. Pure.
-
-Data in (parsed resources, `now`), decisions out (a phase, a CamelCase reason, a message
-with the numbers, when to look again). Money and time come from `cost.py`, durations and
-pool choice from `estimate.py`.
-
-* **Admission** (`admit`): a run starts only when its estimate fits its `maxCost` and
-  the room left in every Budget that covers it. If it cannot fit as specified — the
-  estimate exceeds maxCost, or a Budget's whole limit, or a `Total` Budget's remainder —
-  it is `Failed`; if a Budget may free up (next period, running runs finishing) it is
-  `Waiting`, and `requeue_after` says when to look again.
-* **Enforcement** (`enforce`): a running run is stopped (or suspended) when its accrued
-  cost reaches maxCost, its running time reaches maxDuration, or a covering Budget with
-  `onExhausted: Stop|Suspend` is exhausted. `requeue_after` is the time until the
-  nearest limit at the current burn rate, capped by the enforcement interval: overspend
-  is bounded by one interval (plus the trainer's checkpoint-and-exit time).
-* **Backstop** (`active_deadline_seconds`): the Job's `activeDeadlineSeconds`, so the
-  limits hold while the operator is down.
-* **Budgets** (`budget_report`): spent in the current period, remaining, warnings to
-  emit, exhaustion and its action.
+"""Budgets: which runs a Budget covers, what they spent in its period, and its status. Pure.
 
 A Budget covers the runs in its namespace that match its label selector (no selector:
 all of them). Its period is a UTC calendar window: `Daily` from midnight, `Weekly` from
 ISO Monday midnight, `Monthly` from the 1st, `Total` since ever. Spent is the sum of the
-covered runs' segment costs inside the window: a run straddling the rollover counts only
-its part after it.
+covered runs' segment costs inside the window (`accrual.accrue`): a run straddling the
+rollover counts only its part after it. Deleted runs keep counting through the Budget's
+`status.retired` (`retire`).
+
+`budget_report` gives a Budget's status at `now`: spent, remaining, warnings to emit,
+exhaustion and its action. Admission and enforcement read the same `BudgetView`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal
 
-from ..api import BudgetStatus, GenModelSpec, LabelSelector, Resource, RetiredRun, to_dict
-from ..formats import human_duration, money
-from . import estimate
-from .accrual import accrue, close_segments, format_time, parse_time
+from ..api import BudgetStatus, LabelSelector, Resource, RetiredRun, to_dict
+from ..formats import money
+from .accrual import ZERO, accrue, close_segments, format_time, parse_time
 
-#: How often a running run is re-checked at most (seconds): the overspend bound.
-DEFAULT_INTERVAL = 5.0
 #: A limit due within this many seconds counts as reached (no busy re-checks).
 REACHED_WITHIN_SECONDS = 0.1
-#: How soon a run waiting for other runs' reservations, or for a pool, looks again.
-WAITING_RETRY_SECONDS = 60.0
 
-# Admission reasons (condition reasons users see).
+# Reasons shared by admission, enforcement and Budget conditions.
 REASON_WITHIN_BUDGET = "WithinBudget"
-REASON_ESTIMATE_EXCEEDS_MAX_COST = estimate.REASON_ESTIMATE_EXCEEDS_MAX_COST
-REASON_ESTIMATE_EXCEEDS_BUDGET_LIMIT = "EstimateExceedsBudgetLimit"
-REASON_INSUFFICIENT_BUDGET = estimate.REASON_INSUFFICIENT_BUDGET
 REASON_BUDGET_EXHAUSTED = "BudgetExhausted"
-# Enforcement reasons.
-REASON_MAX_COST_REACHED = "MaxCostReached"
-REASON_MAX_DURATION_REACHED = "MaxDurationReached"
 # Budget Events/conditions.
 REASON_BUDGET_WARNING = "BudgetWarning"
 REASON_PERIOD_ROLLED_OVER = "PeriodRolledOver"
 
-Decision = Literal["Admit", "Waiting", "Failed"]
-Action = Literal["Continue", "Stop", "Suspend"]
-
-ZERO = Decimal(0)
 ACTIVE_PHASES = ("Running",)
 
 
@@ -134,7 +102,7 @@ def _same(a: Resource, b: Resource) -> bool:
     return (a.kind, a.namespace, a.name) == (b.kind, b.namespace, b.name)
 
 
-def _with_run(run: Resource, runs: Iterable[Resource] | None) -> list[Resource] | None:
+def runs_including(run: Resource, runs: Iterable[Resource] | None) -> list[Resource] | None:
     """`runs` with `run` itself in it (its freshest copy), or None when runs are not known."""
     if runs is None:
         return None
@@ -239,249 +207,6 @@ def retire(budget: Resource, run: Resource, now: datetime) -> list[dict] | None:
     return [to_dict(r) for r in kept]
 
 
-# ------------------------------------------------------------------ admission
-@dataclass(frozen=True)
-class Admission:
-    """Whether a run may start now, where, and what it will cost."""
-
-    decision: Decision
-    reason: str
-    message: str
-    pool: str | None  # where it runs (Admit), else None
-    estimate: estimate.PoolEstimate | None  # the chosen pool's estimate (Admit)
-    estimates: list[estimate.PoolEstimate]  # every pool with verdicts and notes (for the Event)
-    auto_choice: str | None  # what `pool: auto` would choose now (same as `pool` for auto runs)
-    auto_reason: str
-    auto_message: str
-    requeue_after: float | None = None  # Waiting: when to look again
-    active_deadline_seconds: int | None = None  # Admit: the Job's backstop
-    budgets: list[BudgetView] = field(default_factory=list)
-
-    @property
-    def admitted(self) -> bool:
-        return self.decision == "Admit"
-
-    @property
-    def phase(self) -> str | None:
-        """The run's phase when not admitted (`Waiting` or `Failed`)."""
-        return None if self.admitted else self.decision
-
-
-def admit(
-    run: Resource,
-    model: GenModelSpec,
-    pools: Iterable[Resource],
-    budgets: Iterable[Resource],
-    now: datetime,
-    *,
-    runs: Iterable[Resource] | None = None,
-    completed_steps: int = 0,
-) -> Admission:
-    """Decide whether `run` starts, on which pool, and why (not).
-
-    `runs`: every TrainingRun/FineTune the Budgets may cover (for spent, reservations and
-    burn rate); None → use the Budgets' status. `completed_steps`: the step of the
-    checkpoint a resumed run starts from: the estimate covers the remaining steps, and
-    maxCost is checked against what was accrued plus that estimate.
-    """
-    now = parse_time(now)
-    runs = _with_run(run, runs)
-    spec = run.spec
-    accrued = accrue(run.status.segments if run.status else [], now).cost
-    views = [budget_view(b, runs, now, exclude=run) for b in covering(budgets, run)]
-    max_cost_room = None if spec.budget.max_cost is None else spec.budget.max_cost - accrued
-    budget_room = min((v.available for v in views), default=None)
-    estimates = estimate.estimate_pools(pools, spec, model, completed_steps=completed_steps)
-    limits = {"deadline_seconds": spec.hardware.deadline_seconds, "max_cost_room": max_cost_room,
-              "budget_room": budget_room}
-    choice = estimate.choose_pool(estimates, requested=spec.hardware.pool, **limits)
-    auto = choice if spec.hardware.pool == estimate.AUTO else estimate.choose_pool(estimates, **limits)
-    common = {"estimates": choice.estimates, "auto_choice": auto.pool, "auto_reason": auto.reason,
-              "auto_message": auto.message, "budgets": views}
-
-    chosen = choice.chosen
-    if chosen is not None:
-        message = choice.message
-        if views:
-            message += "; " + "; ".join(f"Budget {v.name}: {money(v.available)} available" for v in views)
-        deadline = _deadline(spec, accrued, accrue(run.status.segments if run.status else [], now)
-                             .running_seconds, chosen.rate_per_second, views)
-        return Admission("Admit", REASON_WITHIN_BUDGET, message, chosen.pool, chosen,
-                         active_deadline_seconds=deadline, **common)
-
-    if choice.reason != estimate.REASON_INSUFFICIENT_BUDGET:
-        waiting = choice.reason in (estimate.REASON_POOL_NOT_FOUND, estimate.REASON_NO_POOL)
-        return Admission("Waiting" if waiting else "Failed", choice.reason, choice.message, None, None,
-                         requeue_after=WAITING_RETRY_SECONDS if waiting else None, **common)
-
-    # Blocked by one or more Budgets: can it ever fit (Waiting), or not as specified (Failed)?
-    candidates = [e for e in choice.estimates if e.fits and e.within_max_cost
-                  and (e.meets_deadline or spec.hardware.pool != estimate.AUTO)
-                  and (spec.hardware.pool in (estimate.AUTO, e.pool))]
-    best = min(candidates, key=lambda e: (e.cost, e.duration_seconds), default=None)
-    if best is None:  # pragma: no cover - choose_pool only blames the Budget when a candidate exists
-        return Admission("Waiting", choice.reason, choice.message, None, None,
-                         requeue_after=WAITING_RETRY_SECONDS, **common)
-    decision: Decision = "Waiting"
-    reasons, messages, waits = [], [], []
-    for v in views:
-        if best.cost <= v.available:
-            continue
-        what = f"estimated {money(best.cost)} on {best.pool}"
-        numbers = (f"limit {money(v.limit)}, spent {money(v.spent)}"
-                   + (f" this {v.period} period" if v.period != "Total" else "")
-                   + (f", {money(v.reserved)} reserved by running runs" if v.reserved else ""))
-        if best.cost > v.limit:
-            decision = "Failed"
-            reasons.append(REASON_ESTIMATE_EXCEEDS_BUDGET_LIMIT)
-            messages.append(f"{what} exceeds Budget {v.name}'s whole {v.period} limit of {money(v.limit)}")
-            continue
-        reason = REASON_BUDGET_EXHAUSTED if v.exhausted else REASON_INSUFFICIENT_BUDGET
-        reasons.append(reason)
-        text = f"{what} exceeds Budget {v.name}'s remainder {money(v.available)} ({numbers})"
-        if v.window.end is not None:
-            waits.append(v.window.seconds_left(now))
-            text += (f"; the period rolls over at {format_time(v.window.end)} "
-                     f"(in {human_duration(v.window.seconds_left(now))})")
-        elif best.cost > v.remaining:
-            decision = "Failed"
-            text += "; a Total Budget never rolls over: raise its limit"
-        if v.reserved and best.cost <= v.remaining:
-            waits.append(WAITING_RETRY_SECONDS)
-            text += "; room frees up as the running runs finish"
-        messages.append(text)
-    reason = next((r for r in reasons if r == REASON_ESTIMATE_EXCEEDS_BUDGET_LIMIT),
-                  reasons[0] if reasons else REASON_INSUFFICIENT_BUDGET)
-    return Admission(decision, reason, "; ".join(messages), None, None,
-                     requeue_after=min(waits) if decision == "Waiting" and waits else None, **common)
-
-
-# ------------------------------------------------------------------ enforcement
-@dataclass(frozen=True)
-class Enforcement:
-    """What to do with a run now: continue, or stop/suspend it (and why)."""
-
-    allowed: bool
-    action: Action
-    reason: str
-    message: str
-    requeue_after: float  # when to check again (≤ the interval)
-    seconds_to_limit: float | None  # at the current burn rate; None: no limit applies
-    accrued: Decimal
-    running_seconds: float
-
-
-def enforce(
-    run: Resource,
-    budgets: Iterable[Resource],
-    now: datetime,
-    *,
-    runs: Iterable[Resource] | None = None,
-    interval: float = DEFAULT_INTERVAL,
-) -> Enforcement:
-    """Stop/suspend `run` if it has reached maxCost, maxDuration or an enforcing Budget.
-
-    `runs`: every run the Budgets may cover (the run itself included), for Budget spent
-    and burn rate; None → the Budgets' status, burned by this run alone.
-    """
-    now = parse_time(now)
-    spec = run.spec.budget
-    accrual = accrue(run.status.segments if run.status else [], now)
-    running = float(accrual.running_seconds)
-    runs = _with_run(run, runs)
-    views = [budget_view(b, runs, now) for b in covering(budgets, run)]
-    if runs is None:  # only this run is known to burn
-        views = [dataclasses.replace(v, rate_per_second=accrual.rate_per_second) for v in views]
-
-    # (seconds left, action if reached, reason, message)
-    limits: list[tuple[float, Action, str, str]] = []
-    if spec.max_cost is not None:
-        left = _seconds_until(spec.max_cost - accrual.cost, accrual.rate_per_second)
-        limits.append((left, spec.on_exceeded, REASON_MAX_COST_REACHED,
-                       f"accrued {money(accrual.cost)} of maxCost {money(spec.max_cost)}"))
-    if spec.max_duration_seconds is not None:
-        left = spec.max_duration_seconds - running if accrual.running else (
-            0.0 if running >= spec.max_duration_seconds else math.inf)
-        limits.append((left, spec.on_exceeded, REASON_MAX_DURATION_REACHED,
-                       f"ran {human_duration(running)} of maxDuration {spec.max_duration}"))
-    for v in views:
-        if not v.enforcing:
-            continue
-        left = _seconds_until(v.limit - v.spent, v.rate_per_second)
-        limits.append((left, v.on_exhausted, REASON_BUDGET_EXHAUSTED,
-                       f"Budget {v.name} spent {money(v.spent)} of its {v.period} limit {money(v.limit)}"))
-
-    reached = [lim for lim in limits if lim[0] <= REACHED_WITHIN_SECONDS]
-    finite = [lim[0] for lim in limits if math.isfinite(lim[0])]
-    seconds_to_limit = min(finite) if finite else None
-    if reached:
-        _, action, reason, message = reached[0]
-        return Enforcement(False, action, reason, message, interval, 0.0, accrual.cost, running)
-    requeue = min(interval, seconds_to_limit) if seconds_to_limit is not None else interval
-    summary = "; ".join(lim[3] for lim in limits) or "no limits"
-    if seconds_to_limit is not None:
-        summary += f"; nearest limit in {human_duration(seconds_to_limit)} at the current rate"
-    return Enforcement(True, "Continue", REASON_WITHIN_BUDGET, summary, max(requeue, REACHED_WITHIN_SECONDS),
-                       seconds_to_limit, accrual.cost, running)
-
-
-def _seconds_until(money_left: Decimal, rate_per_second: Decimal) -> float:
-    if money_left <= 0:
-        return 0.0
-    if rate_per_second <= 0:
-        return math.inf
-    return float(money_left / rate_per_second)
-
-
-def active_deadline_seconds(
-    run: Resource,
-    budgets: Iterable[Resource],
-    now: datetime,
-    *,
-    runs: Iterable[Resource] | None = None,
-    rate_per_second: Decimal | None = None,
-    job_start: datetime | str | None = None,
-) -> int | None:
-    """The Job's `activeDeadlineSeconds`: the limits' backstop while the operator is down.
-
-    The nearest of: maxDuration minus running time; maxCost minus accrued at the burn
-    rate; each enforcing Budget's remainder at its burn rate (this run's included).
-    `rate_per_second` overrides this run's burn rate (at admission no segment is open
-    yet: pass the chosen estimate's rate). `job_start`: the Job's `status.startTime`
-    when updating a running Job (the deadline counts from it). Rounded up, at least 1;
-    None when no limit applies.
-    """
-    now = parse_time(now)
-    accrual = accrue(run.status.segments if run.status else [], now)
-    rate = rate_per_second if rate_per_second is not None else accrual.rate_per_second
-    runs = _with_run(run, runs)
-    views = [budget_view(b, runs, now) for b in covering(budgets, run)]
-    deadline = _deadline(run.spec, accrual.cost, accrual.running_seconds, rate, views,
-                         extra_rate=ZERO if accrual.running and runs is not None else rate)
-    if deadline is None or job_start is None:
-        return deadline
-    elapsed = max(0.0, (now - parse_time(job_start)).total_seconds())
-    return max(1, math.ceil(deadline + elapsed))
-
-
-def _deadline(spec, accrued: Decimal, running_seconds: Decimal, rate: Decimal, views: Sequence[BudgetView],
-              *, extra_rate: Decimal | None = None) -> int | None:
-    """Seconds until the nearest limit; `extra_rate` is this run's burn not yet in the views."""
-    extra = rate if extra_rate is None else extra_rate
-    terms: list[float] = []
-    if spec.budget.max_duration_seconds is not None:
-        terms.append(spec.budget.max_duration_seconds - float(running_seconds))
-    if spec.budget.max_cost is not None:
-        terms.append(_seconds_until(spec.budget.max_cost - accrued, rate))
-    for v in views:
-        if v.enforcing:
-            terms.append(_seconds_until(v.limit - v.spent, v.rate_per_second + extra))
-    finite = [t for t in terms if math.isfinite(t)]
-    if not finite:
-        return None
-    return max(1, math.ceil(min(finite)))
-
-
 # ------------------------------------------------------------------ Budget status
 @dataclass(frozen=True)
 class BudgetReport:
@@ -550,4 +275,3 @@ def budget_report(budget: Resource, runs: Iterable[Resource], now: datetime) -> 
 
 def warning_message(view: BudgetView, threshold: int) -> str:
     return f"Budget {view.name} crossed {threshold}%: spent {money(view.spent)} of {money(view.limit)}"
-
