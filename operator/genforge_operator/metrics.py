@@ -14,7 +14,7 @@ Two sources:
   every scrape. Nothing is accumulated in memory, so after an operator restart the gauges
   show the same values as before, and a deleted resource disappears with its series. A
   run's cost, accelerator-seconds and running seconds are recomputed from
-  `status.segments` with the one cost model (`cost.accrue`) at scrape time, so they are
+  `status.segments` with the one cost model (`money.accrual.accrue`) at scrape time, so they are
   live between status updates.
 * **Counters and a histogram of operator activity** (runs finished, enforcement actions,
   refused admissions, reconcile latency and errors), recorded by the reconciler through
@@ -47,9 +47,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from . import cost
 from .api import GROUP, KINDS, VERSION, Resource, SpecError, parse_resource
 from .config import OperatorConfig
+from .money.accrual import SECONDS_PER_HOUR, accrue, parse_time, rate_per_second
 from .vocabulary import DatasetPhase, Reason, RunPhase
 
 log = logging.getLogger("genforge.metrics")
@@ -393,10 +393,10 @@ def run_usage(resource: Resource, now: datetime) -> list[PoolUsage]:
                           accelerator_seconds=status.accelerator_seconds or 0.0, rate_per_hour=0.0)]
     out = []
     for pool in pools:
-        accrual = cost.accrue([s for s in status.segments if s.pool == pool], now)
+        accrual = accrue([s for s in status.segments if s.pool == pool], now)
         out.append(PoolUsage(pool=pool, cost=float(accrual.cost),
                              accelerator_seconds=float(accrual.accelerator_seconds),
-                             rate_per_hour=float(accrual.rate_per_second * cost.SECONDS_PER_HOUR)))
+                             rate_per_hour=float(accrual.rate_per_second * SECONDS_PER_HOUR)))
     return out
 
 
@@ -405,7 +405,7 @@ def running_seconds(resource: Resource, now: datetime) -> float:
     status = resource.status
     if not status.segments:
         return status.running_seconds or 0.0
-    return float(cost.accrue(status.segments, now).running_seconds)
+    return float(accrue(status.segments, now).running_seconds)
 
 
 def _utc_now() -> datetime:
@@ -439,7 +439,7 @@ class StatusCollector(Collector):
                 for segment in resource.status.segments:
                     if segment.end is None:
                         in_use[segment.pool] = in_use.get(segment.pool, 0) + segment.accelerators
-                        rate[segment.pool] = rate.get(segment.pool, Decimal(0)) + cost.rate_per_second(
+                        rate[segment.pool] = rate.get(segment.pool, Decimal(0)) + rate_per_second(
                             segment.accelerators, segment.price_per_hour)
             elif resource.kind == "AcceleratorPool":
                 self._pool(families, resource)
@@ -454,7 +454,7 @@ class StatusCollector(Collector):
             pool = pools.get(pool_name)
             labels = [pool_name, pool.spec.accelerator.type if pool else ""]
             families[POOL_IN_USE.name].add_metric(labels, in_use[pool_name])
-            families[POOL_COST_RATE.name].add_metric(labels, float(rate[pool_name] * cost.SECONDS_PER_HOUR))
+            families[POOL_COST_RATE.name].add_metric(labels, float(rate[pool_name] * SECONDS_PER_HOUR))
         return [families[g.name] for g in STATUS_GAUGES]
 
     @staticmethod
@@ -491,7 +491,7 @@ class StatusCollector(Collector):
             conditions = {c.type: c for c in status.conditions}
             pods, ready = conditions.get("PodsReady"), conditions.get("Ready")
             if pods is not None and pods.status == "False" and pods.last_transition_time:
-                since = cost.parse_time(pods.last_transition_time)
+                since = parse_time(pods.last_transition_time)
                 families[RUN_PODS_NOT_READY.name].add_metric(
                     [*labels, pods.reason], max(0.0, (now - since).total_seconds()))
             put(RUN_PODS_STUCK, 1.0 if ready is not None and ready.reason == Reason.POD_START_TIMEOUT else 0.0)

@@ -24,7 +24,6 @@ from .runspec import (
 from .vocabulary import DatasetPhase, Reason
 
 #: Until the money modules import the vocabulary (redesign in progress).
-REASON_MODEL_NOT_FOUND = Reason.MODEL_NOT_FOUND
 
 #: fsspec schemes of object stores: outputs there outlive the pod.
 OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")

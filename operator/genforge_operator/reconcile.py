@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from . import conditions as cond
-from . import economics
+from . import money
 from .api import Resource, to_dict
 from .config import OperatorConfig
 from .observe import STARTING_REASONS, JobState, PodRun, job_state, last_words, pod_not_running, pod_run
@@ -66,7 +66,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     new_version: dict | None = None
-    measure: object | None = None  # pool → its new status.measured (economics.Review.measure)
+    measure: object | None = None  # pool → its new status.measured (money.Review.measure)
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         self.events.append(Event("Warning" if warning else "Normal", reason, message))
@@ -215,10 +215,10 @@ def _blocked(out: Outcome, obs: Observed, blocked: Blocked) -> Outcome:
 
 def _accrue(out: Outcome, obs: Observed, pool: Resource | None) -> None:
     run = obs.resource
-    segments = economics.sync_segments(
+    segments = money.sync_run_segments(
         out.status.get("segments") or [], obs.pod_runs, pool, run.spec.hardware, obs.now)
     out.status["segments"] = segments
-    totals = economics.totals(segments, obs.now)
+    totals = money.totals(segments, obs.now)
     cost = dict(out.status.get("cost") or {})
     cost["accrued"] = money_str(totals.cost)
     if run.spec.budget.max_cost is not None:
@@ -280,7 +280,7 @@ def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
         refs = resolve_base_version(run, refs[0])
     if isinstance(refs, Blocked):
         return _blocked(out, obs, refs)
-    admitted = economics.admit(run, obs.catalog, out.status, obs.now)
+    admitted = money.admit_run(run, obs.catalog, out.status, obs.now)
     if isinstance(admitted, Blocked):
         if not admitted.permanent:
             out.requeue_after = 60.0  # a Budget period may roll over, runs may finish
@@ -344,7 +344,7 @@ def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
             # Stopped by deleting its Job (Kueue-managed runs): stays stopped until the
             # budget has room again (or it is unsuspended), then starts from its checkpoint.
             _accrue(out, obs, _current_pool(obs, out.status))
-            if run.spec.suspend or not economics.resumable(economics.enforce(run, obs.catalog, out.status, obs.now)):
+            if run.spec.suspend or not money.resumable(money.enforce_run(run, obs.catalog, out.status, obs.now)):
                 out.requeue_after = 30.0
                 return out
         return _start_run(out, obs, config)
@@ -390,7 +390,7 @@ def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) 
                               "totalSteps": total, "percent": 100.0, "etaSeconds": 0}
     if words.get("loss") is not None:
         out.status["progress"]["loss"] = words["loss"]
-    review = economics.review(run, pool, obs.catalog, out.status, words)
+    review = money.review(run, pool, obs.catalog, out.status, words)
     if review.estimate_error is not None:
         out.status.setdefault("cost", {})["estimateError"] = review.estimate_error
     out.measure = review.measure
@@ -445,9 +445,9 @@ def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: R
     if job.reason == "DeadlineExceeded":
         # activeDeadlineSeconds is the budget's backstop: the run hit its money or time limit
         # while the operator was not looking. Resumable like any BudgetExceeded run.
-        verdict = economics.enforce(run, obs.catalog, out.status, obs.now)
+        verdict = money.enforce_run(run, obs.catalog, out.status, obs.now)
         if out.status.get("phase") == RunPhase.BUDGET_EXCEEDED:
-            if economics.resumable(verdict):
+            if money.resumable(verdict):
                 out.delete_job = True  # recreated on the next pass; the trainer resumes from its checkpoint
                 _phase(out, obs, RunPhase.PENDING, Reason.BUDGET_RAISED,
                        "the budget allows more now; resuming from the checkpoint")
@@ -498,12 +498,12 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None,
                    "spec.suspend is true: the trainer checkpoints and stops; set it to false to resume")
         return out
 
-    verdict = economics.enforce(run, obs.catalog, out.status, obs.now)
+    verdict = money.enforce_run(run, obs.catalog, out.status, obs.now)
     if phase in (RunPhase.BUDGET_EXCEEDED, RunPhase.SUSPENDED) and job.suspended:
-        if not economics.resumable(verdict):
+        if not money.resumable(verdict):
             out.requeue_after = 30.0
             return out
-        deadline = economics.active_deadline(run, obs.catalog, out.status, obs.now, pool)
+        deadline = money.active_deadline(run, obs.catalog, out.status, obs.now, pool)
         out.job_patch = {"spec": {"suspend": False, "activeDeadlineSeconds": deadline}}
         reason = Reason.BUDGET_RAISED if phase == RunPhase.BUDGET_EXCEEDED else Reason.RESUMED
         _phase(out, obs, RunPhase.RUNNING, reason, f"resuming from checkpoint {out.status.get('checkpoint') or '(latest)'}")
@@ -607,8 +607,8 @@ def _follow_limits_with_the_backstop(out: Outcome, obs: Observed, job: JobState,
     run is running must move it too, or Kubernetes kills the run at the old limit."""
     if job.suspended or not job.start_time:
         return
-    wanted = economics.active_deadline(obs.resource, obs.catalog, out.status, obs.now, pool,
-                                       job_start=job.start_time)
+    wanted = money.active_deadline(obs.resource, obs.catalog, out.status, obs.now, pool,
+                                   job_start=job.start_time)
     current = job.active_deadline_seconds
     if wanted == current or (wanted is not None and current is not None
                              and abs(wanted - current) <= BACKSTOP_TOLERANCE_SECONDS):

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 
 import kopf
 
-from . import budget, economics, metrics
 from . import conditions as cond
+from . import metrics, money
 from .api import Resource, SpecError, parse_resource
 from .builders import build_trainer_service_account
 from .config import OperatorConfig
@@ -257,7 +257,7 @@ def retire_from_budgets(reconciler: Reconciler, namespace: str, body: dict, idx:
         return
     for budget_resource in values(idx["budget_index"], namespace):
         def change(current: dict, run: Resource = run) -> dict | None:
-            retired = budget.retire(parse_resource(current), run, datetime.now(UTC))
+            retired = money.periods.retire(parse_resource(current), run, datetime.now(UTC))
             return None if retired is None else {"retired": retired}
 
         kube.update_status("Budget", namespace, budget_resource.name, change)
@@ -266,7 +266,7 @@ def retire_from_budgets(reconciler: Reconciler, namespace: str, body: dict, idx:
 def update_budget(reconciler: Reconciler, body: dict, namespace: str, idx: dict) -> None:
     """A Budget's status: spent in the current period, remaining, warnings (as Events)."""
     catalog = reconciler.catalog(namespace, idx)
-    status, events = economics.budget_status(parse_resource(dict(body)), catalog, datetime.now(UTC))
+    status, events = money.budget_status(parse_resource(dict(body)), catalog, datetime.now(UTC))
     patch = merge_patch(dict(body.get("status") or {}), status)
     reconciler.kube.patch_status("Budget", namespace, body["metadata"]["name"], patch)
     for event in events:

@@ -19,6 +19,7 @@ import yaml
 from .api import ModelVersion, Resource, SourceRef
 from .config import OperatorConfig
 from .manifests import ManifestError, load_resources
+from .money import choose_pool_for_run
 from .plan import Blocked, Catalog, fixed_pool, plan_dataset, plan_run, resolve_references
 from .runspec import dataset_uri, storage_uri
 
@@ -61,9 +62,7 @@ def _assume_ready(resources: list[Resource], config: OperatorConfig) -> list[Res
 def choose_pool(run: Resource, catalog: Catalog) -> Resource | Blocked:
     if run.spec.hardware.pool != "auto":
         return fixed_pool(run, catalog)
-    from .estimate import choose_pool_for_run  # the one cost model decides `auto`
-
-    return choose_pool_for_run(run, catalog)
+    return choose_pool_for_run(run, catalog)  # the one cost model decides `auto`
 
 
 def render(resources: list[Resource], config: OperatorConfig) -> tuple[list[tuple[str, dict]], list[str]]:

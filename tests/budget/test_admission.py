@@ -8,8 +8,9 @@ from decimal import Decimal
 import pytest
 from budget_builders import NOW, make_budget, make_model, make_pool, make_run, seg
 
-from genforge_operator import budget
 from genforge_operator.api import LabelSelector, LabelSelectorRequirement
+from genforge_operator.money import periods
+from genforge_operator.money.admission import WAITING_RETRY_SECONDS, admit
 
 MODEL = make_model()
 # 100 samples/s on one accelerator at $3.60/h = $0.001/s: 1000 steps × 32 = 320 s + 120 s startup.
@@ -58,21 +59,21 @@ def spender(amount_hours: float, name: str = "other", **overrides):
     pytest.param(make_run(deadline="1m"), [], [], "Failed", "DeadlineUnreachable", id="deadline-unreachable"),
 ])
 def test_admit(run, budgets, others, decision, reason):
-    admission = budget.admit(run, MODEL, POOLS, budgets, NOW, runs=[run, *others])
+    admission = admit(run, MODEL, POOLS, budgets, NOW, runs=[run, *others])
     assert (admission.decision, admission.reason) == (decision, reason), admission.message
     assert admission.admitted == (decision == "Admit")
     assert (admission.pool is not None) == admission.admitted
 
 
 def test_admitted_run_gets_its_estimate_and_a_backstop():
-    admission = budget.admit(make_run(max_cost="0.88"), MODEL, POOLS, [], NOW)
+    admission = admit(make_run(max_cost="0.88"), MODEL, POOLS, [], NOW)
     assert admission.estimate.cost == ESTIMATE
     assert admission.estimate.duration_seconds == 440
     assert admission.active_deadline_seconds == 880  # $0.88 at $0.001/s
 
 
 def test_waiting_message_has_the_numbers_and_the_rollover():
-    admission = budget.admit(make_run(), MODEL, POOLS, [make_budget(limit="100")], NOW, runs=[spender(27.7)])
+    admission = admit(make_run(), MODEL, POOLS, [make_budget(limit="100")], NOW, runs=[spender(27.7)])
     assert admission.phase == "Waiting"
     assert admission.requeue_after == SECONDS_TO_DECEMBER
     assert admission.message == (
@@ -82,28 +83,28 @@ def test_waiting_message_has_the_numbers_and_the_rollover():
 
 def test_reservations_retry_sooner_than_the_rollover():
     busy = make_run("busy", phase="Running", estimated="99.70", segments=[seg("17:59")])
-    admission = budget.admit(make_run(), MODEL, POOLS, [make_budget(limit="100")], NOW, runs=[busy])
-    assert admission.requeue_after == budget.WAITING_RETRY_SECONDS
+    admission = admit(make_run(), MODEL, POOLS, [make_budget(limit="100")], NOW, runs=[busy])
+    assert admission.requeue_after == WAITING_RETRY_SECONDS
     assert "spent $0.06 this Monthly period, $99.64 reserved by running runs" in admission.message
 
 
 def test_budget_status_stands_in_when_runs_are_not_given():
     spent = make_budget(limit="100", status={"spent": "99.90"})
-    assert budget.admit(make_run(), MODEL, POOLS, [spent], NOW).reason == "InsufficientBudget"
+    assert admit(make_run(), MODEL, POOLS, [spent], NOW).reason == "InsufficientBudget"
 
 
 def test_resumed_run_is_admitted_for_its_remaining_steps():
     run = make_run(max_cost="0.60", segments=[seg("17:00", "17:04")])  # $0.24 accrued
-    assert budget.admit(run, MODEL, POOLS, [], NOW).decision == "Failed"
-    resumed = budget.admit(run, MODEL, POOLS, [], NOW, completed_steps=500)  # 160 s + 120 s = $0.28
+    assert admit(run, MODEL, POOLS, [], NOW).decision == "Failed"
+    resumed = admit(run, MODEL, POOLS, [], NOW, completed_steps=500)  # 160 s + 120 s = $0.28
     assert (resumed.decision, resumed.estimate.cost) == ("Admit", Decimal("0.28"))
 
 
 def test_auto_picks_the_cheapest_pool_within_budget():
     pools = [make_pool("cheap", price="1.80", measured=MEASURED), make_pool("dear", price="7.20", measured=MEASURED)]
-    admission = budget.admit(make_run(), MODEL, pools, [], NOW)
+    admission = admit(make_run(), MODEL, pools, [], NOW)
     assert admission.pool == admission.auto_choice == "cheap"
-    named = budget.admit(make_run(pool="dear"), MODEL, pools, [], NOW)
+    named = admit(make_run(pool="dear"), MODEL, pools, [], NOW)
     assert (named.pool, named.auto_choice) == ("dear", "cheap")
 
 
@@ -130,7 +131,7 @@ def req(key, operator, *values):
                  {"team": "a"}, False, id="all-terms-must-hold"),
 ])
 def test_selector_matches(selector, labels, matches):
-    assert budget.selector_matches(selector, labels) == matches
+    assert periods.selector_matches(selector, labels) == matches
 
 
 def utc(*args):
@@ -147,7 +148,7 @@ def utc(*args):
     pytest.param("Total", utc(2026, 11, 27, 18), None, None, id="total"),
 ])
 def test_period_window(period, now, start, end):
-    assert budget.period_window(period, now) == budget.Window(start, end)
+    assert periods.period_window(period, now) == periods.Window(start, end)
 
 
 @pytest.mark.parametrize(("period", "spent"), [
@@ -156,5 +157,5 @@ def test_period_window(period, now, start, end):
 ])
 def test_spent_counts_only_the_part_inside_the_period(period, spent):
     straddler = make_run("night", segments=[seg("2026-11-26T22:00:00Z", "2026-11-27T02:00:00Z")])
-    view = budget.budget_view(make_budget(period=period), [straddler], NOW)
+    view = periods.budget_view(make_budget(period=period), [straddler], NOW)
     assert view.spent == Decimal(spent)

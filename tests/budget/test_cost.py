@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 from budget_builders import NOW, at, make_pool, make_run, seg, ts
 
-from genforge_operator import cost
 from genforge_operator.api import RunStatus, from_dict, to_dict
+from genforge_operator.money import accrual
 
 
 @pytest.mark.parametrize(("pool", "nodes", "per_node", "expected"), [
@@ -20,7 +20,7 @@ from genforge_operator.api import RunStatus, from_dict, to_dict
 ])
 def test_accelerators_on_a_pool(pool, nodes, per_node, expected):
     hardware = make_run(nodes=nodes, per_node=per_node).spec.hardware
-    assert cost.accelerators_on(pool.spec, hardware) == expected
+    assert accrual.accelerators_on(pool.spec, hardware) == expected
 
 
 @pytest.mark.parametrize(("pool", "per_node", "fits"), [
@@ -29,7 +29,7 @@ def test_accelerators_on_a_pool(pool, nodes, per_node, expected):
     pytest.param(make_pool(cpu=True), 8, True, id="cpu-pools-take-any"),
 ])
 def test_fits_pool(pool, per_node, fits):
-    assert (cost.fits_pool(pool.spec, make_run(per_node=per_node).spec.hardware) is None) == fits
+    assert (accrual.fits_pool(pool.spec, make_run(per_node=per_node).spec.hardware) is None) == fits
 
 
 @pytest.mark.parametrize(("seconds", "accelerators", "price", "expected"), [
@@ -40,7 +40,7 @@ def test_fits_pool(pool, per_node, fits):
     pytest.param(0, 8, "2.93", "0", id="nothing"),
 ])
 def test_cost_formula(seconds, accelerators, price, expected):
-    assert cost.cost_of(seconds, accelerators, Decimal(price)) == Decimal(expected)
+    assert accrual.cost_of(seconds, accelerators, Decimal(price)) == Decimal(expected)
 
 
 @pytest.mark.parametrize(("segments", "cost_", "accel_seconds", "running", "rate"), [
@@ -57,20 +57,20 @@ def test_cost_formula(seconds, accelerators, price, expected):
     pytest.param([seg("18:30")], "0", 0, 0, "0.001", id="starts-in-the-future"),
 ])
 def test_accrue(segments, cost_, accel_seconds, running, rate):
-    accrual = cost.accrue(segments, NOW)
-    assert accrual.cost == Decimal(cost_)
-    assert accrual.accelerator_seconds == accel_seconds
-    assert accrual.running_seconds == running
-    assert accrual.rate_per_second == Decimal(rate)
+    used = accrual.accrue(segments, NOW)
+    assert used.cost == Decimal(cost_)
+    assert used.accelerator_seconds == accel_seconds
+    assert used.running_seconds == running
+    assert used.rate_per_second == Decimal(rate)
 
 
 def test_restart_recomputes_the_same_numbers_from_status():
     segments = [seg("09:00", "12:00", accelerators=4, price="0.71"), seg("12:00", accelerators=4, price="0.65")]
-    before = cost.accrue(segments, NOW)
+    before = accrual.accrue(segments, NOW)
     stored = to_dict(RunStatus(segments=segments))  # what the API keeps across an operator restart
-    after = cost.accrue(from_dict(RunStatus, stored, "status").segments, NOW)
+    after = accrual.accrue(from_dict(RunStatus, stored, "status").segments, NOW)
     assert after == before
-    assert cost.accrue(segments, NOW) == before  # recomputing twice counts nothing twice
+    assert accrual.accrue(segments, NOW) == before  # recomputing twice counts nothing twice
 
 
 @pytest.mark.parametrize(("since", "until", "expected"), [
@@ -81,8 +81,8 @@ def test_restart_recomputes_the_same_numbers_from_status():
 ])
 def test_accrue_within_a_window(since, until, expected):
     segments = [seg("16:00", "18:00")]
-    accrual = cost.accrue(segments, NOW, since=at(since) if since else None, until=at(until) if until else None)
-    assert accrual.cost == Decimal(expected)
+    used = accrual.accrue(segments, NOW, since=at(since) if since else None, until=at(until) if until else None)
+    assert used.cost == Decimal(expected)
 
 
 GPU = {"pool": "gpu", "accelerators": 4, "price_per_hour": Decimal("0.71")}
@@ -109,16 +109,16 @@ GPU = {"pool": "gpu", "accelerators": 4, "price_per_hour": Decimal("0.71")}
                  [seg("17:00", "17:00", accelerators=4, price="0.71")], id="close-before-start-is-empty"),
 ])
 def test_sync_segments(before, running, when, terms, after):
-    assert cost.sync_segments(before, running=running, at=at(when), **terms) == after
+    assert accrual.sync_segments(before, running=running, at=at(when), **terms) == after
 
 
 def test_reprice_only_touches_the_pool_it_names():
     segments = [seg("17:00", pool="gpu", price="0.71")]
-    assert cost.reprice(segments, at=at("17:30"), pool="tpu", price_per_hour=Decimal("1")) == segments
-    assert cost.reprice(segments, at=at("17:30"), pool="gpu", price_per_hour=Decimal("1")) == [
+    assert accrual.reprice(segments, at=at("17:30"), pool="tpu", price_per_hour=Decimal("1")) == segments
+    assert accrual.reprice(segments, at=at("17:30"), pool="gpu", price_per_hour=Decimal("1")) == [
         seg("17:00", "17:30", pool="gpu", price="0.71"), seg("17:30", pool="gpu", price="1")]
 
 
 def test_time_round_trips():
-    assert cost.format_time(cost.parse_time("2026-11-27T18:00:00Z")) == "2026-11-27T18:00:00Z"
-    assert cost.parse_time(ts("18:00")) == NOW
+    assert accrual.format_time(accrual.parse_time("2026-11-27T18:00:00Z")) == "2026-11-27T18:00:00Z"
+    assert accrual.parse_time(ts("18:00")) == NOW

@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 from budget_builders import NOW, make_budget, make_run, seg
 
-from genforge_operator import budget
 from genforge_operator.api import BudgetStatus
+from genforge_operator.money import enforcement, periods
 
 # Running since 17:00 at $3.60/h = $0.001/s: at NOW (18:00) $3.60 accrued over 3600 s.
 RUNNING = [seg("17:00")]
@@ -46,25 +46,25 @@ def running(**overrides):
                  5.0, id="stopped-run-at-limit-may-not-resume"),
 ])
 def test_enforce(run, budgets, allowed, action, reason, requeue):
-    verdict = budget.enforce(run, budgets, NOW, runs=[run])
+    verdict = enforcement.enforce(run, budgets, NOW, runs=[run])
     assert (verdict.allowed, verdict.action, verdict.reason) == (allowed, action, reason), verdict.message
     assert verdict.requeue_after == pytest.approx(requeue)
 
 
 def test_enforce_message_has_the_numbers():
-    verdict = budget.enforce(running(max_cost="3.60"), [], NOW)
+    verdict = enforcement.enforce(running(max_cost="3.60"), [], NOW)
     assert verdict.message == "accrued $3.60 of maxCost $3.60"
     assert verdict.accrued == Decimal("3.6")
 
 
 def test_budget_burn_rate_counts_every_running_run_it_covers():
     run, other = running(), make_run("other", segments=RUNNING, phase="Running")
-    verdict = budget.enforce(run, [make_budget(limit="7.21")], NOW, runs=[run, other])
+    verdict = enforcement.enforce(run, [make_budget(limit="7.21")], NOW, runs=[run, other])
     assert verdict.seconds_to_limit == pytest.approx(5.0)  # $0.01 left at $0.002/s
 
 
 def test_interval_caps_the_requeue():
-    assert budget.enforce(running(max_cost="10"), [], NOW, interval=1.0).requeue_after == 1.0
+    assert enforcement.enforce(running(max_cost="10"), [], NOW, interval=1.0).requeue_after == 1.0
 
 
 @pytest.mark.parametrize(("run", "budgets", "kwargs", "deadline"), [
@@ -82,7 +82,7 @@ def test_interval_caps_the_requeue():
                  id="at-admission-with-estimated-rate"),
 ])
 def test_active_deadline_seconds(run, budgets, kwargs, deadline):
-    assert budget.active_deadline_seconds(run, budgets, NOW, runs=[run], **kwargs) == deadline
+    assert enforcement.active_deadline_seconds(run, budgets, NOW, runs=[run], **kwargs) == deadline
 
 
 # ------------------------------------------------------------------ Budget status
@@ -105,7 +105,7 @@ def spent(dollars: str, **overrides):
 ])
 def test_budget_report(amount, status, new, warned, newly_exhausted, reason):
     b = make_budget(limit="100", warn_at=[50, 80], status=status)
-    report = budget.budget_report(b, [spent(amount)], NOW)
+    report = periods.budget_report(b, [spent(amount)], NOW)
     assert report.view.spent == Decimal(amount)
     assert (report.new_warnings, report.warned, report.newly_exhausted, report.reason) == (
         new, warned, newly_exhausted, reason)
@@ -113,7 +113,7 @@ def test_budget_report(amount, status, new, warned, newly_exhausted, reason):
 
 
 def test_budget_report_status_and_action():
-    report = budget.budget_report(make_budget(limit="100", on_exhausted="Suspend"), [spent("100")], NOW)
+    report = periods.budget_report(make_budget(limit="100", on_exhausted="Suspend"), [spent("100")], NOW)
     assert report.action == "Suspend"
     assert report.status() == BudgetStatus(spent=Decimal("100"), remaining=Decimal("0"),
                                            period_start="2026-11-01T00:00:00Z", runs=1, warned=[50, 80, 100])
@@ -122,5 +122,5 @@ def test_budget_report_status_and_action():
 
 
 def test_budget_report_requeues_at_the_next_threshold_at_the_burn_rate():
-    report = budget.budget_report(make_budget(limit="10", warn_at=[50]), [running()], NOW)  # $3.60 at $0.001/s
+    report = periods.budget_report(make_budget(limit="10", warn_at=[50]), [running()], NOW)  # $3.60 at $0.001/s
     assert report.requeue_after == pytest.approx(1400)  # $5.00 (50 %) in 1400 s

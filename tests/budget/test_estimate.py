@@ -8,17 +8,18 @@ from decimal import Decimal
 import pytest
 from budget_builders import make_model, make_pool, make_run
 
-from genforge_operator import cost, estimate
+from genforge_operator import formats
 from genforge_operator.api import MeasuredThroughput
+from genforge_operator.money import accrual, estimate, throughput
 
 MODEL = make_model()  # unet2d-ddpm, 64 px, channels 32/64/64
-PRIOR_GPU = estimate.reference_samples_per_second(MODEL, cpu=False)
-PRIOR_CPU = estimate.reference_samples_per_second(MODEL, cpu=True)
+PRIOR_GPU = throughput.reference_samples_per_second(MODEL, cpu=False)
+PRIOR_CPU = throughput.reference_samples_per_second(MODEL, cpu=True)
 MEASURED = [{"architecture": "unet2d-ddpm", "resolution": 64, "samplesPerSecond": 100.0, "runs": 3}]
 
 
 def train_seconds(e: estimate.PoolEstimate, pool, nodes=1) -> float:
-    return e.duration_seconds - estimate.startup_seconds(pool.spec, nodes)
+    return e.duration_seconds - throughput.startup_seconds(pool.spec, nodes)
 
 
 @pytest.mark.parametrize(("pool", "run", "samples"), [
@@ -52,8 +53,8 @@ def test_throughput_prior_or_measured(pool, per_accelerator, source):
 def test_duration_is_startup_plus_work_rounded_up_and_cost_uses_the_cost_model():
     pool = make_pool(measured=MEASURED, price="0.72")
     e = estimate.estimate_on_pool(pool, make_run(steps=1000, batch=32).spec, MODEL)  # 32,000 samples at 100/s
-    assert e.duration_seconds == math.ceil(estimate.STARTUP_SECONDS_ACCELERATOR + 320)
-    assert e.cost == cost.cost_of(e.duration_seconds, 1, Decimal("0.72"))
+    assert e.duration_seconds == math.ceil(throughput.STARTUP_SECONDS_ACCELERATOR + 320)
+    assert e.cost == accrual.cost_of(e.duration_seconds, 1, Decimal("0.72"))
 
 
 def test_more_nodes_process_more_samples_at_the_scaling_efficiency():
@@ -89,20 +90,20 @@ def test_resumed_run_estimates_the_remaining_steps():
     pytest.param(make_model(resolution=32), 30, 150, id="tiny-ddpm-32px-on-a-cpu-node"),
 ])
 def test_cpu_prior_is_plausible_for_tiny_models(model, low, high):
-    assert low <= estimate.reference_samples_per_second(model, cpu=True) <= high
+    assert low <= throughput.reference_samples_per_second(model, cpu=True) <= high
 
 
 def test_stable_diffusion_unet_forward_is_about_0_8_tflop_at_512px():
-    unet = estimate.unet_forward_macs(estimate.SD_UNET, 64, in_channels=4, attention=estimate.SD_ATTENTION_LEVELS,
+    unet = throughput.unet_forward_macs(throughput.SD_UNET, 64, in_channels=4, attention=throughput.SD_ATTENTION_LEVELS,
                                       context_dim=768)
     assert 0.6e12 <= 2 * unet <= 1.0e12
     sd = make_model("stable-diffusion", 512)
-    assert 5 <= estimate.reference_samples_per_second(sd, cpu=False) <= 15  # one L4, bf16
+    assert 5 <= throughput.reference_samples_per_second(sd, cpu=False) <= 15  # one L4, bf16
 
 
 def test_bigger_models_and_resolutions_are_slower():
     small, wide, large = make_model(), make_model(block_out_channels=[64, 128, 128]), make_model(resolution=128)
-    flops = [estimate.train_flops_per_sample(m) for m in (small, wide, large)]
+    flops = [throughput.train_flops_per_sample(m) for m in (small, wide, large)]
     assert flops[0] < flops[1] and flops[0] < flops[2]
 
 
@@ -165,9 +166,9 @@ def test_update_measured_keeps_a_running_mean_per_architecture_and_resolution():
     pool = make_pool().spec
     other = MeasuredThroughput("stable-diffusion", 512, 9.0, 2)
     start = [other, MeasuredThroughput("unet2d-ddpm", 64, 100.0, 3)]
-    after = estimate.update_measured(start, pool=pool, spec=make_run().spec, model=MODEL, samples_per_second=200.0)
+    after = throughput.update_measured(start, pool=pool, spec=make_run().spec, model=MODEL, samples_per_second=200.0)
     assert after == [other, MeasuredThroughput("unet2d-ddpm", 64, 125.0, 4)]
-    first = estimate.update_measured([], pool=pool, spec=make_run().spec, model=MODEL, samples_per_second=50.0)
+    first = throughput.update_measured([], pool=pool, spec=make_run().spec, model=MODEL, samples_per_second=50.0)
     assert first == [MeasuredThroughput("unet2d-ddpm", 64, 50.0, 1)]
 
 
@@ -175,7 +176,7 @@ def test_a_measurement_predicts_the_same_throughput_back():
     """Normalised per accelerator and work factor, then scaled back for the same run shape."""
     pool = make_pool(per_node=8)
     run = make_run(kind="FineTune", method="lora", nodes=2, per_node=8, precision="no")
-    measured = estimate.update_measured([], pool=pool.spec, spec=run.spec, model=MODEL, samples_per_second=640.0)
+    measured = throughput.update_measured([], pool=pool.spec, spec=run.spec, model=MODEL, samples_per_second=640.0)
     measured_pool = make_pool(per_node=8, measured=[{"architecture": "unet2d-ddpm", "resolution": 64,
                                                      "samplesPerSecond": measured[0].samples_per_second}])
     again = estimate.estimate_on_pool(measured_pool, run.spec, MODEL)
@@ -187,4 +188,4 @@ def test_a_measurement_predicts_the_same_throughput_back():
     (3 * 365 * 86400 + 86400, "3y1d"),
 ])
 def test_human_duration(seconds, text):
-    assert estimate.human_duration(seconds) == text
+    assert formats.human_duration(seconds) == text

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from genforge_operator import economics
+from genforge_operator import money
 from genforge_operator.observe import PodRun
 
 from .factories import make_pool, make_run
@@ -47,8 +47,8 @@ CASES = {
 
 @pytest.mark.parametrize("pool,hardware,pods,t,expected_cost,expected_accel", CASES.values(), ids=CASES.keys())
 def test_accrual_from_pods(pool, hardware, pods, t, expected_cost, expected_accel):
-    segments = economics.sync_segments([], pods, pool, hardware, now(t))
-    totals = economics.totals(segments, now(t))
+    segments = money.sync_run_segments([], pods, pool, hardware, now(t))
+    totals = money.totals(segments, now(t))
     assert totals.cost == expected_cost
     assert totals.accelerator_seconds == expected_accel
 
@@ -56,26 +56,26 @@ def test_accrual_from_pods(pool, hardware, pods, t, expected_cost, expected_acce
 def test_restart_recomputes_the_same_numbers():
     """Observing the same pods again (an operator restart) changes nothing."""
     pods = [pod("a", 0, 30), pod("b", 50)]
-    first = economics.sync_segments([], pods, CPU, HW, now(60))
-    again = economics.sync_segments(first, pods, CPU, HW, now(60))
+    first = money.sync_run_segments([], pods, CPU, HW, now(60))
+    again = money.sync_run_segments(first, pods, CPU, HW, now(60))
     assert again == first
-    later = economics.sync_segments(first, pods, CPU, HW, now(100))
-    assert economics.totals(later, now(100)).cost == Decimal("0.08")
+    later = money.sync_run_segments(first, pods, CPU, HW, now(100))
+    assert money.totals(later, now(100)).cost == Decimal("0.08")
 
 
 def test_operator_down_during_whole_pod_life():
     """A pod that started and finished while nobody looked is still billed exactly."""
-    seen = economics.sync_segments([], [pod("a", 0)], CPU, HW, now(10))
+    seen = money.sync_run_segments([], [pod("a", 0)], CPU, HW, now(10))
     pods = [pod("a", 0, 40), pod("b", 60, 90)]
-    after = economics.sync_segments(seen, pods, CPU, HW, now(200))
-    assert economics.totals(after, now(200)).accelerator_seconds == 70
+    after = money.sync_run_segments(seen, pods, CPU, HW, now(200))
+    assert money.totals(after, now(200)).accelerator_seconds == 70
 
 
 def test_price_change_applies_from_its_time_on():
     pods = [pod("a", 0)]
-    segments = economics.sync_segments([], pods, CPU, HW, now(100))
+    segments = money.sync_run_segments([], pods, CPU, HW, now(100))
     dearer = make_pool("cpu", pricePerHour="7.20")
-    segments = economics.sync_segments(segments, pods, dearer, HW, now(100))
-    totals = economics.totals(segments, now(200))
+    segments = money.sync_run_segments(segments, pods, dearer, HW, now(100))
+    totals = money.totals(segments, now(200))
     assert totals.cost == Decimal("0.1") + Decimal("0.2")
     assert len(segments) == 2

@@ -24,8 +24,8 @@ from controller.factories import make_run
 from controller.test_reconcile_run import CONFIG, DEAR, job, observe, pod, ts
 
 from genforge_operator.kube import StatusConflict
+from genforge_operator.model_versions import add_version
 from genforge_operator.reconcile import ANNOTATION_POOL, final_status, reconcile_run
-from genforge_operator.registry import add_version
 
 
 def annotated_job(**kwargs) -> dict:

@@ -10,7 +10,7 @@ import sys
 COMMANDS = {
     "operator": ("genforge_operator.run_operator", "run the operator (what the chart's Deployment runs)"),
     "render": ("genforge_operator.render", "print the Jobs/Services the operator would create, offline"),
-    "estimate": ("genforge_operator.estimate", "duration and cost of a run on every pool"),
+    "estimate": ("genforge_operator.cli.estimate", "duration and cost of a run on every pool"),
     "local": ("genforge_operator.local.control_plane", "a local control plane: API server, operator, executor"),
     "demo": ("genforge_operator.local.demo", "run the end-to-end demo on this machine"),
     "generate": ("genforge_operator.generate", "images from a GenModel version (or a model folder)"),
@@ -39,7 +39,3 @@ def main(argv: list[str] | None = None) -> int:
         print(args._missing, file=sys.stderr)
         return 2
     return int(args._run(args) or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

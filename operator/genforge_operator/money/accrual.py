@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from .api import AcceleratorPoolSpec, AccrualSegment, HardwareSpec
+from ..api import AcceleratorPoolSpec, AccrualSegment, HardwareSpec
 
 SECONDS_PER_HOUR = Decimal(3600)
 ZERO = Decimal(0)

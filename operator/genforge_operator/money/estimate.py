@@ -1,0 +1,260 @@
+"""How long a run takes and what it costs on each pool, and which pool it goes to. Pure.
+
+Throughput comes from `throughput.py`, money from the one cost model (`accrual.py`).
+Admission (`admission.admit`) and `genforge estimate` (`cli/estimate.py`) both call
+these functions, so the CLI and the operator agree on every number.
+
+* **Duration** = startup (image pull, model load, rendezvous) + samples / throughput,
+  rounded up to whole seconds. **Cost** = `accrual.cost_of(duration, accelerators, price)`.
+* **Pool choice** (`choose_pool`): `pool: auto` takes the cheapest pool that fits, meets
+  the deadline and is within maxCost and the Budgets' room; a named pool only has to fit
+  and be within budget. Every other pool gets a note saying why it was not chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
+
+from ..api import AcceleratorPoolSpec, GenModelSpec, Resource
+from ..formats import human_duration, money
+from ..units import CENT
+from ..vocabulary import Reason
+from . import accrual
+from .throughput import (
+    RunSpec,
+    per_accelerator_samples_per_second,
+    processes_per_node,
+    samples_of,
+    scaling_efficiency,
+    startup_seconds,
+    work_factor,
+)
+
+# Reasons `pool: auto` (or a named pool) gives for its decision.
+
+AUTO = "auto"
+
+
+def model_name(run: Resource) -> str:
+    """The GenModel a run trains (a FineTune's base model)."""
+    return run.spec.base_model.name if run.kind == "FineTune" else run.spec.model_ref.name
+
+
+# ------------------------------------------------------------------ estimates
+@dataclass(frozen=True)
+class PoolEstimate:
+    """A run on one pool: how long, how much, and (after `choose_pool`) the verdicts."""
+
+    pool: str
+    accelerator_type: str
+    cpu: bool
+    nodes: int
+    accelerators: int
+    price_per_hour: Decimal
+    currency: str
+    samples: int
+    samples_per_second: float  # all accelerators together, in the run's own samples
+    throughput_source: Literal["measured", "prior"]
+    duration_seconds: int
+    cost: Decimal
+    unfit: str | None = None  # why the run cannot be placed on this pool
+    meets_deadline: bool = True
+    within_max_cost: bool = True
+    within_budget: bool = True  # maxCost and every covering Budget's room
+    note: str = ""
+
+    @property
+    def seconds(self) -> int:
+        return self.duration_seconds
+
+    @property
+    def fits(self) -> bool:
+        return self.unfit is None
+
+    @property
+    def rate_per_second(self) -> Decimal:
+        return accrual.rate_per_second(self.accelerators, self.price_per_hour)
+
+    @property
+    def accelerator_hours(self) -> float:
+        return self.duration_seconds * self.accelerators / 3600
+
+    @property
+    def mode(self) -> str:
+        """The seed's travel picture: walk (CPU), drive (one machine), fly (a farm)."""
+        if self.cpu:
+            return "walk"
+        return "drive" if self.nodes == 1 else "fly"
+
+
+def estimate_on_pool(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
+                     completed_steps: int = 0) -> PoolEstimate:
+    """Duration and cost of `spec`'s remaining work on `pool`."""
+    pool_spec: AcceleratorPoolSpec = pool.spec
+    hardware = spec.hardware
+    cpu = pool_spec.accelerator.is_cpu
+    accelerators = accrual.accelerators_on(pool_spec, hardware)
+    per_node = processes_per_node(pool_spec, hardware.accelerators_per_node)
+    samples = samples_of(spec, accelerators, completed_steps=completed_steps)
+    per_accelerator, source = per_accelerator_samples_per_second(pool, model)
+    factor = work_factor(spec, cpu=cpu)
+    throughput = per_accelerator * accelerators * scaling_efficiency(hardware.nodes, per_node) / factor
+    unfit = accrual.fits_pool(pool_spec, hardware)
+    if throughput <= 0:
+        unfit, throughput = "has no throughput (relativeThroughput is 0)", math.inf
+    train_seconds = samples / throughput if samples else 0.0
+    duration = math.ceil(startup_seconds(pool_spec, hardware.nodes) + train_seconds)
+    return PoolEstimate(
+        pool=pool.name, accelerator_type=pool_spec.accelerator.type, cpu=cpu, nodes=hardware.nodes,
+        accelerators=accelerators, price_per_hour=pool_spec.price_per_hour, currency=pool_spec.currency,
+        samples=samples, samples_per_second=throughput, throughput_source=source, duration_seconds=duration,
+        cost=accrual.cost_of(duration, accelerators, pool_spec.price_per_hour), unfit=unfit,
+    )
+
+
+def estimate_pools(pools: Iterable[Resource], spec: RunSpec, model: GenModelSpec, *,
+                   completed_steps: int = 0) -> list[PoolEstimate]:
+    """Estimates on every pool: slowest first (walk, drive, fly); pools that don't fit last."""
+    estimates = [estimate_on_pool(p, spec, model, completed_steps=completed_steps) for p in pools]
+    return sorted(estimates, key=lambda e: (not e.fits, -e.duration_seconds, e.pool))
+
+
+# ------------------------------------------------------------------ choosing a pool
+@dataclass(frozen=True)
+class Choice:
+    """A pool decision: `pool` is None when nothing qualifies (then `reason` says why)."""
+
+    pool: str | None
+    reason: str
+    message: str
+    estimates: list[PoolEstimate]  # every pool, with verdicts and a note for the Event
+
+    @property
+    def chosen(self) -> PoolEstimate | None:
+        return next((e for e in self.estimates if e.pool == self.pool), None)
+
+    def alternatives(self) -> str:
+        """One line per pool, for the Event that explains the decision."""
+        return "; ".join(f"{e.pool}: {money(e.cost, e.currency)} in {human_duration(e.duration_seconds)}"
+                         f" ({e.note})" for e in self.estimates)
+
+
+def _cheapest(estimates: Iterable[PoolEstimate]) -> PoolEstimate | None:
+    """Cheapest to the cent; equal costs → faster; then by name."""
+    return min(estimates, key=lambda e: (e.cost.quantize(CENT, rounding=ROUND_HALF_UP), e.duration_seconds,
+                                         e.pool), default=None)
+
+
+def choose_pool(
+    estimates: Sequence[PoolEstimate],
+    *,
+    requested: str = AUTO,
+    deadline_seconds: float | None = None,
+    max_cost_room: Decimal | None = None,
+    budget_room: Decimal | None = None,
+) -> Choice:
+    """The pool a run goes to, and why every other pool did not.
+
+    `requested`: `auto`, or the pool the run names. `max_cost_room`: maxCost minus what
+    the run accrued already (None: no maxCost). `budget_room`: the smallest room left in
+    the Budgets covering the run (None: no Budget). `auto` picks the cheapest pool that
+    fits, meets the deadline and is within budget; a named pool only has to fit and be
+    within budget (a deadline only steers `auto`).
+    """
+    judged = [
+        dataclasses.replace(
+            e,
+            meets_deadline=deadline_seconds is None or e.duration_seconds <= deadline_seconds,
+            within_max_cost=max_cost_room is None or e.cost <= max_cost_room,
+            within_budget=(max_cost_room is None or e.cost <= max_cost_room)
+            and (budget_room is None or e.cost <= budget_room),
+        )
+        for e in estimates
+    ]
+    auto = requested == AUTO
+    deadline = human_duration(deadline_seconds) if deadline_seconds is not None else None
+    if auto:
+        considered = judged
+    else:
+        considered = [e for e in judged if e.pool == requested]
+        if not considered:
+            known = ", ".join(sorted(e.pool for e in judged)) or "none"
+            return Choice(None, Reason.POOL_NOT_FOUND, f"AcceleratorPool {requested!r} not found (pools: {known})",
+                          _notes(judged, None, deadline, auto))
+    fitting = [e for e in considered if e.fits]
+    timely = [e for e in fitting if e.meets_deadline or not auto]
+    affordable = [e for e in timely if e.within_max_cost]
+    allowed = [e for e in affordable if e.within_budget]
+    chosen = _cheapest(allowed)
+    if chosen is not None:
+        reason, message = Reason.POOL_CHOSEN, _chosen_message(chosen, len(allowed), deadline, auto)
+    elif not judged:
+        reason, message = Reason.NO_POOL_AVAILABLE, "no AcceleratorPool exists"
+    elif not fitting:
+        reason = Reason.NO_POOL_FITS
+        message = "; ".join(f"{e.pool} {e.unfit}" for e in considered)
+    elif not timely:
+        fastest = min(fitting, key=lambda e: e.duration_seconds)
+        reason = Reason.DEADLINE_UNREACHABLE
+        message = (f"no pool meets the {deadline} deadline: the fastest, {fastest.pool}, needs an estimated "
+                   f"{human_duration(fastest.duration_seconds)}")
+    elif not affordable:
+        best = _cheapest(timely)
+        reason = Reason.ESTIMATE_EXCEEDS_MAX_COST
+        where = f"{best.pool}, the cheapest pool meeting the {deadline} deadline," if auto and deadline else best.pool
+        message = (f"estimated {money(best.cost, best.currency)} on {where} exceeds the "
+                   f"{money(max_cost_room, best.currency)} left of maxCost")
+    else:
+        best = _cheapest(affordable)
+        reason = Reason.INSUFFICIENT_BUDGET
+        message = (f"estimated {money(best.cost, best.currency)} on {best.pool} exceeds the "
+                   f"{money(budget_room, best.currency)} left in the Budget")
+    return Choice(chosen.pool if chosen else None, reason, message, _notes(judged, chosen, deadline, auto))
+
+
+def _chosen_message(chosen: PoolEstimate, count: int, deadline: str | None, auto: bool) -> str:
+    what = f"{money(chosen.cost, chosen.currency)} in {human_duration(chosen.duration_seconds)}"
+    if not auto:
+        return f"pool {chosen.pool} as requested: estimated {what}"
+    qualifier = f"meeting the {deadline} deadline " if deadline else ""
+    which = "the only pool" if count == 1 else f"the cheapest of {count} pools"
+    return f"chose {chosen.pool}, {which} {qualifier}within budget: estimated {what}"
+
+
+def _notes(judged: list[PoolEstimate], chosen: PoolEstimate | None, deadline: str | None,
+           auto: bool) -> list[PoolEstimate]:
+    out = []
+    for e in judged:
+        if chosen is not None and e.pool == chosen.pool:
+            note = "chosen"
+        elif not e.fits:
+            note = f"does not fit: {e.unfit}"
+        elif not e.meets_deadline:
+            note = f"misses the {deadline} deadline"
+        elif not e.within_max_cost:
+            note = "exceeds maxCost"
+        elif not e.within_budget:
+            note = "exceeds the Budget's room"
+        elif not auto:
+            note = "not requested"
+        elif chosen is not None and e.cost > chosen.cost:
+            note = f"{money(e.cost - chosen.cost, e.currency)} more than {chosen.pool}"
+        elif chosen is not None:
+            note = f"as cheap as {chosen.pool} but slower"
+        else:
+            note = "eligible"
+        out.append(dataclasses.replace(e, note=note))
+    return out
+
+
+# ------------------------------------------------------------------ after a run
+def estimate_error(estimated_seconds: float | None, actual_seconds: float | None) -> float | None:
+    """(actual − estimated) / estimated: +0.25 = the run took 25 % longer than estimated."""
+    if not estimated_seconds or actual_seconds is None:
+        return None
+    return round((actual_seconds - estimated_seconds) / estimated_seconds, 4)

@@ -1,0 +1,266 @@
+"""How fast a run trains on a pool: the FLOP model, priors and measured throughput. Pure.
+
+The model (docs/estimates.md has the derivation and a worked example):
+
+* **Work.** Each optimizer step consumes `batchSize × gradientAccumulation` samples *per
+  trainer process* (the trainer's contract); a run has one process per accelerator, or
+  one per node on CPU pools — the same count the cost model bills. So
+  `samples = remaining steps × batchSize × gradientAccumulation × processes`.
+* **Throughput per accelerator** (in "full-training, mixed-precision" samples/s):
+  the mean measured on this pool for the same architecture and resolution
+  (`AcceleratorPool.status.measured`), else the prior
+  `reference device FLOP/s × pool.relativeThroughput / training FLOPs per sample`.
+  Training FLOPs per sample are counted from the UNet's layers (convolutions, attention,
+  transformer blocks) at the model's resolution: forward + backward = 3 × forward, plus
+  the frozen VAE and text encoder forward for `stable-diffusion`.
+* **Work factors.** `mixedPrecision: "no"` on an accelerator costs ×2 (fp32 runs at about
+  half the tensor-core rate); fine-tuning methods cost a factor of full training
+  (`METHOD_FACTORS`).
+* **Scaling.** `accelerators × efficiency`, efficiency = 0.98 per doubling of
+  accelerators within a node × 0.95 per doubling of nodes.
+* **Calibration.** After a run, `update_measured` folds the trainer's observed
+  samples/s, normalised to one accelerator in full-training units, into the pool's
+  `status.measured`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..api import (
+    AcceleratorPoolSpec,
+    FineTuneSpec,
+    GenModelSpec,
+    MeasuredThroughput,
+    ModelConfig,
+    Resource,
+    TrainingRunSpec,
+)
+from . import accrual
+
+RunSpec = TrainingRunSpec | FineTuneSpec
+
+# ------------------------------------------------------------------ calibration
+#: Sustained training FLOP/s of the reference accelerator (relativeThroughput 1.0): one
+#: NVIDIA L4 in bf16 — 121 TFLOP/s dense peak at ~25 % utilisation, typical for UNets.
+REFERENCE_ACCELERATOR_FLOPS = 30e12
+#: Sustained training FLOP/s of the reference CPU node (relativeThroughput 1.0 on a CPU
+#: pool): an 8-vCPU AVX2 x86 node running PyTorch in fp32, ~15 % of its ~640 GFLOP/s peak.
+#: The default tiny model (64 px, channels 32/64/64) then trains at ~17 samples/s.
+REFERENCE_CPU_NODE_FLOPS = 100e9
+#: Seconds from Job creation to the first training step: image pull, model and data
+#: load; plus rendezvous per doubling of nodes.
+STARTUP_SECONDS_CPU = 30
+STARTUP_SECONDS_ACCELERATOR = 120
+RENDEZVOUS_SECONDS_PER_NODE_DOUBLING = 15
+#: Data-parallel efficiency per doubling of accelerators within a node / of nodes.
+INTRA_NODE_EFFICIENCY = 0.98
+INTER_NODE_EFFICIENCY = 0.95
+#: Cost of a sample relative to full training. DreamBooth with a class prompt trains on
+#: a class image for every instance image (prior preservation), hence ×2.
+METHOD_FACTORS = {"full": 1.0, "lora": 0.7, "dreambooth": 1.0, "embedding": 0.65, "preference": 1.7}
+DREAMBOOTH_PRIOR_FACTOR = 2.0
+#: Cost of a sample on an accelerator by mixedPrecision.
+PRECISION_FACTORS = {"no": 2.0, "fp16": 1.0, "bf16": 1.0}
+
+#: stable-diffusion's UNet comes from its base weights, not from GenModel.spec.config:
+#: the SD 1.x UNet (≈860M parameters) on latents of resolution/8, with the frozen
+#: VAE encoder (channels 128-512) and CLIP ViT-L/14 text encoder (≈123M parameters).
+SD_UNET = ModelConfig(block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
+                      attention=[True, True, True, False])
+SD_CROSS_ATTENTION_DIM = 768
+SD_ATTENTION_LEVELS = [True, True, True, False]
+SD_VAE_CHANNELS = [128, 256, 512, 512]
+SD_TEXT_ENCODER_PARAMETERS = 123e6
+SD_CONTEXT_TOKENS = 77
+
+
+# ------------------------------------------------------------------ FLOPs of a model
+def _resnet(c_in: float, c: float, n: float) -> float:
+    shortcut = c_in * c * n if c_in != c else 0.0
+    return 9 * c_in * c * n + 9 * c * c * n + shortcut
+
+
+def _self_attention(c: float, n: float) -> float:
+    return 4 * n * c * c + 2 * n * n * c
+
+
+def _transformer(c: float, n: float, context_dim: float, tokens: float) -> float:
+    # proj in/out 2, self-attention 4, cross-attention q/out 2, GEGLU feed-forward 12 (× n c²)
+    return 20 * n * c * c + 2 * n * n * c + 2 * tokens * context_dim * c + 2 * n * tokens * c
+
+
+def _attention_levels(config: ModelConfig) -> list[bool]:
+    """Levels with attention, as the trainer builds them (default: the lowest resolution)."""
+    n = len(config.block_out_channels)
+    value: Any = config.attention
+    if isinstance(value, (list, tuple)):
+        return [bool(v) for v in value][:n] + [False] * max(0, n - len(value))
+    if value is True:
+        return [i > 0 for i in range(n)] if n > 1 else [True]
+    return [n > 1 and i == n - 1 for i in range(n)]
+
+
+def unet_forward_macs(config: ModelConfig, resolution: int, in_channels: int = 3, *,
+                      attention: Sequence[bool] | None = None, context_dim: int | None = None,
+                      tokens: int = SD_CONTEXT_TOKENS) -> float:
+    """Multiply-accumulates of one forward pass of a diffusers-style UNet on one sample.
+
+    Counts the 3×3 convolutions of every ResNet block (down: `layersPerBlock` per level,
+    up: one more, taking the skip connection), down/up-sampling convolutions, and the
+    attention (plain self-attention, or a transformer block with cross-attention when
+    `context_dim` is given) at the levels that have it and in the middle block.
+    """
+    channels = [float(c) for c in config.block_out_channels]
+    layers = config.layers_per_block
+    levels = list(attention) if attention is not None else _attention_levels(config)
+
+    def attn(c: float, n: float) -> float:
+        return _transformer(c, n, context_dim, tokens) if context_dim else _self_attention(c, n)
+
+    def pixels(level: int) -> float:
+        return (resolution / 2**level) ** 2
+
+    last = len(channels) - 1
+    macs = 9 * in_channels * channels[0] * pixels(0)
+    prev = channels[0]
+    for i, c in enumerate(channels):
+        for j in range(layers):
+            macs += _resnet(prev if j == 0 else c, c, pixels(i))
+            macs += attn(c, pixels(i)) if levels[i] else 0.0
+        prev = c
+        if i < last:
+            macs += 9 * c * c * pixels(i + 1)
+    macs += 2 * _resnet(channels[-1], channels[-1], pixels(last)) + attn(channels[-1], pixels(last))
+    for i in reversed(range(len(channels))):
+        c = channels[i]
+        for _ in range(layers + 1):
+            macs += _resnet(2 * c, c, pixels(i))
+            macs += attn(c, pixels(i)) if levels[i] else 0.0
+        if i > 0:
+            macs += 9 * c * c * pixels(i - 1)
+    return macs + 9 * channels[0] * in_channels * pixels(0)
+
+
+def _vae_encoder_macs(resolution: int) -> float:
+    channels = [float(c) for c in SD_VAE_CHANNELS]
+    macs = 9 * 3 * channels[0] * resolution**2
+    prev = channels[0]
+    for i, c in enumerate(channels):
+        n = (resolution / 2**i) ** 2
+        macs += _resnet(prev, c, n) + _resnet(c, c, n)
+        prev = c
+        if i < len(channels) - 1:
+            macs += 9 * c * c * (resolution / 2 ** (i + 1)) ** 2
+    n_last = (resolution / 2 ** (len(channels) - 1)) ** 2
+    macs += 2 * _resnet(prev, prev, n_last) + _self_attention(prev, n_last)
+    return macs + 9 * prev * 8 * n_last
+
+
+def train_flops_per_sample(model: GenModelSpec) -> float:
+    """Floating-point operations to train on one sample (forward + backward = 3 × forward)."""
+    if model.architecture == "stable-diffusion":
+        latent = max(1, model.resolution // 8)
+        unet = unet_forward_macs(SD_UNET, latent, in_channels=4, attention=SD_ATTENTION_LEVELS,
+                                 context_dim=SD_CROSS_ATTENTION_DIM)
+        frozen = _vae_encoder_macs(model.resolution) + SD_TEXT_ENCODER_PARAMETERS * SD_CONTEXT_TOKENS
+        return 2 * (3 * unet + frozen)
+    return 2 * 3 * unet_forward_macs(model.config, model.resolution)
+
+
+def reference_samples_per_second(model: GenModelSpec, *, cpu: bool) -> float:
+    """Prior samples/s of `model` on one reference device (an L4, or an 8-vCPU node)."""
+    device = REFERENCE_CPU_NODE_FLOPS if cpu else REFERENCE_ACCELERATOR_FLOPS
+    return device / train_flops_per_sample(model)
+
+
+# ------------------------------------------------------------------ work and scaling
+def processes_per_node(pool: AcceleratorPoolSpec, accelerators_per_node: int) -> int:
+    """Trainer processes per node: one per accelerator, one per CPU node."""
+    return 1 if pool.accelerator.is_cpu else accelerators_per_node
+
+
+def samples_of(spec: RunSpec, processes: int, *, completed_steps: int = 0) -> int:
+    """Samples the trainer will process for the steps still to do."""
+    training = spec.training
+    steps = max(0, training.steps - completed_steps)
+    return steps * training.batch_size * training.gradient_accumulation * processes
+
+
+def work_factor(spec: RunSpec, *, cpu: bool) -> float:
+    """Cost of one of this run's samples relative to a full-training, mixed-precision one."""
+    factor = 1.0 if cpu else PRECISION_FACTORS[spec.training.mixed_precision]
+    method = getattr(spec, "method", "full")
+    factor *= METHOD_FACTORS[method]
+    dreambooth = getattr(spec, "dreambooth", None)
+    if method == "dreambooth" and dreambooth is not None and dreambooth.class_prompt:
+        factor *= DREAMBOOTH_PRIOR_FACTOR
+    return factor
+
+
+def scaling_efficiency(nodes: int, per_node: int) -> float:
+    return INTRA_NODE_EFFICIENCY ** math.log2(max(1, per_node)) * INTER_NODE_EFFICIENCY ** math.log2(max(1, nodes))
+
+
+def startup_seconds(pool: AcceleratorPoolSpec, nodes: int) -> float:
+    base = STARTUP_SECONDS_CPU if pool.accelerator.is_cpu else STARTUP_SECONDS_ACCELERATOR
+    return base + RENDEZVOUS_SECONDS_PER_NODE_DOUBLING * math.log2(max(1, nodes))
+
+
+def measured_for(pool: Resource, model: GenModelSpec) -> MeasuredThroughput | None:
+    status = pool.status
+    for m in (status.measured if status else []):
+        if m.architecture == model.architecture and m.resolution == model.resolution and m.runs > 0:
+            return m
+    return None
+
+
+def per_accelerator_samples_per_second(pool: Resource, model: GenModelSpec) -> tuple[float, str]:
+    """(samples/s of one accelerator in full-training units, "measured" or "prior")."""
+    measured = measured_for(pool, model)
+    if measured is not None and measured.samples_per_second > 0:
+        return measured.samples_per_second, "measured"
+    prior = reference_samples_per_second(model, cpu=pool.spec.accelerator.is_cpu)
+    return prior * pool.spec.relative_throughput, "prior"
+
+
+# ------------------------------------------------------------------ calibration from runs
+def update_measured(
+    measured: Sequence[MeasuredThroughput],
+    *,
+    pool: AcceleratorPoolSpec,
+    spec: RunSpec,
+    model: GenModelSpec,
+    samples_per_second: float,
+) -> list[MeasuredThroughput]:
+    """`AcceleratorPool.status.measured` after a run observed `samples_per_second`.
+
+    `samples_per_second` is the trainer's training throughput over all its processes.
+    It is normalised to one accelerator in full-training units (dividing out the run's
+    accelerators, scaling efficiency and work factor) and folded into the running mean
+    of the pool's entry for the model's architecture and resolution (`runs` += 1).
+    """
+    if samples_per_second <= 0:
+        return list(measured)
+    hardware = spec.hardware
+    cpu = pool.accelerator.is_cpu
+    accelerators = accrual.accelerators_on(pool, hardware)
+    efficiency = scaling_efficiency(hardware.nodes, processes_per_node(pool, hardware.accelerators_per_node))
+    per_accelerator = samples_per_second * work_factor(spec, cpu=cpu) / (accelerators * efficiency)
+    out = []
+    found = False
+    for m in measured:
+        if m.architecture == model.architecture and m.resolution == model.resolution:
+            runs = max(0, m.runs)
+            mean = (m.samples_per_second * runs + per_accelerator) / (runs + 1)
+            out.append(dataclasses.replace(m, samples_per_second=round(mean, 6), runs=runs + 1))
+            found = True
+        else:
+            out.append(m)
+    if not found:
+        out.append(MeasuredThroughput(architecture=model.architecture, resolution=model.resolution,
+                                      samples_per_second=round(per_accelerator, 6), runs=1))
+    return out
