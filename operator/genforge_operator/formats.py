@@ -1,8 +1,15 @@
-"""Numbers for people: how durations and money read in messages, Events and tables."""
+"""How money, durations and timestamps are written: one formatter each.
+
+`money` and `human_duration` for people (messages, Events, tables); `timestamp` for the
+API (status, conditions, segments: RFC 3339, UTC, second resolution, like the kubelet's)
+and `parse_timestamp` for reading any of them back. Money kept in status is
+`units.money_str` (micro-dollars, no thousands separators), a wire format, not a display.
+"""
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from .units import CENT
@@ -34,3 +41,22 @@ def money(value: Decimal | None, currency: str = "USD") -> str:
         return "-"
     digits = f"{value:,.4f}" if Decimal(0) < value < CENT else f"{value.quantize(CENT, rounding=ROUND_HALF_UP):,}"
     return f"${digits}" if currency == "USD" else f"{digits} {currency}"
+
+
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def parse_timestamp(value: str | datetime | None) -> datetime | None:
+    """An RFC 3339 timestamp (`2026-11-27T18:00:00Z`) or datetime as an aware UTC datetime
+    (naive ones are taken as UTC); None or "" stays None."""
+    if value is None or value == "":
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def timestamp(moment: str | datetime) -> str:
+    """The form kept in status: UTC, second resolution."""
+    return parse_timestamp(moment).strftime(TIMESTAMP_FORMAT)

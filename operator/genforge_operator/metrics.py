@@ -49,7 +49,8 @@ from prometheus_client.registry import Collector
 
 from .api import GROUP, KINDS, VERSION, Resource, SpecError, parse_resource
 from .config import OperatorConfig
-from .money.accrual import SECONDS_PER_HOUR, accrue, parse_time, rate_per_second
+from .formats import parse_timestamp
+from .money.accrual import SECONDS_PER_HOUR, accrue, rate_per_second
 from .vocabulary import DatasetPhase, Reason, RunPhase
 
 log = logging.getLogger("genforge.metrics")
@@ -491,7 +492,7 @@ class StatusCollector(Collector):
             conditions = {c.type: c for c in status.conditions}
             pods, ready = conditions.get("PodsReady"), conditions.get("Ready")
             if pods is not None and pods.status == "False" and pods.last_transition_time:
-                since = parse_time(pods.last_transition_time)
+                since = parse_timestamp(pods.last_transition_time)
                 families[RUN_PODS_NOT_READY.name].add_metric(
                     [*labels, pods.reason], max(0.0, (now - since).total_seconds()))
             put(RUN_PODS_STUCK, 1.0 if ready is not None and ready.reason == Reason.POD_START_TIMEOUT else 0.0)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from . import conditions as cond
-from . import money
+from . import formats, money
 from .api import Resource, to_dict
 from .config import OperatorConfig
 from .observe import STARTING_REASONS, JobState, PodRun, job_state, last_words, pod_not_running, pod_run
@@ -35,7 +35,7 @@ from .plan import (
     resolve_references,
 )
 from .runspec import run_output_uri
-from .units import format_duration, format_money, money_str
+from .units import money_str
 from .vocabulary import ConditionStatus, ConditionType, DatasetPhase, Reason, RunPhase
 
 ANNOTATION_GENERATION = "genforge.dev/owner-generation"
@@ -143,7 +143,7 @@ def reconcile_dataset(obs: Observed, config: OperatorConfig) -> Outcome:
             _phase(out, obs, DatasetPhase.FAILED if planned.permanent else DatasetPhase.PENDING, planned.reason, planned.message, warning=True)
             return out
         out.create = _stamp_generation(planned.children.objects(), ds.generation)
-        out.status.update({"job": planned.children.job["metadata"]["name"], "startTime": cond.timestamp(obs.now)})
+        out.status.update({"job": planned.children.job["metadata"]["name"], "startTime": formats.timestamp(obs.now)})
         _phase(out, obs, DatasetPhase.RUNNING, Reason.JOB_CREATED,
                f"preparing {ds.spec.source.uri} into {planned.document['output']['uri']}")
         return out
@@ -154,7 +154,7 @@ def reconcile_dataset(obs: Observed, config: OperatorConfig) -> Outcome:
     if job.succeeded:
         if phase != DatasetPhase.READY:
             _apply_manifest(out, words)
-            out.status["completionTime"] = cond.timestamp(obs.now)
+            out.status["completionTime"] = formats.timestamp(obs.now)
             items = out.status.get("items") or {}
             _phase(out, obs, DatasetPhase.READY, Reason.PREPARED,
                    f"kept {items.get('kept', 0)} of {items.get('total', 0)} items "
@@ -163,7 +163,7 @@ def reconcile_dataset(obs: Observed, config: OperatorConfig) -> Outcome:
         return out
     if job.failed:
         if phase != DatasetPhase.FAILED:
-            out.status["completionTime"] = cond.timestamp(obs.now)
+            out.status["completionTime"] = formats.timestamp(obs.now)
             _phase(out, obs, DatasetPhase.FAILED, words.get("reason") or job.reason or Reason.JOB_FAILED,
                    words.get("message") or job.message or "the preparation Job failed", warning=True)
         return out
@@ -181,7 +181,7 @@ def _awaiting_result(out: Outcome, obs: Observed, job: JobState, words: dict) ->
     """
     if words and (not job.succeeded or any(p.exit_code == 0 and p.end for p in obs.pod_runs)):
         return False
-    finished = cond.parse_time(job.finished_at) or obs.now
+    finished = formats.parse_timestamp(job.finished_at) or obs.now
     if (obs.now - finished).total_seconds() >= RESULT_GRACE_SECONDS:
         return False
     out.requeue_after = 2.0
@@ -315,7 +315,7 @@ def _create_children(out: Outcome, obs: Observed, planned: Planned, estimate) ->
                       f"base version {planned.base.version} is a LoRA adapter: the trainer merges "
                       f"{', '.join(planned.base.through)} into {planned.base.root}'s weights, then fine-tunes")
     _set(out, obs, ConditionType.ADMITTED, ConditionStatus.TRUE, Reason.JOB_CREATED,
-         f"estimated {estimate.duration_seconds}s and {format_money(estimate.cost)} on pool "
+         f"estimated {estimate.duration_seconds}s and {formats.money(estimate.cost)} on pool "
          f"{planned.placement.pool.name}")
     if run.spec.queue_name:
         _phase(out, obs, RunPhase.WAITING, Reason.AWAITING_KUEUE_ADMISSION, f"Job {job_name} queued in Kueue LocalQueue {run.spec.queue_name}")
@@ -379,7 +379,7 @@ def final_status(obs: Observed) -> dict:
 
 def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) -> Outcome:
     run = obs.resource
-    out.status["completionTime"] = cond.timestamp(obs.now)
+    out.status["completionTime"] = formats.timestamp(obs.now)
     for key in ("artifact", "checkpoint", "samples"):
         if words.get(key):
             out.status[key] = words[key]
@@ -403,7 +403,7 @@ def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) 
             "uri": out.status["artifact"],
             "metrics": metrics,
             **({"evaluation": record} if record else {}),
-            "createdAt": cond.timestamp(obs.now),
+            "createdAt": formats.timestamp(obs.now),
             **(_finetune_lineage(run, obs.job) if run.kind == "FineTune" else {}),
             "format": _artifact_format(run),
         }
@@ -462,7 +462,7 @@ def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: R
         _phase(out, obs, RunPhase.BUDGET_EXCEEDED, reason, message + ". Raise the budget to resume.", warning=True)
         return out
     if out.status.get("phase") != RunPhase.FAILED:
-        out.status["completionTime"] = cond.timestamp(obs.now)
+        out.status["completionTime"] = formats.timestamp(obs.now)
         reason = words.get("reason") or job.reason or Reason.JOB_FAILED
         message = words.get("message") or job.message or "the trainer Job failed"
         _phase(out, obs, RunPhase.FAILED, reason, message, warning=True)
@@ -583,11 +583,11 @@ def _pods_not_running(out: Outcome, obs: Observed, config: OperatorConfig) -> bo
     text = f"pod {name} is not running: {reason}: {message}" if name else f"{reason}: {message}"
     _set(out, obs, ConditionType.PODS_READY, ConditionStatus.FALSE, reason, text)
     podsready = cond.get_condition(out.status["conditions"], ConditionType.PODS_READY) or {}
-    since = cond.parse_time(podsready.get("lastTransitionTime")) or obs.now
+    since = formats.parse_timestamp(podsready.get("lastTransitionTime")) or obs.now
     left = config.pod_start_timeout - (obs.now - since).total_seconds()
     if left <= 0:
         _phase(out, obs, RunPhase.RUNNING, Reason.POD_START_TIMEOUT,
-               f"no trainer pod has run for podStartTimeout ({format_duration(config.pod_start_timeout)}); "
+               f"no trainer pod has run for podStartTimeout ({formats.human_duration(config.pod_start_timeout)}); "
                f"{text}", warning=True)
     elif reason not in STARTING_REASONS and reason != Reason.NO_PODS:
         _phase(out, obs, RunPhase.RUNNING, reason, f"the trainer is not running: {text}", warning=True)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import kopf
 
 from . import conditions as cond
-from . import metrics, money
+from . import formats, metrics, money
 from .api import Resource, SpecError, parse_resource
 from .builders import build_trainer_service_account
 from .config import OperatorConfig
@@ -97,7 +97,7 @@ class Reconciler:
                 # The schema should have caught it: say so on the object, never crash.
                 self.kube.patch_status(kind, namespace, name, {"phase": RunPhase.FAILED, "conditions": [{
                     "type": ConditionType.READY, "status": ConditionStatus.FALSE, "reason": Reason.INVALID_SPEC,
-                    "message": str(exc), "lastTransitionTime": cond.timestamp(datetime.now(UTC))}]})
+                    "message": str(exc), "lastTransitionTime": formats.timestamp(datetime.now(UTC))}]})
                 kopf.warn(body, reason=Reason.INVALID_SPEC, message=str(exc))
                 return None
             job = next(iter(values(idx["job_index"], uid)), None)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import yaml
 
+from . import formats
 from .api import ModelVersion, Resource, SourceRef
 from .config import OperatorConfig
 from .manifests import ManifestError, load_resources
@@ -53,7 +54,7 @@ def _assume_ready(resources: list[Resource], config: OperatorConfig) -> list[Res
             placeholder = ModelVersion(
                 name="latest", source=SourceRef(kind="TrainingRun", name="(not yet trained)"),
                 uri=storage_uri(config, "models", r.namespace or "", r.name, "latest"),
-                created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                created_at=formats.timestamp(datetime.now(UTC)))
             r = dataclasses.replace(r, status=dataclasses.replace(r.status, versions=[placeholder], latest="latest"))
         out.append(r)
     return out

@@ -1,4 +1,4 @@
-"""Money and durations, the two units of the API.
+"""Money and durations, the two units of the API: parsing (formatting is in `formats.py`).
 
 Money is a non-negative decimal given as an integer or a string (`25`, `"12.50"`) and
 kept as `Decimal` everywhere; durations are Go-style strings (`90m`, `6h`, `1h30m`,
@@ -39,14 +39,6 @@ def parse_money(value: int | float | str | Decimal | None) -> Decimal | None:
         raise UnitError(f"invalid money {value!r}") from exc
 
 
-def format_money(value: Decimal | None, currency: str = "USD") -> str:
-    if value is None:
-        return "-"
-    symbol = "$" if currency == "USD" else ""
-    suffix = "" if symbol else f" {currency}"
-    return f"{symbol}{value.quantize(CENT, rounding=ROUND_HALF_UP)}{suffix}"
-
-
 def money_str(value: Decimal) -> str:
     """The canonical string kept in status: micro-dollar precision, no exponent."""
     return format(value.quantize(MICRO, rounding=ROUND_HALF_UP).normalize(), "f")
@@ -60,16 +52,3 @@ def parse_duration(value: str | None) -> float | None:
     if not text or not re.match(DURATION_PATTERN, text):
         raise UnitError(f"duration must look like 90m, 6h or 1h30m, got {value!r}")
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
-    if minutes:
-        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
-    return f"{secs}s"

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from budget_builders import NOW, at, make_pool, make_run, seg, ts
 
+from genforge_operator import formats
 from genforge_operator.api import RunStatus, from_dict, to_dict
 from genforge_operator.money import accrual
 
@@ -120,5 +121,6 @@ def test_reprice_only_touches_the_pool_it_names():
 
 
 def test_time_round_trips():
-    assert accrual.format_time(accrual.parse_time("2026-11-27T18:00:00Z")) == "2026-11-27T18:00:00Z"
-    assert accrual.parse_time(ts("18:00")) == NOW
+    assert formats.timestamp(formats.parse_timestamp("2026-11-27T18:00:00Z")) == "2026-11-27T18:00:00Z"
+    assert formats.parse_timestamp(ts("18:00")) == NOW
+    assert formats.parse_timestamp(None) is None and formats.parse_timestamp("") is None

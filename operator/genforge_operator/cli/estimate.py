@@ -13,9 +13,8 @@ from datetime import UTC, datetime
 
 from ..api import Resource
 from ..config import OperatorConfig
-from ..formats import human_duration, money
+from ..formats import human_duration, money, parse_timestamp
 from ..manifests import ManifestError, load_resources
-from ..money.accrual import parse_time
 from ..money.admission import admit
 from ..money.estimate import AUTO, model_name
 from ..plan import output_problem
@@ -128,7 +127,7 @@ def _count(n: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        now = parse_time(args.now) if args.now else datetime.now(UTC)
+        now = parse_timestamp(args.now) if args.now else datetime.now(UTC)
         resources = load_resources(args.filename, args.namespace)
         results = estimate_runs(resources, now)
     except (ManifestError, EstimateError, ValueError) as exc:

@@ -25,6 +25,7 @@ from decimal import Decimal
 from .. import conditions as cond
 from .. import formats
 from ..api import AccrualSegment, BudgetStatus, HardwareSpec, Resource, from_dict, to_dict
+from ..formats import parse_timestamp
 from ..observe import PodRun
 from ..plan import Blocked, Catalog
 from ..vocabulary import ConditionStatus, ConditionType, Reason
@@ -58,17 +59,17 @@ def sync_run_segments(raw: list[dict], pods: list[PodRun], pool: Resource | None
     segments = _segments(raw)
     units = accrual.accelerators_on(pool.spec, hardware)
     price = pool.spec.price_per_hour
-    latest_end = max((accrual.parse_time(s.end) for s in segments if s.end), default=None)
+    latest_end = max((parse_timestamp(s.end) for s in segments if s.end), default=None)
     finished = sorted((p for p in pods if p.start and p.end), key=lambda p: p.start)
     for pod in finished:
-        if latest_end is not None and accrual.parse_time(pod.end) <= latest_end:
+        if latest_end is not None and parse_timestamp(pod.end) <= latest_end:
             continue  # already accounted
         if accrual.open_segment(segments) is None:
             segments = accrual.sync_segments(segments, running=True, at=pod.start, pool=pool.name,
                                              accelerators=units, price_per_hour=price)
         if not _covered_after(pod, pods):
             segments = accrual.sync_segments(segments, running=False, at=pod.end)
-        latest_end = max(latest_end or accrual.parse_time(pod.end), accrual.parse_time(pod.end))
+        latest_end = max(latest_end or parse_timestamp(pod.end), parse_timestamp(pod.end))
     running = [p for p in pods if p.start and not p.end and p.phase == "Running"]
     if running:
         # An open segment with other terms (a new price) is closed now, not in the past.
@@ -83,9 +84,9 @@ def sync_run_segments(raw: list[dict], pods: list[PodRun], pool: Resource | None
 
 def _covered_after(pod: PodRun, pods: list[PodRun]) -> bool:
     """Whether another pod was running when `pod` finished (the run kept its accelerators)."""
-    end = accrual.parse_time(pod.end)
-    return any(q is not pod and q.start and accrual.parse_time(q.start) <= end
-               and (q.end is None or accrual.parse_time(q.end) > end) for q in pods)
+    end = parse_timestamp(pod.end)
+    return any(q is not pod and q.start and parse_timestamp(q.start) <= end
+               and (q.end is None or parse_timestamp(q.end) > end) for q in pods)
 
 
 @dataclass(frozen=True)

@@ -24,32 +24,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from ..api import AcceleratorPoolSpec, AccrualSegment, HardwareSpec
+from ..formats import parse_timestamp, timestamp
 
 SECONDS_PER_HOUR = Decimal(3600)
 ZERO = Decimal(0)
 
 
 # ------------------------------------------------------------------ time
-def parse_time(value: str | datetime) -> datetime:
-    """An RFC 3339 timestamp (`2026-11-27T18:00:00Z`) as an aware UTC datetime."""
-    if isinstance(value, datetime):
-        moment = value
-    else:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-def format_time(moment: datetime) -> str:
-    """The form kept in status: UTC, second resolution (like pod timestamps)."""
-    return parse_time(moment).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def seconds_between(start: datetime, end: datetime) -> Decimal:
     """Exact seconds from `start` to `end` (negative if `end` is earlier)."""
     delta = end - start
@@ -108,7 +93,7 @@ def sync_segments(
     an open before the previous segment's end starts at that end, so no second is
     counted twice. Returns a new list; the input is not modified.
     """
-    moment = parse_time(at)
+    moment = parse_timestamp(at)
     out = list(segments)
     current = open_segment(out)
     if running:
@@ -121,10 +106,10 @@ def sync_segments(
         out = _close(out, current, moment)
     if not running:
         return out
-    latest_end = max((parse_time(s.end) for s in out if s.end), default=None)
+    latest_end = max((parse_timestamp(s.end) for s in out if s.end), default=None)
     if latest_end is not None and moment < latest_end:
         moment = latest_end
-    out.append(AccrualSegment(start=format_time(moment), pool=pool, accelerators=accelerators,
+    out.append(AccrualSegment(start=timestamp(moment), pool=pool, accelerators=accelerators,
                               price_per_hour=price_per_hour))
     return out
 
@@ -145,15 +130,15 @@ def reprice(segments: Sequence[AccrualSegment], *, at: datetime | str, pool: str
 
 
 def _close(segments: list[AccrualSegment], segment: AccrualSegment, at: datetime) -> list[AccrualSegment]:
-    end = max(at, parse_time(segment.start))
-    closed = dataclasses.replace(segment, end=format_time(end))
+    end = max(at, parse_timestamp(segment.start))
+    closed = dataclasses.replace(segment, end=timestamp(end))
     return [closed if s is segment else s for s in segments]
 
 
 # ------------------------------------------------------------------ accrual
 def _bounds(segment: AccrualSegment, now: datetime) -> tuple[datetime, datetime]:
-    start = parse_time(segment.start)
-    end = parse_time(segment.end) if segment.end else max(parse_time(now), start)
+    start = parse_timestamp(segment.start)
+    end = parse_timestamp(segment.end) if segment.end else max(parse_timestamp(now), start)
     return start, max(end, start)
 
 
@@ -186,7 +171,7 @@ def accrue(segments: Iterable[AccrualSegment], now: datetime, *, since: datetime
     `since`/`until` restrict the sum to that window (a Budget period): a run straddling a
     boundary counts only the part of each segment inside it.
     """
-    now = parse_time(now)
+    now = parse_timestamp(now)
     cost = accel = ZERO
     rate = ZERO
     spans: list[tuple[datetime, datetime]] = []

@@ -16,10 +16,10 @@ from datetime import datetime
 from typing import Literal
 
 from ..api import GenModelSpec, Resource
-from ..formats import human_duration, money
+from ..formats import human_duration, money, parse_timestamp, timestamp
 from ..vocabulary import Reason
 from . import estimate
-from .accrual import accrue, format_time, parse_time
+from .accrual import accrue
 from .enforcement import seconds_to_nearest_limit
 from .periods import (
     BudgetView,
@@ -79,7 +79,7 @@ def admit(
     checkpoint a resumed run starts from: the estimate covers the remaining steps, and
     maxCost is checked against what was accrued plus that estimate.
     """
-    now = parse_time(now)
+    now = parse_timestamp(now)
     runs = runs_including(run, runs)
     spec = run.spec
     accrued = accrue(run.status.segments if run.status else [], now).cost
@@ -136,7 +136,7 @@ def admit(
         text = f"{what} exceeds Budget {v.name}'s remainder {money(v.available)} ({numbers})"
         if v.window.end is not None:
             waits.append(v.window.seconds_left(now))
-            text += (f"; the period rolls over at {format_time(v.window.end)} "
+            text += (f"; the period rolls over at {timestamp(v.window.end)} "
                      f"(in {human_duration(v.window.seconds_left(now))})")
         elif best.cost > v.remaining:
             decision = "Failed"

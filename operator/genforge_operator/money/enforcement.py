@@ -20,9 +20,9 @@ from decimal import Decimal
 from typing import Literal
 
 from ..api import Resource
-from ..formats import human_duration, money
+from ..formats import human_duration, money, parse_timestamp
 from ..vocabulary import Reason
-from .accrual import ZERO, accrue, parse_time
+from .accrual import ZERO, accrue
 from .periods import (
     REACHED_WITHIN_SECONDS,
     BudgetView,
@@ -65,7 +65,7 @@ def enforce(
     `runs`: every run the Budgets may cover (the run itself included), for Budget spent
     and burn rate; None → the Budgets' status, burned by this run alone.
     """
-    now = parse_time(now)
+    now = parse_timestamp(now)
     spec = run.spec.budget
     accrual = accrue(run.status.segments if run.status else [], now)
     running = float(accrual.running_seconds)
@@ -132,7 +132,7 @@ def active_deadline_seconds(
     when updating a running Job (the deadline counts from it). Rounded up, at least 1;
     None when no limit applies.
     """
-    now = parse_time(now)
+    now = parse_timestamp(now)
     accrual = accrue(run.status.segments if run.status else [], now)
     rate = rate_per_second if rate_per_second is not None else accrual.rate_per_second
     runs = runs_including(run, runs)
@@ -141,7 +141,7 @@ def active_deadline_seconds(
                                         extra_rate=ZERO if accrual.running and runs is not None else rate)
     if deadline is None or job_start is None:
         return deadline
-    elapsed = max(0.0, (now - parse_time(job_start)).total_seconds())
+    elapsed = max(0.0, (now - parse_timestamp(job_start)).total_seconds())
     return max(1, math.ceil(deadline + elapsed))
 
 

@@ -20,9 +20,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from ..api import BudgetStatus, LabelSelector, Resource, RetiredRun, to_dict
-from ..formats import money
+from ..formats import money, parse_timestamp, timestamp
 from ..vocabulary import Reason
-from .accrual import ZERO, accrue, close_segments, format_time, parse_time
+from .accrual import ZERO, accrue, close_segments
 
 #: A limit due within this many seconds counts as reached (no busy re-checks).
 REACHED_WITHIN_SECONDS = 0.1
@@ -42,11 +42,11 @@ class Window:
     end: datetime | None
 
     def seconds_left(self, now: datetime) -> float | None:
-        return None if self.end is None else max(0.0, (self.end - parse_time(now)).total_seconds())
+        return None if self.end is None else max(0.0, (self.end - parse_timestamp(now)).total_seconds())
 
 
 def period_window(period: str, now: datetime) -> Window:
-    now = parse_time(now)
+    now = parse_timestamp(now)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "Daily":
         return Window(midnight, midnight + timedelta(days=1))
@@ -184,7 +184,7 @@ def _retired_in_window(budget: Resource, window: Window, now: datetime) -> list[
     if window.start is None:
         return list(retired)
     return [r for r in retired
-            if any(s.end is None or parse_time(s.end) > window.start for s in r.segments)]
+            if any(s.end is None or parse_timestamp(s.end) > window.start for s in r.segments)]
 
 
 def retire(budget: Resource, run: Resource, now: datetime) -> list[dict] | None:
@@ -235,10 +235,10 @@ class BudgetReport:
 
 def budget_report(budget: Resource, runs: Iterable[Resource], now: datetime) -> BudgetReport:
     """Spent, remaining, warnings and exhaustion of `budget` now, from the covered runs."""
-    now = parse_time(now)
+    now = parse_timestamp(now)
     view = budget_view(budget, list(runs), now)
     start = view.window.start
-    period_start = format_time(start) if start else None
+    period_start = timestamp(start) if start else None
     previous = budget.status or BudgetStatus()
     rolled_over = previous.period_start is not None and previous.period_start != period_start
     already = [] if rolled_over else sorted(set(previous.warned))
@@ -249,7 +249,7 @@ def budget_report(budget: Resource, runs: Iterable[Resource], now: datetime) -> 
 
     share = f"{money(view.spent)} of {money(view.limit)}"
     percent = f"{(view.spent * 100 / view.limit):.0f}%" if view.limit else "100%"
-    when = (f"; the {view.period} period rolls over at {format_time(view.window.end)}"
+    when = (f"; the {view.period} period rolls over at {timestamp(view.window.end)}"
             if view.window.end else "")
     if view.exhausted:
         effect = {"Stop": "running runs are stopped", "Suspend": "running runs are suspended",
