@@ -135,8 +135,9 @@ def rank_zero(pods: list[PodRun]) -> PodRun | None:
     return max(candidates, key=lambda p: (p.start or "", p.name))
 
 
-def last_words(pods: list[PodRun]) -> dict:
-    """The termination message of the latest finished rank-0 pod, else of any pod."""
+def trainer_report(pods: list[PodRun]) -> dict:
+    """What the trainer reported when it ended (its termination message, docs/contract.md):
+    the latest finished rank-0 pod's, else any pod's; {} when none has ended."""
     finished = sorted((p for p in pods if p.end and p.termination),
                       key=lambda p: (p.index == 0, p.end), reverse=True)
     return finished[0].termination if finished else {}

@@ -22,7 +22,7 @@ from . import conditions as cond
 from . import formats, money
 from .api import Resource, to_dict
 from .config import OperatorConfig
-from .observe import STARTING_REASONS, JobState, PodRun, job_state, last_words, pod_not_running, pod_run
+from .observe import STARTING_REASONS, JobState, PodRun, job_state, pod_not_running, pod_run, trainer_report
 from .plan import (
     FORMAT_LORA_ADAPTER,
     Blocked,
@@ -148,12 +148,12 @@ def reconcile_dataset(obs: Observed, config: OperatorConfig) -> Outcome:
                f"preparing {ds.spec.source.uri} into {planned.document['output']['uri']}")
         return out
 
-    words = last_words(obs.pod_runs)
-    if (job.succeeded or job.failed) and phase not in (DatasetPhase.READY, DatasetPhase.FAILED) and _awaiting_result(out, obs, job, words):
+    report = trainer_report(obs.pod_runs)
+    if (job.succeeded or job.failed) and phase not in (DatasetPhase.READY, DatasetPhase.FAILED) and _awaiting_result(out, obs, job, report):
         return out
     if job.succeeded:
         if phase != DatasetPhase.READY:
-            _apply_manifest(out, words)
+            _apply_manifest(out, report)
             out.status["completionTime"] = formats.timestamp(obs.now)
             items = out.status.get("items") or {}
             _phase(out, obs, DatasetPhase.READY, Reason.PREPARED,
@@ -164,22 +164,22 @@ def reconcile_dataset(obs: Observed, config: OperatorConfig) -> Outcome:
     if job.failed:
         if phase != DatasetPhase.FAILED:
             out.status["completionTime"] = formats.timestamp(obs.now)
-            _phase(out, obs, DatasetPhase.FAILED, words.get("reason") or job.reason or Reason.JOB_FAILED,
-                   words.get("message") or job.message or "the preparation Job failed", warning=True)
+            _phase(out, obs, DatasetPhase.FAILED, report.get("reason") or job.reason or Reason.JOB_FAILED,
+                   report.get("message") or job.message or "the preparation Job failed", warning=True)
         return out
     if phase != DatasetPhase.RUNNING:
         _phase(out, obs, DatasetPhase.RUNNING, Reason.RUNNING, "preparing")
     return out
 
 
-def _awaiting_result(out: Outcome, obs: Observed, job: JobState, words: dict) -> bool:
+def _awaiting_result(out: Outcome, obs: Observed, job: JobState, report: dict) -> bool:
     """True (and requeue) while a finished Job's trainer result may still be on its way.
 
-    A Job that succeeded needs its succeeded pod: after a retry, the failed attempt's words
+    A Job that succeeded needs its succeeded pod: after a retry, the failed attempt's report
     are already there, and settling on them would record its result and bill only its time
     (a Succeeded run is never accrued again).
     """
-    if words and (not job.succeeded or any(p.exit_code == 0 and p.end for p in obs.pod_runs)):
+    if report and (not job.succeeded or any(p.exit_code == 0 and p.end for p in obs.pod_runs)):
         return False
     finished = formats.parse_timestamp(job.finished_at) or obs.now
     if (obs.now - finished).total_seconds() >= RESULT_GRACE_SECONDS:
@@ -193,17 +193,17 @@ def _dropped_summary(dropped: dict) -> str:
     return ", ".join(parts) or "none"
 
 
-def _apply_manifest(out: Outcome, words: dict) -> None:
-    items = words.get("items") or {}
+def _apply_manifest(out: Outcome, report: dict) -> None:
+    items = report.get("items") or {}
     dropped = items.get("dropped") or {}
     out.status["items"] = {"total": int(items.get("total", 0)), "kept": int(items.get("kept", 0)),
                            "dropped": {k: int(v) for k, v in dropped.items()}}
     out.status["droppedTotal"] = sum(int(v) for v in dropped.values())
     for key in ("bytes", "contentHash", "uri"):
-        if words.get(key) is not None:
-            out.status[key] = words[key]
-    if words.get("redactions"):
-        out.status["redactions"] = {k: int(v) for k, v in words["redactions"].items()}
+        if report.get(key) is not None:
+            out.status[key] = report[key]
+    if report.get("redactions"):
+        out.status["redactions"] = {k: int(v) for k, v in report["redactions"].items()}
 
 
 # ------------------------------------------------------------------ TrainingRun / FineTune
@@ -352,14 +352,14 @@ def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
     _adopt_job(out, obs)
     pool = _current_pool(obs, out.status)
     _accrue(out, obs, pool)
-    words = last_words(obs.pod_runs)
+    report = trainer_report(obs.pod_runs)
 
-    if (job.succeeded or job.failed) and _awaiting_result(out, obs, job, words):
+    if (job.succeeded or job.failed) and _awaiting_result(out, obs, job, report):
         return out
     if job.succeeded:
-        return _succeeded(out, obs, words, pool)
+        return _succeeded(out, obs, report, pool)
     if job.failed:
-        return _job_failed(out, obs, job, words, pool)
+        return _job_failed(out, obs, job, report, pool)
     return _running(out, obs, job, pool, config)
 
 
@@ -377,24 +377,24 @@ def final_status(obs: Observed) -> dict:
     return out.status
 
 
-def _succeeded(out: Outcome, obs: Observed, words: dict, pool: Resource | None) -> Outcome:
+def _succeeded(out: Outcome, obs: Observed, report: dict, pool: Resource | None) -> Outcome:
     run = obs.resource
     out.status["completionTime"] = formats.timestamp(obs.now)
     for key in ("artifact", "checkpoint", "samples"):
-        if words.get(key):
-            out.status[key] = words[key]
-    metrics = {k: float(v) for k, v in (words.get("metrics") or {}).items() if isinstance(v, (int, float))}
+        if report.get(key):
+            out.status[key] = report[key]
+    metrics = {k: float(v) for k, v in (report.get("metrics") or {}).items() if isinstance(v, (int, float))}
     out.status["metrics"] = metrics
     total = run.spec.training.steps
-    out.status["progress"] = {**(out.status.get("progress") or {}), "step": int(words.get("step", total)),
+    out.status["progress"] = {**(out.status.get("progress") or {}), "step": int(report.get("step", total)),
                               "totalSteps": total, "percent": 100.0, "etaSeconds": 0}
-    if words.get("loss") is not None:
-        out.status["progress"]["loss"] = words["loss"]
-    review = money.review(run, pool, obs.catalog, out.status, words)
+    if report.get("loss") is not None:
+        out.status["progress"]["loss"] = report["loss"]
+    review = money.review(run, pool, obs.catalog, out.status, report)
     if review.estimate_error is not None:
         out.status.setdefault("cost", {})["estimateError"] = review.estimate_error
     out.measure = review.measure
-    record = _evaluation_record(words.get("metrics") or {})
+    record = _evaluation_record(report.get("metrics") or {})
     if record:
         out.status["evaluation"] = record
     if out.status.get("artifact"):
@@ -440,7 +440,7 @@ def _artifact_format(run: Resource) -> str:
     return "model"
 
 
-def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: Resource | None) -> Outcome:
+def _job_failed(out: Outcome, obs: Observed, job: JobState, report: dict, pool: Resource | None) -> Outcome:
     run = obs.resource
     if job.reason == "DeadlineExceeded":
         # activeDeadlineSeconds is the budget's backstop: the run hit its money or time limit
@@ -453,8 +453,8 @@ def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: R
                        "the budget allows more now; resuming from the checkpoint")
                 out.requeue_after = 1.0
             return out
-        if words.get("checkpoint"):
-            out.status["checkpoint"] = words["checkpoint"]
+        if report.get("checkpoint"):
+            out.status["checkpoint"] = report["checkpoint"]
         reason = verdict.reason if not verdict.allowed else "DeadlineExceeded"
         message = (verdict.message if not verdict.allowed else
                    f"the Job reached its activeDeadlineSeconds ({job.active_deadline_seconds}s), "
@@ -463,8 +463,8 @@ def _job_failed(out: Outcome, obs: Observed, job: JobState, words: dict, pool: R
         return out
     if out.status.get("phase") != RunPhase.FAILED:
         out.status["completionTime"] = formats.timestamp(obs.now)
-        reason = words.get("reason") or job.reason or Reason.JOB_FAILED
-        message = words.get("message") or job.message or "the trainer Job failed"
+        reason = report.get("reason") or job.reason or Reason.JOB_FAILED
+        message = report.get("message") or job.message or "the trainer Job failed"
         _phase(out, obs, RunPhase.FAILED, reason, message, warning=True)
     return out
 
@@ -542,7 +542,7 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None,
 
 def _kueue_says(workload: dict | None, queue: str) -> tuple[str, str]:
     """Why Kueue holds the Job, from its Workload: evicted (preempted, ...) or not admitted
-    (insufficient quota, ...), in Kueue's own words; a generic line when it is not known."""
+    (insufficient quota, ...), in Kueue's own report; a generic line when it is not known."""
     conditions = {c.get("type"): c for c in ((workload or {}).get("status") or {}).get("conditions") or []}
     evicted, reserved = conditions.get("Evicted"), conditions.get("QuotaReserved")
     if evicted and evicted.get("status") == "True":

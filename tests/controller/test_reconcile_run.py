@@ -197,7 +197,7 @@ def test_success_records_artifact_metrics_and_registry_version():
     assert measured[0]["architecture"] == "unet2d-ddpm" and measured[0]["runs"] == 1
 
 
-def test_failure_carries_the_trainers_last_words():
+def test_failure_carries_the_trainers_report():
     words = {"outcome": "Failed", "reason": "ConfigError", "message": "unknown schemaVersion"}
     out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), RUNNING,
                                 job(conditions=[("Failed", "PodFailurePolicy")]),

@@ -212,12 +212,12 @@ class Review:
     measure: Callable[[Resource], list[dict]] | None
 
 
-def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict, words: dict) -> Review:
+def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict, report: dict) -> Review:
     """The estimate's error, and how this run updates the pool's measured throughput."""
     error = estimate.estimate_error((status.get("cost") or {}).get("estimatedSeconds"),
                                     status.get("runningSeconds"))
     model = _model(run, catalog)
-    speed = words.get("samplesPerSecond")
+    speed = report.get("samplesPerSecond")
     if pool is None or model is None or not isinstance(speed, (int, float)) or speed <= 0:
         return Review(estimate_error=error, measure=None)
 
