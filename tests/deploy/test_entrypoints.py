@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -29,3 +30,25 @@ def test_the_operator_never_imports_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     result = _run(sys.executable, "-c", code)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("missing", ["genforge_local", "kmock"])
+def test_the_local_cluster_commands_say_what_to_install_when_it_is_missing(missing):
+    """`genforge local` and `genforge demo` without the `local` extra (the package or one of its
+    dependencies): a clear message, not a traceback."""
+    code = textwrap.dedent(f"""
+        import sys
+
+        class Hide:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == {missing!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+        sys.meta_path.insert(0, Hide())
+        from genforge_operator.cli import main
+        sys.exit(main(["local"]) * 10 + main(["demo"]))
+    """)
+    result = _run(sys.executable, "-c", code)
+    assert result.returncode == 22, result.stdout + result.stderr
+    assert result.stderr.count("pip install 'genforge[local]'") == 2, result.stderr
+    assert f"No module named '{missing}" in result.stderr, result.stderr

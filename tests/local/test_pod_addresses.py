@@ -17,8 +17,8 @@ import uuid
 import pytest
 from harness import wait_for
 
-from genforge_operator.local import executor as executor_module
-from genforge_operator.local.executor import LocalExecutor
+from genforge_local import executor as executor_module
+from genforge_local.executor import LocalExecutor
 
 # Binds the pod's metrics address as the trainer's progress server does (SO_REUSEADDR), writes
 # "bound <ip>" to $MARKER, then holds it ($HOLD seconds) — or exits 1 if the address is taken.

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
+from genforge_local import kube_binaries
 from genforge_operator.api import GROUP, KINDS, VERSION
-from genforge_operator.local import kube_binaries
 
 from .test_lifecycle import condition, diagnose, get, wait, wait_phase
 

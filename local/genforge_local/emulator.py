@@ -357,7 +357,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         """Refuse a CRD as kube-apiserver does when a `default` breaks its own schema or CEL rules
         (checked as written, before nested defaults). The API server's CEL cost estimation is not
         emulated: only a real kube-apiserver says whether a rule is too expensive (tests/real)."""
-        from .. import schema
+        from genforge_operator import schema
 
         versions = [v["name"] for v in (crd.get("spec") or {}).get("versions") or [] if v.get("schema")]
         errors = [e for version in versions for e in schema.default_errors(dict(crd), version)]
