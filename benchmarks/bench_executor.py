@@ -36,7 +36,7 @@ import urllib.parse
 
 import kubernetes
 
-from genforge_local.emulator import EmulatedCluster
+from genforge_local.emulated_cluster import EmulatedCluster
 from genforge_local.executor import LocalExecutor
 from genforge_operator.resources import crd_dir
 

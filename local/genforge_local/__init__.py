@@ -9,6 +9,8 @@ describes each piece.
 It ships apart from the operator, which never imports it: `pip install 'genforge[local]'`.
 """
 
-from .emulator import EmulatedCluster, Fault, KubeApiEmulator, RequestRecord, Stall, load_crds
+from .custom_resources import load_crds
+from .emulated_cluster import EmulatedCluster
+from .emulator import Fault, KubeApiEmulator, RequestRecord, Stall
 
 __all__ = ["EmulatedCluster", "Fault", "KubeApiEmulator", "RequestRecord", "Stall", "load_crds"]

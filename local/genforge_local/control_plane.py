@@ -48,7 +48,7 @@ from typing import Any, TextIO
 from genforge_operator.api import VERSION
 from genforge_operator.resources import crd_dir as default_crd_dir
 
-from .emulator import EmulatedCluster
+from .emulated_cluster import EmulatedCluster
 from .executor import LocalExecutor
 from .kubectl_support import KubectlSupport
 

@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from genforge_local import openapi, protobuf, tables
-from genforge_local.emulator import load_crds
+from genforge_local.custom_resources import load_crds
 from genforge_local.kubectl_support import fix_discovery
 from genforge_operator.resources import crd_dir
 
