@@ -27,12 +27,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --uid 1000 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin genforge
 
 # ---------------------------------------------------------------------------- build stages
+# Only the package folders an image needs: the operator image gets operator/ alone (not
+# local/, the local cluster, nor trainer/); setuptools skips the `where` folders that are absent.
 FROM base AS source
 WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-COPY trainer/ trainer/
 
 FROM source AS build-operator
 # DL3013: the package is this repository; its dependencies are pinned in pyproject.toml.
@@ -41,6 +42,7 @@ RUN pip install ".[operator]" \
     && python -c "import genforge_operator.run_operator, kopf, kubernetes"
 
 FROM source AS build-trainer
+COPY trainer/ trainer/
 # The torch release pinned in pyproject.toml's `trainer` extra.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_VARIANT=cpu

@@ -50,7 +50,7 @@ def main() -> int:
     from harness import OperatorRunner
     from kubernetes import client
 
-    from genforge_operator.local import EmulatedCluster
+    from genforge_local import EmulatedCluster
     from genforge_operator.resources import crd_dir
 
     cluster = EmulatedCluster(crd_dir=crd_dir())

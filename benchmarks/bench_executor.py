@@ -36,8 +36,8 @@ import urllib.parse
 
 import kubernetes
 
-from genforge_operator.local.emulator import EmulatedCluster
-from genforge_operator.local.executor import LocalExecutor
+from genforge_local.emulated_cluster import EmulatedCluster
+from genforge_local.executor import LocalExecutor
 from genforge_operator.resources import crd_dir
 
 

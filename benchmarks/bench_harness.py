@@ -88,7 +88,7 @@ def mixed_requests(api, count: int) -> None:
 
 
 def emulator_latency(requests: int) -> None:
-    from genforge_operator.local import EmulatedCluster
+    from genforge_local import EmulatedCluster
 
     with EmulatedCluster() as cluster:
         api = client_for(cluster.url)
@@ -159,7 +159,7 @@ def operator_figures(runs: int) -> None:
     import kubernetes
     from harness import OperatorRunner, wait_for
 
-    from genforge_operator.local import EmulatedCluster
+    from genforge_local import EmulatedCluster
     from genforge_operator.resources import crd_dir
 
     with EmulatedCluster(crd_dir=crd_dir()) as cluster:

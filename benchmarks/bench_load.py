@@ -41,7 +41,7 @@ def main() -> int:
 
     from kubernetes import client, watch
 
-    from genforge_operator.local import EmulatedCluster
+    from genforge_local import EmulatedCluster
     from genforge_operator.resources import crd_dir
 
     cluster = EmulatedCluster(crd_dir=crd_dir())

@@ -23,7 +23,7 @@ def _prefer_the_pinned_kubectl() -> None:
     built, whatever else is on PATH: one pinned client for the emulated and the real tier."""
     import os
 
-    from genforge_operator.local import kube_binaries
+    from genforge_local import kube_binaries
 
     found = kube_binaries.find()
     if found is not None:
@@ -95,7 +95,7 @@ def pytest_make_collect_report(collector):
 @pytest.fixture(scope="session")
 def cluster():
     """The emulated API server serving the genforge CRDs from `crds/` plus the built-in kinds."""
-    from genforge_operator.local import EmulatedCluster
+    from genforge_local import EmulatedCluster
     from genforge_operator.resources import crd_dir
 
     emulated = EmulatedCluster(crd_dir=crd_dir())

@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from genforge_operator.local import EmulatedCluster
+from genforge_local import EmulatedCluster
 
 T = TypeVar("T")
 

@@ -93,6 +93,17 @@ def test_the_operator_image_has_no_torch_and_the_crds_where_resources_py_looks()
     assert 'Path("/opt/genforge")' in (ROOT / "operator" / "genforge_operator" / "resources.py").read_text()
 
 
+def test_the_operator_image_is_built_from_the_operator_package_alone():
+    """Not from local/ (the local cluster, `genforge[local]`) or trainer/: the image has only what
+    `genforge operator` imports (tests/deploy/test_entrypoints.py checks the imports)."""
+    copied = [args.split()[0].rstrip("/") for stage in lineage("build-operator")
+              for keyword, args in stages()[stage] if keyword == "COPY" and "--from=" not in args]
+    assert "operator" in copied and "local" not in copied and "trainer" not in copied, copied
+    trainer = [args.split()[0].rstrip("/") for stage in lineage("build-trainer")
+               for keyword, args in stages()[stage] if keyword == "COPY" and "--from=" not in args]
+    assert {"operator", "trainer"} <= set(trainer) and "local" not in trainer, trainer
+
+
 def test_the_trainer_torch_build_argument():
     args = dict(a.split("=", 1) for k, a in stages()["build-trainer"] if k == "ARG" and "=" in a)
     assert args["TORCH_VARIANT"] == "cpu"

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from genforge_local import demo
+from genforge_local.control_plane import DATA_MOUNT, LocalControlPlane, _tail
 from genforge_operator.api import GROUP, VERSION
-from genforge_operator.local import demo
-from genforge_operator.local.control_plane import DATA_MOUNT, LocalControlPlane, _tail
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.integration]
 

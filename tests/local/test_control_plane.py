@@ -13,7 +13,7 @@ import pytest
 import yaml
 from harness import wait_for
 
-from genforge_operator.local.control_plane import LocalControlPlane
+from genforge_local.control_plane import LocalControlPlane
 
 
 def test_without_operator_serves_the_api_and_runs_jobs(tmp_path):

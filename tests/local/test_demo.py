@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from genforge_operator.local import demo
-from genforge_operator.local.control_plane import LocalControlPlane
+from genforge_local import demo
+from genforge_local.control_plane import LocalControlPlane
 from genforge_operator.resources import examples_dir
 
 
@@ -123,7 +123,7 @@ def test_summary_states_the_sample_statistics_beside_their_targets(tmp_path):
 @pytest.mark.integration
 def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
     """Everything the demo shows, with a tenth of the steps: prepare, train, fine-tune, a budget stop."""
-    from genforge_operator.local.demo_feedback import feedback_round
+    from genforge_local.demo_feedback import feedback_round
     from genforge_operator.review.journal import Journal
 
     out = io.StringIO()

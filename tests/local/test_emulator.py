@@ -15,7 +15,7 @@ import kmock
 import pytest
 from harness import RawApi, wait_for
 
-from genforge_operator.local import EmulatedCluster
+from genforge_local import EmulatedCluster
 
 #: These tests write arbitrary status themselves to test the API semantics.
 pytestmark = pytest.mark.writes_status

@@ -13,7 +13,7 @@ import time
 import pytest
 from harness import wait_for
 
-from genforge_operator.local.executor import LocalExecutor
+from genforge_local.executor import LocalExecutor
 
 # A script that records SIGTERM in $MARKER, then exits 143 as the trainer does.
 SLEEPER = textwrap.dedent("""

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 from harness import wait_for
 
-from genforge_operator.local.executor import LocalExecutor
+from genforge_local.executor import LocalExecutor
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genforge_operator.local import jobcontrol as jc
+from genforge_local import jobcontrol as jc
 
 POLICY = (
     {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2, 3, 4]}},

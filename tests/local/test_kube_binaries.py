@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genforge_operator.local import kube_binaries as kb
+from genforge_local import kube_binaries as kb
 
 KUBERNETES_GO_MOD = """module k8s.io/kubernetes
 

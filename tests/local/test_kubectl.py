@@ -15,7 +15,7 @@ import pytest
 import yaml
 from harness import wait_for
 
-from genforge_operator.local.control_plane import LocalControlPlane
+from genforge_local.control_plane import LocalControlPlane
 from genforge_operator.resources import examples_dir
 
 pytestmark = pytest.mark.kubectl

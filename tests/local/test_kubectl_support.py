@@ -6,9 +6,9 @@ import datetime
 
 import pytest
 
-from genforge_operator.local import openapi, protobuf, tables
-from genforge_operator.local.emulator import load_crds
-from genforge_operator.local.kubectl_support import fix_discovery
+from genforge_local import openapi, protobuf, tables
+from genforge_local.custom_resources import load_crds
+from genforge_local.kubectl_support import fix_discovery
 from genforge_operator.resources import crd_dir
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
@@ -124,6 +124,6 @@ def test_protobuf_bodies_of_kubectl_create():
 @pytest.mark.parametrize("tail,limit,expected", [(None, None, b"a\nb\nc\n"), (2, None, b"b\nc\n"), (0, None, b""),
                                                  (None, 3, b"a\nb"), (2, 3, b"b\nc")])
 def test_log_tail(tail, limit, expected):
-    from genforge_operator.local.kubectl_support import log_tail
+    from genforge_local.kubectl_support import log_tail
 
     assert log_tail(b"a\nb\nc\n", tail, limit) == expected

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genforge_operator.local.kubelet import extended_requests, pod_fits
+from genforge_local.kubelet import extended_requests, pod_fits
 
 LABELS = {"kubernetes.io/hostname": "genforge-local", "pool": "gpu"}
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}

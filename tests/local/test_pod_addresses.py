@@ -17,8 +17,8 @@ import uuid
 import pytest
 from harness import wait_for
 
-from genforge_operator.local import executor as executor_module
-from genforge_operator.local.executor import LocalExecutor
+from genforge_local import pod_addresses
+from genforge_local.executor import LocalExecutor
 
 # Binds the pod's metrics address as the trainer's progress server does (SO_REUSEADDR), writes
 # "bound <ip>" to $MARKER, then holds it ($HOLD seconds) — or exits 1 if the address is taken.
@@ -73,7 +73,7 @@ def other_namespace(cluster, raw_api):
     cluster.call(lambda handler: handler.purge_namespace(name))
 
 
-@pytest.mark.skipif(not executor_module._loopback_aliases_work(), reason="needs 127.0.0.2 and up (Linux)")
+@pytest.mark.skipif(not pod_addresses.loopback_aliases_work(), reason="needs 127.0.0.2 and up (Linux)")
 def test_a_second_executor_does_not_reuse_an_address_a_running_pod_listens_on(
         cluster, namespace, other_namespace, batch_api, api_client, tmp_path):
     """A plane restarted in the same process (or a second executor, or the kubelet) started
@@ -95,7 +95,7 @@ def test_a_second_executor_does_not_reuse_an_address_a_running_pod_listens_on(
             assert line != f"bound {holder.ip}"
 
 
-@pytest.mark.skipif(not executor_module._loopback_aliases_work(), reason="needs 127.0.0.2 and up (Linux)")
+@pytest.mark.skipif(not pod_addresses.loopback_aliases_work(), reason="needs 127.0.0.2 and up (Linux)")
 def test_an_address_held_outside_any_pod_is_skipped(cluster, namespace, batch_api, api_client, tmp_path):
     """A listener the executors here know nothing of (another `genforge local` on this host, a
     trainer orphaned by a killed plane, a process that left its pod's process group) holds the
@@ -109,10 +109,8 @@ def test_an_address_held_outside_any_pod_is_skipped(cluster, namespace, batch_ap
             sock.bind((f"127.0.0.{n}", port))
             sock.listen()
             held.append(sock)
-        pool = getattr(executor_module, "_POOL", None)
-        if pool is not None:  # start the shared numbering at .2 again, as a fresh process would
-            with pool._lock:
-                pool._next = 2
+        with pod_addresses.POOL._lock:  # start the shared numbering at .2 again, as a fresh process would
+            pod_addresses.POOL._next = 2
         marker = tmp_path / "marker"
         with LocalExecutor(cluster.url, tmp_path / "data", namespace=namespace, shutdown_grace=2):
             batch_api.create_namespaced_job(namespace, binder_job("fresh", marker, port))
@@ -130,10 +128,8 @@ def test_an_address_held_outside_any_pod_is_skipped(cluster, namespace, batch_ap
 def test_the_address_pool_skips_taken_addresses_and_coordinates_processes(tmp_path):
     """Unit level: an address is handed out only if its ports bind now and no other pool (in this
     or another process: a lock file per address) holds it; it is freed once the pod's process group is gone."""
-    pool_type = getattr(executor_module, "_AddressPool", None)
-    if pool_type is None:
-        pytest.fail("no address pool: every executor numbers its pod addresses from 127.0.0.2 on its own")
-    if not executor_module._loopback_aliases_work():
+    pool_type = pod_addresses.AddressPool
+    if not pod_addresses.loopback_aliases_work():
         pytest.skip("needs 127.0.0.2 and up (Linux)")
     port = _free_port()
     one, two = pool_type(lock_dir=tmp_path), pool_type(lock_dir=tmp_path)  # two processes, one host
@@ -163,9 +159,7 @@ def test_the_address_pool_skips_taken_addresses_and_coordinates_processes(tmp_pa
 def test_a_port_taken_on_every_address_does_not_stall_the_pool(tmp_path):
     """Something listening on 0.0.0.0 at the metrics port takes it on every loopback address:
     after a few probes an address is handed out anyway (the trainer then serves elsewhere)."""
-    pool_type = getattr(executor_module, "_AddressPool", None)
-    if pool_type is None:
-        pytest.fail("no address pool")
+    pool_type = pod_addresses.AddressPool
     pool = pool_type(lock_dir=tmp_path, probes=3)
     with socket.socket() as listener:
         listener.bind(("0.0.0.0", 0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genforge_operator.local.selectors import SelectorError, field_selector, label_selector
+from genforge_local.selectors import SelectorError, field_selector, label_selector
 
 OBJECTS = {
     "gold-prod": {"metadata": {"name": "gold-prod", "labels": {"tier": "gold", "env": "prod"}}},

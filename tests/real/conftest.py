@@ -26,8 +26,8 @@ import uuid
 
 import pytest
 
+from genforge_local import kube_binaries
 from genforge_operator.api import KINDS
-from genforge_operator.local import kube_binaries
 
 pytestmark = pytest.mark.kube
 
@@ -59,7 +59,7 @@ def require_binaries() -> kube_binaries.KubeBinaries:
 def kube(tmp_path_factory):
     """A real control plane with the CRDs, the chart's operator RBAC and the local kubelet (no operator yet)."""
     require_binaries()
-    from genforge_operator.local.control_plane import LocalControlPlane
+    from genforge_local.control_plane import LocalControlPlane
 
     plane = LocalControlPlane(tmp_path_factory.mktemp("kube") / "data", operator=False, kube=True,
                               operator_env=OPERATOR_ENV)

@@ -18,9 +18,9 @@ from api.builders import example_documents, make
 from api.test_cel_rules import _OLD, ALLOWED, REJECTED, _updates
 from api.test_invalid_resources import INVALID
 
+from genforge_local.real_cluster import RealCluster
 from genforge_operator import resources, schema
 from genforge_operator.api import GROUP, KINDS, VERSION, parse_resource
-from genforge_operator.local.real_cluster import RealCluster
 
 pytestmark = pytest.mark.kube
 

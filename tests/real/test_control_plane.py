@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from genforge_operator.local.real_cluster import ControlPlaneError, RealCluster
+from genforge_local.real_cluster import ControlPlaneError, RealCluster
 
 from .conftest import require_binaries
 

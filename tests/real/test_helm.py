@@ -4,7 +4,7 @@ A pinned `helm` (v4, built from its Go module by scripts/kube-binaries) installs
 charts/genforge-crds and charts/genforge into the real control plane. The chart's operator
 Deployment becomes a ReplicaSet and a pod through the real controllers; the local kubelet
 runs that pod as a process of the installed `genforge` command (the image's ENTRYPOINT;
-executor.IMAGE_ENTRYPOINTS) with the pod's projected ServiceAccount token, so the operator
+node.IMAGE_ENTRYPOINTS) with the pod's projected ServiceAccount token, so the operator
 runs with exactly the chart's RBAC. Then examples/ (steps shortened) complete the
 lifecycle; `helm upgrade` rolls the operator; two replicas fail over; `helm uninstall`
 keeps CRDs and users' resources.
@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
+from genforge_local import kube_binaries
 from genforge_operator.api import GROUP, KINDS, VERSION
-from genforge_operator.local import kube_binaries
 
 from .test_lifecycle import condition, diagnose, get, wait, wait_phase
 

@@ -18,7 +18,7 @@ from decimal import Decimal
 
 import pytest
 
-from genforge_operator.local.kueue import LocalKueue
+from genforge_local.kueue import LocalKueue
 
 from .test_lifecycle import (
     apply,

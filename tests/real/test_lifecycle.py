@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from genforge_local.control_plane import LocalControlPlane, _tail
 from genforge_operator.api import GROUP, KINDS, VERSION
-from genforge_operator.local.control_plane import LocalControlPlane, _tail
 
 pytestmark = [pytest.mark.kube, pytest.mark.torch, pytest.mark.slow]
 
@@ -277,7 +277,7 @@ def test_operator_killed_mid_run_restarts_without_a_duplicate_job_and_cost_conti
                                              f"job-name%3D{done['status']['job']}")
     (pod,) = pods["items"]
     state = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    from genforge_operator.local import jobcontrol as jc
+    from genforge_local import jobcontrol as jc
 
     ran = (jc.parse_timestamp(state["finishedAt"]) - jc.parse_timestamp(state["startedAt"])).total_seconds()
     assert abs(float(accrued) - ran) <= 3, (accrued, ran)

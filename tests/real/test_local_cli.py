@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from genforge_operator.local import kube_binaries
+from genforge_local import kube_binaries
 
 from .conftest import require_binaries
 

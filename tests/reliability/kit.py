@@ -26,9 +26,9 @@ from typing import Any
 import kubernetes
 from harness import wait_for
 
+from genforge_local import EmulatedCluster
+from genforge_local.emulator import RequestRecord
 from genforge_operator.api import KINDS
-from genforge_operator.local import EmulatedCluster
-from genforge_operator.local.emulator import RequestRecord
 
 GROUP, VERSION = "genforge.dev", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"

@@ -12,7 +12,7 @@ module is that node:
   resources not yet allocated) and otherwise writes ``PodScheduled=False`` with reason
   ``Unschedulable`` and a message like the scheduler's; it tries again when a pod ends;
 * as the kubelet it runs each pod bound to it as a local process exactly as
-  :class:`~.executor.LocalExecutor` does (same environment, volumes, logs, signals), writes
+  :class:`~.node.LocalNode` does for the executor (same environment, volumes, logs, signals), writes
   its status through ``pods/status``, and on a graceful deletion sends SIGTERM, SIGKILL
   after the grace period, then deletes the pod with grace 0, as a kubelet does.
 
@@ -33,7 +33,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import jobcontrol as jc
-from .executor import HOST_IP, ApiError, Body, LocalExecutor, _Job, _Pod, _pods_path
+from .api_client import ApiError, Body, pods_path
+from .executor import LocalExecutor
+from .node import HOST_IP, TrackedJob, TrackedPod
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +109,9 @@ class LocalKubelet(LocalExecutor):
         self.taints = [dict(t) for t in taints]
         self.extended_resources = dict(extended_resources or {})
         self.memory = memory
-        self._groups: dict[str, _Job] = {}          # pods grouped by their owner (rendezvous ports)
-        self._unschedulable: dict[str, str] = {}    # pod uid -> the message written
-        self._pending: dict[str, Body] = {}         # unscheduled pods seen, by uid
+        self._groups: dict[str, TrackedJob] = {}  # pods grouped by their owner (rendezvous ports)
+        self._unschedulable: dict[str, str] = {}  # pod uid -> the message written
+        self._pending: dict[str, Body] = {}  # unscheduled pods seen, by uid
         self._binding: set[str] = set()
         self._finalising: set[str] = set()
         # The `kubernetes` Service's address, which a kubelet gives every container: here the
@@ -282,13 +284,14 @@ class LocalKubelet(LocalExecutor):
         group_key = owner["uid"] if owner else meta["uid"]
         group = self._groups.get(group_key)
         if group is None:
-            group = _Job(uid=group_key, namespace=meta["namespace"], name=owner["name"] if owner else meta["name"],
-                         body={"spec": {"template": {"spec": spec}}})
+            group = TrackedJob(uid=group_key, namespace=meta["namespace"],
+                               name=owner["name"] if owner else meta["name"],
+                               body={"spec": {"template": {"spec": spec}}})
             self._groups[group_key] = group
         index = meta.get("annotations", {}).get("batch.kubernetes.io/job-completion-index")
-        p = _Pod(job=group, name=meta["name"], index=int(index) if index is not None else None,
-                 log_path=self.log_path(meta["namespace"], meta["name"]),
-                 work_dir=self.work_dir / meta["namespace"] / meta["name"], uid=meta["uid"], body=obj)
+        p = TrackedPod(job=group, name=meta["name"], index=int(index) if index is not None else None,
+                       log_path=self.log_path(meta["namespace"], meta["name"]),
+                       work_dir=self.work_dir / meta["namespace"] / meta["name"], uid=meta["uid"], body=obj)
         group.pods[p.name] = p
         self._pods_by_uid[p.uid] = p
         p.task = self._spawn(self._run_bound_pod(p))
@@ -328,7 +331,7 @@ class LocalKubelet(LocalExecutor):
     async def _bind(self, obj: Body) -> None:
         meta = obj["metadata"]
         try:
-            await self._api.request("POST", _pods_path(meta["namespace"], meta["name"], "binding"), {
+            await self._api.request("POST", pods_path(meta["namespace"], meta["name"], "binding"), {
                 "apiVersion": "v1", "kind": "Binding",
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
                 "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name}})
@@ -350,14 +353,14 @@ class LocalKubelet(LocalExecutor):
         conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                            "message": message, "lastTransitionTime": now, "lastProbeTime": None})
         with contextlib.suppress(ApiError):
-            await self._api.patch(_pods_path(meta["namespace"], meta["name"], "status"),
+            await self._api.patch(pods_path(meta["namespace"], meta["name"], "status"),
                                   {"status": {"conditions": conditions}})
         self._event({"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "namespace": meta["namespace"],
                      "uid": meta["uid"]}, "Warning", "FailedScheduling", message, "default-scheduler")
 
     # --- the kubelet's part --------------------------------------------------------------------
 
-    async def _run_bound_pod(self, p: _Pod) -> None:
+    async def _run_bound_pod(self, p: TrackedPod) -> None:
         try:
             await self._run_container(p)
         except asyncio.CancelledError:
@@ -389,7 +392,7 @@ class LocalKubelet(LocalExecutor):
 
         async def delete() -> None:
             try:
-                await self._api.request("DELETE", _pods_path(meta["namespace"], meta["name"]), {
+                await self._api.request("DELETE", pods_path(meta["namespace"], meta["name"]), {
                     "apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
                     "preconditions": {"uid": meta["uid"]}})
             except ApiError as e:
@@ -411,7 +414,7 @@ class LocalKubelet(LocalExecutor):
             "state": {"terminated": {"exitCode": 137, "reason": "ContainerStatusUnknown", "finishedAt": now,
                                      "message": "The container could not be located when the pod was terminated"}}}]}
         with contextlib.suppress(ApiError):
-            await self._api.patch(_pods_path(meta["namespace"], meta["name"], "status"), {"status": status})
+            await self._api.patch(pods_path(meta["namespace"], meta["name"], "status"), {"status": status})
         if meta.get("deletionTimestamp"):
             self._finalise(obj)
 

@@ -25,10 +25,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..api import parse_resource
-from ..plan import Blocked, resolve_model_version
-from ..review.finetune import FineTuneRequest, manifest
-from ..review.server import BackgroundServer, ReviewApp
+from genforge_operator.api import parse_resource
+from genforge_operator.plan import Blocked, resolve_model_version
+from genforge_operator.review.finetune import FineTuneRequest, manifest
+from genforge_operator.review.server import BackgroundServer, ReviewApp
+
 from .control_plane import DATA_MOUNT, LocalControlPlane
 
 FINAL = {"Succeeded", "Failed", "BudgetExceeded"}

@@ -37,8 +37,9 @@ from typing import Any, TextIO
 
 import yaml
 
-from ..api import GROUP, KINDS, VERSION
-from ..resources import examples_dir
+from genforge_operator.api import GROUP, KINDS, VERSION
+from genforge_operator.resources import examples_dir
+
 from .control_plane import DATA_MOUNT, LocalControlPlane, describe
 
 Body = dict[str, Any]

@@ -45,9 +45,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..api import VERSION
-from ..resources import crd_dir as default_crd_dir
-from .emulator import EmulatedCluster
+from genforge_operator.api import VERSION
+from genforge_operator.resources import crd_dir as default_crd_dir
+
+from .emulated_cluster import EmulatedCluster
 from .executor import LocalExecutor
 from .kubectl_support import KubectlSupport
 
@@ -245,7 +246,7 @@ class LocalControlPlane:
 
     def _genforge_plurals(self) -> set[tuple[str, str]]:
         if self.real is not None:
-            from ..schema import load_crds
+            from genforge_operator.schema import load_crds
 
             return {(crd["spec"]["group"], crd["spec"]["names"]["plural"]) for crd in load_crds(self.crd_dir).values()}
         assert self.cluster is not None

@@ -34,7 +34,7 @@ import aiohttp
 import aiohttp.web
 
 from . import openapi, protobuf, tables
-from .executor import LOG_ANNOTATION
+from .node import LOG_ANNOTATION
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ forever; no selectors; every watch replays everything; no garbage collection), s
 * watch from a resourceVersion (replays what happened since; 410 Gone once compacted);
 * deletionTimestamp + finalizers; background garbage collection through
   ownerReferences (and `propagationPolicy: Orphan`); namespaces that exist, terminate
-  and take their objects with them; CRDs created through the API become resources;
+  and take their objects with them; CRDs created through the API become resources
+  (custom_resources.py);
 * fault injection: the next N requests matching a predicate answer an error and/or late;
   watch streams that go silent until released.
 
@@ -27,8 +28,8 @@ CEL rules, admission, server-side apply field ownership, Table output for printe
 columns, pagination (`limit` returns everything), foreground deletion (runs as
 background), bookmarks, authentication and RBAC (every request is allowed).
 
-`EmulatedCluster` runs one in its own thread and event loop on 127.0.0.1, loads the CRDs
-from a folder, writes a kubeconfig for clients, and injects faults.
+`EmulatedCluster` (emulated_cluster.py) runs one in its own thread and event loop on
+127.0.0.1, loads the CRDs from a folder, writes a kubeconfig for clients, and injects faults.
 """
 
 from __future__ import annotations
@@ -43,14 +44,11 @@ import importlib.resources
 import itertools
 import json
 import logging
-import os
 import secrets
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -60,7 +58,7 @@ import jsonpointer
 import kmock
 import yaml
 
-from . import selectors
+from . import custom_resources, selectors
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +70,6 @@ NAMESPACES = kmock.resource("", "v1", "namespaces")
 PODS = kmock.resource("", "v1", "pods")
 SERVICE_ACCOUNTS = kmock.resource("", "v1", "serviceaccounts")
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-ALL_VERBS = frozenset({"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"})
 
 # Fields of metadata that only the server sets; clients cannot change them by update or patch.
 _SYSTEM_METADATA = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp",
@@ -280,37 +277,6 @@ def _name_ok(name: str) -> bool:
             and name[0].isalnum() and name[-1].isalnum())
 
 
-def crd_resources(crd: Mapping[str, Any]) -> dict[kmock.resource, kmock.ResourceInfo]:
-    """The resources a CustomResourceDefinition serves: one per served version."""
-    spec = crd["spec"]
-    names = spec["names"]
-    result = {}
-    for version in spec.get("versions", []):
-        if not version.get("served", True):
-            continue
-        subresources = version.get("subresources") or spec.get("subresources") or {}
-        result[kmock.resource(spec["group"], version["name"], names["plural"])] = kmock.ResourceInfo(
-            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-            kind=names["kind"],
-            singular=names.get("singular") or names["kind"].lower(),
-            verbs=ALL_VERBS,
-            shortnames=names.get("shortNames", []),
-            categories=names.get("categories", []),
-            subresources={name for name in ("status", "scale") if name in subresources},
-        )
-    return result
-
-
-def load_crds(crd_dir: str | os.PathLike[str]) -> list[Body]:
-    """Every CustomResourceDefinition in the YAML files of a folder (sorted by file name)."""
-    crds = []
-    for path in sorted(Path(crd_dir).glob("*.y*ml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                crds.append(doc)
-    return crds
-
-
 @attrs.define(kw_only=True, eq=False)
 class KubeApiEmulator(kmock.KubernetesEmulator):
     """The HTTP handler: kmock serves discovery; every resource request is served here.
@@ -344,7 +310,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         # kmock's load_bundled(), minus its deprecated importlib call: the built-in kinds of a K3s.
         bundled = importlib.resources.files("kmock._internal").joinpath("resources.json.gz").read_bytes()
         self._resources.load_data(gzip.decompress(bundled))
-        self._resources[CRD_RESOURCE].verbs = ALL_VERBS
+        self._resources[CRD_RESOURCE].verbs = custom_resources.ALL_VERBS
         for namespace in DEFAULT_NAMESPACES:
             self._store(NAMESPACES, None, namespace, self._new_metadata(
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace},
@@ -354,17 +320,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
 
     @staticmethod
     def check_crd(crd: Mapping[str, Any]) -> None:
-        """Refuse a CRD as kube-apiserver does when a `default` breaks its own schema or CEL rules
-        (checked as written, before nested defaults). The API server's CEL cost estimation is not
-        emulated: only a real kube-apiserver says whether a rule is too expensive (tests/real)."""
-        from .. import schema
-
-        versions = [v["name"] for v in (crd.get("spec") or {}).get("versions") or [] if v.get("schema")]
-        errors = [e for version in versions for e in schema.default_errors(dict(crd), version)]
+        """Refuse a CRD as kube-apiserver does (`custom_resources.default_errors`)."""
+        errors = custom_resources.default_errors(crd)
         if errors:
             name = (crd.get("metadata") or {}).get("name", "")
-            raise ApiError(422, f'CustomResourceDefinition "{name}" is invalid: '
-                                + "; ".join(f"spec.validation.{e.path}: {e.message}" for e in errors),
+            raise ApiError(422, f'CustomResourceDefinition "{name}" is invalid: ' + "; ".join(errors),
                            reason="Invalid")
 
     def register_crd(self, crd: Mapping[str, Any]) -> None:
@@ -373,24 +333,16 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         key = (CRD_RESOURCE, None, crd["metadata"]["name"])
         if self._get(key) is None:
             obj = self._new_metadata(copy.deepcopy(dict(crd)), CRD_RESOURCE, None)
-            obj["status"] = self._crd_status(obj)
+            obj["status"] = custom_resources.crd_status(obj, _now())
             self._store(*key, obj)
-        for resource, info in crd_resources(crd).items():
+        for resource, info in custom_resources.crd_resources(crd).items():
             self._resources[resource] = info
 
     def _unregister_crd(self, crd: Mapping[str, Any]) -> None:
-        for resource in crd_resources(crd):
+        for resource in custom_resources.crd_resources(crd):
             for key in [key for key in self._objects if key[0] == resource]:
                 self._remove(key, self._get(key))
             del self._resources[resource]
-
-    @staticmethod
-    def _crd_status(crd: Mapping[str, Any]) -> Body:
-        now = _now()
-        return {"acceptedNames": crd["spec"]["names"], "storedVersions": [
-                    v["name"] for v in crd["spec"].get("versions", []) if v.get("storage")],
-                "conditions": [{"type": t, "status": "True", "reason": t, "message": "", "lastTransitionTime": now}
-                               for t in ("NamesAccepted", "Established")]}
 
     async def _serve_version(self, request: Any) -> Any:
         """kmock's APIResourceList, as kube-apiserver answers it (kubectl maps resources by it).
@@ -508,7 +460,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if route.resource == NAMESPACES:
             obj["status"] = {"phase": "Active"}
         if route.resource == CRD_RESOURCE:
-            obj["status"] = self._crd_status(obj)
+            obj["status"] = custom_resources.crd_status(obj, _now())
         if dry_run:
             return obj
         self._store(*key, obj)
@@ -983,186 +935,3 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         """End every open watch stream (clients see a normal end and reconnect)."""
         for watcher in list(self._watchers):
             watcher.queue.put_nowait(None)
-
-
-class EmulatedCluster:
-    """An emulated Kubernetes API server on 127.0.0.1, in its own thread and event loop.
-
-        cluster = EmulatedCluster(crd_dir="crds")
-        url = cluster.start()            # http://127.0.0.1:PORT
-        cluster.write_kubeconfig("kubeconfig")
-        cluster.inject(status=500, verb="patch", resource="trainingruns", times=2)
-        cluster.stop()
-
-    Its own thread keeps it apart from the clients' loops (kopf cancels tasks it did not
-    create; a shared loop breaks both at teardown).
-    """
-
-    def __init__(self, crd_dir: str | os.PathLike[str] | None = None, *, host: str = "127.0.0.1",
-                 port: int = 0, crds: Iterable[Mapping[str, Any]] = (),
-                 middleware: Callable[[KubeApiEmulator, aiohttp.web.BaseRequest], Any] | None = None):
-        self.crd_dir = Path(crd_dir) if crd_dir is not None else None
-        # In front of the handler: `await middleware(handler, request)` (kubectl_support.KubectlSupport).
-        self.middleware = middleware
-        self.host, self.port = host, port
-        self._extra_crds = list(crds)
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self.handler: KubeApiEmulator | None = None
-        self.url: str | None = None
-
-    # --- lifecycle -----------------------------------------------------------------------
-
-    def start(self, timeout: float = 10.0) -> str:
-        """Start serving; returns the base URL."""
-        if self._thread is not None:
-            raise RuntimeError("the emulated cluster is already started")
-        crds = (load_crds(self.crd_dir) if self.crd_dir is not None else []) + self._extra_crds
-        self._ready.clear()
-        self._error = None
-        self._thread = threading.Thread(target=self._run, args=(crds,), name="genforge-emulator", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error is not None:
-            raise RuntimeError(f"the emulated cluster did not start: {self._error!r}")
-        assert self.url is not None
-        return self.url
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._thread is None or self._loop is None or self._stopping is None:
-            return
-        self._loop.call_soon_threadsafe(self._stopping.set)
-        self._thread.join(timeout)
-        self._thread = None
-
-    def __enter__(self) -> EmulatedCluster:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _run(self, crds: list[Body]) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve(crds))
-        except BaseException as e:  # reported by start()
-            self._error = e
-            self._ready.set()
-        finally:
-            loop.close()
-
-    async def _serve(self, crds: list[Body]) -> None:
-        self._stopping = asyncio.Event()
-        handler = KubeApiEmulator()
-        for crd in crds:
-            handler.register_crd(crd)
-        self.handler = handler
-        async with handler:
-            middleware = self.middleware
-            serve = handler if middleware is None else (lambda request: middleware(handler, request))
-            server = aiohttp.web.Server(serve, handler_cancellation=True, access_log=None)
-            runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
-            await runner.setup()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            site = aiohttp.web.SockSite(runner, sock)
-            await site.start()
-            self.port = sock.getsockname()[1]
-            self.url = f"http://{self.host}:{self.port}"
-            self._ready.set()
-            try:
-                await self._stopping.wait()
-            finally:
-                handler.close_watches()
-                await asyncio.sleep(0.05)  # let the streams write their end
-                await runner.cleanup()
-
-    # --- access from other threads ---------------------------------------------------------
-
-    def call(self, fn: Callable[[KubeApiEmulator], Any], timeout: float = 10.0) -> Any:
-        """Run `fn(handler)` on the emulator's loop (thread-safe access to its state)."""
-        if self._loop is None or self.handler is None:
-            raise RuntimeError("the emulated cluster is not started")
-        handler = self.handler
-
-        async def run() -> Any:
-            return fn(handler)
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
-
-    def register_crd(self, crd: Mapping[str, Any]) -> None:
-        self.call(lambda handler: handler.register_crd(crd))
-
-    def inject(self, status: int | None = 500, *, times: int | None = 1, delay: float = 0.0,
-               **criteria: Any) -> Fault:
-        """Make the next `times` matching requests fail with `status` and/or answer after `delay` s.
-
-        Criteria (all optional, see `fault_predicate`): verb, resource, namespace, name,
-        subresource, user_agent (a prefix: "kopf" hits only the operator), match (a callable).
-        """
-        assert self.handler is not None, "start the emulated cluster first"
-        return self.handler.add_fault(Fault(fault_predicate(**criteria), status=status, times=times, delay=delay))
-
-    def stall_watches(self, **criteria: Any) -> Stall:
-        """Make matching watch streams (open and future) go silent until `release_watches()`.
-
-        Criteria as for `inject` (e.g. `user_agent="kopf"`, `resource="trainingruns"`).
-        """
-        stall = Stall(fault_predicate(verb="watch", **criteria))
-        return self.call(lambda handler: handler.stall_watches(stall))
-
-    def release_watches(self, *stalls: Stall) -> None:
-        self.call(lambda handler: handler.release_watches(*stalls))
-
-    def clear_faults(self, *faults: Fault) -> None:
-        """Remove the given faults, or all of them."""
-        assert self.handler is not None
-        self.handler.remove_faults(*faults)
-
-    def requests(self, since: int = 0) -> list[RequestRecord]:
-        assert self.handler is not None
-        return self.handler.requests(since)
-
-    def mark(self) -> int:
-        """The id the next request will get: pass it as `since` to look only at later requests."""
-        records = self.requests()
-        return records[-1].id + 1 if records else 0
-
-    def wait_for_request(self, predicate: Callable[[RequestRecord], bool], *, since: int = 0,
-                         timeout: float = 10.0) -> RequestRecord:
-        deadline = time.monotonic() + timeout
-        while True:
-            for record in self.requests(since):
-                if predicate(record):
-                    return record
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no matching request within {timeout} s")
-            time.sleep(0.01)
-
-    def resources(self) -> dict[kmock.resource, kmock.ResourceInfo]:
-        """The served resource table (a copy)."""
-        return self.call(lambda handler: {res: handler.resources[res] for res in handler.resources})
-
-    # --- clients ---------------------------------------------------------------------------
-
-    def kubeconfig(self, *, namespace: str = "default", context: str = "genforge-local") -> Body:
-        if self.url is None:
-            raise RuntimeError("the emulated cluster is not started")
-        return {
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
-            "clusters": [{"name": context, "cluster": {"server": self.url}}],
-            "users": [{"name": context, "user": {"token": "genforge-local"}}],
-            "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}],
-            "current-context": context,
-        }
-
-    def write_kubeconfig(self, path: str | os.PathLike[str], **kwargs: Any) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.kubeconfig(**kwargs), sort_keys=False))
-        return path
