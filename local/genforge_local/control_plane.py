@@ -116,8 +116,8 @@ class LocalControlPlane:
         return self.logs_dir / "operator.log"
 
     def api(self, namespace: str = "default"):
-        """A small JSON client (`demo.Api`) for this control plane, as its admin."""
-        from .demo import Api
+        """A small JSON client (`json_api.Api`) for this control plane, as its admin."""
+        from .json_api import Api
 
         return Api(self.url, namespace, ssl_context=self.real.ssl_context() if self.real is not None else None)
 

@@ -30,6 +30,7 @@ import pytest
 
 from genforge_local import demo
 from genforge_local.control_plane import DATA_MOUNT, LocalControlPlane, _tail
+from genforge_local.json_api import Api
 from genforge_operator.api import GROUP, VERSION
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.integration]
@@ -111,7 +112,7 @@ def diagnose(plane: LocalControlPlane) -> str:
     return "\n".join(parts)
 
 
-def wait_final(plane: LocalControlPlane, api: demo.Api, kinds_names: set[tuple[str, str]],
+def wait_final(plane: LocalControlPlane, api: Api, kinds_names: set[tuple[str, str]],
                timeout: float = TIMEOUT) -> dict[tuple[str, str], dict]:
     """Poll until every named object is in a final phase (the demo's notion of final)."""
     deadline = time.monotonic() + timeout
@@ -127,7 +128,7 @@ def wait_final(plane: LocalControlPlane, api: demo.Api, kinds_names: set[tuple[s
         time.sleep(0.5)
 
 
-def model_with_versions(plane: LocalControlPlane, api: demo.Api, sources: set[tuple[str, str]],
+def model_with_versions(plane: LocalControlPlane, api: Api, sources: set[tuple[str, str]],
                         timeout: float = 30.0) -> dict:
     """The GenModel once it lists a version from every (kind, name) in `sources` (the registry
     write may land just after the run's final phase)."""
@@ -184,8 +185,8 @@ def plane(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def api(plane) -> demo.Api:
-    return demo.Api(plane.url, NAMESPACE)
+def api(plane) -> Api:
+    return Api(plane.url, NAMESPACE)
 
 
 @pytest.fixture(scope="module")
