@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -63,6 +64,9 @@ from .resources import crd_dir
 if TYPE_CHECKING:
     import jsonschema
 
+#: What validation imports (on first use), by module: the distribution that provides it.
+VALIDATION_PACKAGES = {"jsonschema": "jsonschema", "cel": "common-expression-language"}
+
 _NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -74,6 +78,18 @@ class FieldError(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+def missing_validation_packages() -> list[str]:
+    """The packages `validate`/`admit` need that cannot be imported here (the operator image has
+    none of them; `pip install 'genforge[local]'` brings them)."""
+    missing = []
+    for module, package in VALIDATION_PACKAGES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
 
 
 # ---------------------------------------------------------------- loading
