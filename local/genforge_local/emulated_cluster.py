@@ -167,6 +167,11 @@ class EmulatedCluster:
         assert self.handler is not None
         return self.handler.requests(since)
 
+    def warned_requests(self, since: int = 0) -> list[RequestRecord]:
+        """The requests answered with `Warning` headers (e.g. unknown fields pruned), from id `since` on."""
+        assert self.handler is not None
+        return self.handler.warned_requests(since)
+
     def mark(self) -> int:
         """The id the next request will get: pass it as `since` to look only at later requests."""
         records = self.requests()

@@ -23,10 +23,19 @@ forever; no selectors; every watch replays everything; no garbage collection), s
 * fault injection: the next N requests matching a predicate answer an error and/or late;
   watch streams that go silent until released.
 
-Not emulated: schema validation, pruning and defaulting (CRD `default`s are not applied),
-CEL rules, admission, server-side apply field ownership, Table output for printer
-columns, pagination (`limit` returns everything), foreground deletion (runs as
-background), bookmarks, authentication and RBAC (every request is allowed).
+* custom resources admitted as kube-apiserver admits them (custom_resources.py, with
+  genforge_operator.schema): unknown fields pruned (a `Warning` header; refused with 400
+  under `fieldValidation=Strict`), schema defaults applied, OpenAPI schema and CEL rules
+  validated (422 Invalid with a cause per field), on create, update, patch and `/status`;
+  a body whose apiVersion or kind is not the URL's is refused;
+* the ServiceAccount admission of pods (a pod naming a missing account is refused);
+
+Not emulated: validation ratcheting finer than custom_resources.py says, admission webhooks
+and other admission plugins, schema validation of built-in kinds, server-side apply field
+ownership, Table output for
+printer columns, pagination (`limit` returns everything), foreground deletion (runs as
+background), bookmarks, dry run of updates and patches, authentication and RBAC (every
+request is allowed).
 
 `EmulatedCluster` (emulated_cluster.py) runs one in its own thread and event loop on
 127.0.0.1, loads the CRDs from a folder, writes a kubeconfig for clients, and injects faults.
@@ -58,6 +67,8 @@ import jsonpointer
 import kmock
 import yaml
 
+from genforge_operator import schema
+
 from . import custom_resources, selectors
 
 logger = logging.getLogger(__name__)
@@ -82,11 +93,13 @@ _REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 405: "MethodNo
 class ApiError(Exception):
     """An error answered as a Kubernetes `Status` object."""
 
-    def __init__(self, code: int, message: str, *, reason: str | None = None, details: Body | None = None):
+    def __init__(self, code: int, message: str, *, reason: str | None = None, details: Body | None = None,
+                 warnings: list[str] | None = None):
         super().__init__(message)
         self.code, self.message = code, message
         self.reason = reason or _REASONS.get(code, "Unknown")
         self.details = details or {}
+        self.warnings = list(warnings or [])  # `Warning` headers of the answer
 
     def status(self) -> Body:
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -94,7 +107,10 @@ class ApiError(Exception):
 
     def response(self) -> aiohttp.web.Response:
         headers = {"Retry-After": "1"} if self.code == 429 else None
-        return aiohttp.web.json_response(self.status(), status=self.code, headers=headers)
+        response = aiohttp.web.json_response(self.status(), status=self.code, headers=headers)
+        for warning in self.warnings:
+            response.headers.add("Warning", _warning_header(warning))
+        return response
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +175,16 @@ class RequestRecord:
     status: int | None = None
     started: float = 0.0
     duration: float | None = None
+    warnings: tuple[str, ...] = ()  # the answer's `Warning` headers (e.g. `unknown field "spec.x"`, pruned)
+
+
+@dataclasses.dataclass
+class _Validation:
+    """A write's `fieldValidation` directive (what to do with unknown fields of a custom resource:
+    `Strict` refuses them, `Warn` (the default) and `Ignore` prune them) and its warnings."""
+
+    directive: str = "Warn"
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(eq=False)
@@ -216,6 +242,11 @@ class _Watcher:
     record: RequestRecord
     queue: asyncio.Queue[_Event | None]
     flowing: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+def _warning_header(warning: str) -> str:
+    """A `Warning` header value as kube-apiserver writes it (RFC 7234, code 299)."""
+    return '299 - "{}"'.format(warning.replace("\\", "\\\\").replace('"', '\\"'))
 
 
 def _now() -> str:
@@ -298,11 +329,17 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
     _tasks: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
     _faults: list[Fault] = attrs.field(factory=list, init=False)
     _stalls: list[Stall] = attrs.field(factory=list, init=False)
+    _schemas: dict[kmock.resource, schema.CustomResourceSchema] = attrs.field(factory=dict, init=False)
     _log: collections.deque[RequestRecord] = attrs.field(init=False)
+    _warned: collections.deque[RequestRecord] = attrs.field(init=False)  # requests answered with warnings
     _log_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     @_log.default
     def _make_log(self) -> collections.deque[RequestRecord]:
+        return collections.deque(maxlen=self.request_log_size)
+
+    @_warned.default
+    def _make_warned(self) -> collections.deque[RequestRecord]:
         return collections.deque(maxlen=self.request_log_size)
 
     def __attrs_post_init__(self) -> None:
@@ -337,12 +374,14 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             self._store(*key, obj)
         for resource, info in custom_resources.crd_resources(crd).items():
             self._resources[resource] = info
+        self._schemas.update(custom_resources.crd_schemas(crd))
 
     def _unregister_crd(self, crd: Mapping[str, Any]) -> None:
         for resource in custom_resources.crd_resources(crd):
             for key in [key for key in self._objects if key[0] == resource]:
                 self._remove(key, self._get(key))
             del self._resources[resource]
+            self._schemas.pop(resource, None)
 
     async def _serve_version(self, request: Any) -> Any:
         """kmock's APIResourceList, as kube-apiserver answers it (kubectl maps resources by it).
@@ -415,10 +454,12 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
 
     # --- writes (synchronous: atomic on the event loop) ----------------------------------
 
-    def _create(self, route: Route, body: Any, *, dry_run: bool = False) -> Body:
+    def _create(self, route: Route, body: Any, *, dry_run: bool = False,
+                validation: _Validation | None = None) -> Body:
         info = self._info(route)
         if not isinstance(body, dict):
             raise ApiError(400, "the body of the request must be an object")
+        self._check_identity(route.resource, body, validation or _Validation())
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
@@ -456,6 +497,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             obj.pop("status", None)
         if route.resource == CRD_RESOURCE:
             self.check_crd(obj)
+        if route.resource in self._schemas:
+            if namespace is not None:
+                meta["namespace"] = namespace
+            obj["apiVersion"], obj["kind"] = self._api_version(route.resource), kind
+            obj = self._admit(route.resource, obj, None, validation or _Validation(), verb="create")
         obj = self._new_metadata(obj, route.resource, namespace)
         if route.resource == NAMESPACES:
             obj["status"] = {"phase": "Active"}
@@ -471,6 +517,52 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             self._spawn(self._collect_if_orphaned(key))
         return obj
 
+    def _check_identity(self, resource: kmock.resource, body: Body, validation: _Validation) -> None:
+        """A custom resource's body must name the URL's apiVersion and kind (or neither), as
+        kube-apiserver answers: a version it does not serve decodes without a schema (all its
+        fields are unknown: Strict refuses them), another kind is Invalid."""
+        if resource not in self._schemas:
+            return
+        want_version, want_kind = self._api_version(resource), self._kind(resource)
+        version, kind = body.get("apiVersion"), body.get("kind")
+        if version not in (None, "", want_version):
+            unknown = sorted(name for name in body if name not in ("apiVersion", "kind", "metadata"))
+            if unknown and validation.directive == "Strict":
+                raise ApiError(400, custom_resources.undecodable(
+                    kind or want_kind, str(version).rpartition("/")[2], custom_resources.strict_decoding_error(unknown)))
+            if validation.directive != "Ignore":
+                validation.warnings += [f'unknown field "{name}"' for name in unknown]
+            raise ApiError(400, f"the API version in the data ({version}) does not match the expected API "
+                                f"version ({want_version})", warnings=validation.warnings)
+        if kind not in (None, "", want_kind):
+            name = str(_meta(body).get("name") or "")
+            error = schema.FieldError("kind", f'Invalid value: "{kind}": must be {want_kind}')
+            message, details = custom_resources.invalid_status(str(kind), resource.group, name, [error])
+            raise ApiError(422, message, reason="Invalid", details=details)
+
+    def _admit(self, resource: kmock.resource, obj: Body, old: Body | None, validation: _Validation, *,
+               verb: str) -> Body:
+        """kube-apiserver's admission of a custom resource write (custom_resources.admit): the
+        object to store, or ApiError 400 (unknown fields under Strict) / 422 (invalid)."""
+        crd_schema = self._schemas[resource]
+        _integral_floats_to_int(obj)  # the server decodes JSON so: 2.0 is an integer before validation
+        admitted = custom_resources.admit(crd_schema, obj, old)
+        if admitted.unknown:
+            if validation.directive == "Strict" and verb == "patch":  # the patched object does not decode
+                message, details = custom_resources.strict_patch_status(obj, admitted.unknown)
+                raise ApiError(422, message, reason="Invalid", details=details)
+            if validation.directive == "Strict":  # the request body does not decode
+                raise ApiError(400, custom_resources.undecodable(
+                    crd_schema.kind, crd_schema.version, custom_resources.strict_decoding_error(admitted.unknown)))
+            if validation.directive != "Ignore":
+                validation.warnings += [f'unknown field "{path}"' for path in admitted.unknown]
+        if admitted.errors:
+            name = str(_meta(obj).get("name") or _meta(obj).get("generateName") or "")
+            message, details = custom_resources.invalid_status(crd_schema.kind, resource.group, name,
+                                                               admitted.errors, admitted.rules_skipped)
+            raise ApiError(422, message, reason="Invalid", details=details)
+        return admitted.obj
+
     def _admit_service_account(self, pod: Body, namespace: str | None, name: str) -> None:
         """kube-apiserver's ServiceAccount admission refuses a pod whose account does not exist
         (the Job controller then only records FailedCreate). The `default` account is taken as
@@ -480,8 +572,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             raise ApiError(403, f'pods "{name}" is forbidden: error looking up service account '
                                 f'{namespace}/{account}: serviceaccount "{account}" not found', reason="Forbidden")
 
-    def _commit(self, key: Key, old: Body, new: Body) -> Body:
-        """Store a changed object: server-owned metadata kept, generation and version bumped."""
+    def _commit(self, key: Key, old: Body, new: Body, validation: _Validation | None = None,
+                verb: str = "update") -> Body:
+        """Store a changed object: server-owned metadata kept, generation and version bumped.
+
+        A client's write (`validation` given) of a custom resource is admitted first."""
         resource = key[0]
         if resource == CRD_RESOURCE:
             self.check_crd(new)
@@ -493,6 +588,9 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             else:
                 new_meta.pop(field, None)
         new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+        if validation is not None and resource in self._schemas:
+            new = self._admit(resource, new, old, validation, verb=verb)
+            new_meta = new["metadata"]
         if new == old:
             return old  # a no-op write: no new resourceVersion, no event (kopf relies on this)
         if old_meta.get("deletionTimestamp"):
@@ -615,13 +713,14 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                                 "the object has been modified; please apply your changes to the latest "
                                 "version and try again")
 
-    def _update(self, route: Route, key: Key, body: Any) -> Body:
+    def _update(self, route: Route, key: Key, body: Any, validation: _Validation | None = None) -> Body:
         info = self._info(route)
         old = self._get(key)
         if old is None:
             raise _not_found(route.resource, key[2])
         if not isinstance(body, dict):
             raise ApiError(400, "the body of the request must be an object")
+        self._check_identity(route.resource, body, validation or _Validation())
         if _meta(body).get("name") not in (None, route.name):
             raise ApiError(400, "the name of the object does not match the name on the URL")
         self._check_resource_version(old, body)
@@ -636,14 +735,16 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                 new.pop("status", None)
                 if "status" in old:
                     new["status"] = copy.deepcopy(old["status"])
-        return self._commit(key, old, new)
+        return self._commit(key, old, new, validation or _Validation(), "update")
 
-    def _patch(self, route: Route, key: Key, body: Any, content_type: str) -> Body:
+    def _patch(self, route: Route, key: Key, body: Any, content_type: str,
+               validation: _Validation | None = None) -> Body:
         info = self._info(route)
         old = self._get(key)
         if old is None:
             if content_type == "application/apply-patch+yaml":  # server-side apply may create
-                return self._create(dataclasses.replace(route, name=None, subresource=None), body)
+                return self._create(dataclasses.replace(route, name=None, subresource=None), body,
+                                    validation=validation)
             raise _not_found(route.resource, key[2])
         if content_type == "application/json-patch+json":
             if not isinstance(body, list):
@@ -673,7 +774,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                 new.pop("status", None)
                 if "status" in old:
                     new["status"] = copy.deepcopy(old["status"])
-        return self._commit(key, old, new)
+        return self._commit(key, old, new, validation or _Validation(), "patch")
 
     # --- HTTP ----------------------------------------------------------------------------
 
@@ -746,14 +847,17 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             if obj is None:
                 raise _not_found(route.resource, key[2])
             return self._json(obj)
+        validation = _Validation(params.get("fieldValidation") or "Warn")
         if record.verb == "create":
             dry_run = params.get("dryRun") == "All"
-            return self._json(self._create(route, body, dry_run=dry_run), status=201)
+            created = self._create(route, body, dry_run=dry_run, validation=validation)
+            return self._warn(record, validation, self._json(created, status=201))
         if record.verb == "update":
-            return self._json(self._update(route, key, body))
+            return self._warn(record, validation, self._json(self._update(route, key, body, validation)))
         if record.verb == "patch":
             content_type = raw_request.headers.get("Content-Type", "").split(";")[0].strip()
-            return self._json(self._patch(route, key, body, content_type))
+            patched = self._patch(route, key, body, content_type, validation)
+            return self._warn(record, validation, self._json(patched))
         options = dict(body) if isinstance(body, dict) else {}
         if "propagationPolicy" in params:
             options["propagationPolicy"] = params["propagationPolicy"]
@@ -774,6 +878,17 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         return self._json({"apiVersion": self._api_version(route.resource),
                            "kind": f"{self._kind(route.resource)}List",
                            "metadata": {"resourceVersion": str(self._rv)}, "items": items})
+
+    def _warn(self, record: RequestRecord, validation: _Validation,
+              response: aiohttp.web.Response) -> aiohttp.web.Response:
+        """The write's warnings as `Warning: 299 - "…"` headers, as kube-apiserver sends them; logged."""
+        if validation.warnings:
+            record.warnings = tuple(validation.warnings)
+            for warning in validation.warnings:
+                response.headers.add("Warning", _warning_header(warning))
+            with self._log_lock:
+                self._warned.append(record)
+        return response
 
     @staticmethod
     def _parse_body(raw_request: aiohttp.web.BaseRequest, raw_body: bytes) -> Any:
@@ -922,6 +1037,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         """The request log (the last `request_log_size`), from request id `since` on."""
         with self._log_lock:
             return [record for record in self._log if record.id >= since]
+
+    def warned_requests(self, since: int = 0) -> list[RequestRecord]:
+        """The requests answered with warnings (the last `request_log_size`), from request id `since` on."""
+        with self._log_lock:
+            return [record for record in self._warned if record.id >= since]
 
     def purge_namespace(self, namespace: str) -> None:
         """Remove a namespace and everything in it now, finalizers or not (test and demo cleanup)."""

@@ -45,11 +45,35 @@ def load_documents(paths: list[str]) -> list[dict]:
     return docs
 
 
+def _is_genforge(doc: dict) -> bool:
+    return doc.get("kind") in KINDS and str(doc.get("apiVersion", "")).startswith("genforge.dev/")
+
+
 def load_resources(paths: list[str], default_namespace: str = "default") -> list[Resource]:
     """genforge resources in the files (other kinds are ignored), namespaces filled in."""
+    return parse_documents(load_documents(paths), default_namespace)
+
+
+def schema_errors(docs: list[dict]) -> list[str]:
+    """What the API server would refuse in the genforge documents, as `<Kind> "<name>" is invalid:
+    <path>: <message>` lines (`schema.admit`: the CRD schemas and CEL rules; unknown fields are
+    refused, as `kubectl apply` asks). Needs jsonschema and cel (`schema.missing_validation_packages`)."""
+    from . import schema
+
+    problems = []
+    for doc in docs:
+        if _is_genforge(doc):
+            meta = doc.get("metadata")
+            name = meta.get("name", "?") if isinstance(meta, dict) else "?"
+            problems += [f'{doc["kind"]} "{name}" is invalid: {error}' for error in schema.admit(doc)[1]]
+    return problems
+
+
+def parse_documents(docs: list[dict], default_namespace: str = "default") -> list[Resource]:
+    """The genforge documents as typed resources (other kinds are ignored), namespaces filled in."""
     resources = []
-    for doc in load_documents(paths):
-        if doc.get("kind") not in KINDS or not str(doc.get("apiVersion", "")).startswith("genforge.dev/"):
+    for doc in docs:
+        if not _is_genforge(doc):
             continue
         meta = doc.setdefault("metadata", {})
         if KINDS[doc["kind"]].namespaced:

@@ -1,10 +1,13 @@
 """`genforge render -f FILE…` — the objects the operator would create, offline.
 
-Like `helm template`: for review, GitOps diffs and debugging. It calls the very builders
-the operator calls (`plan.plan_dataset` / `plan.plan_run`); nothing is re-implemented
-here. Assumptions that only a live cluster could settle are printed as YAML comments:
-referenced Datasets are taken as Ready, and a FineTune whose GenModel has no versions yet
-starts from a placeholder version.
+Like `helm template`: for review, GitOps diffs and debugging. The input is first judged
+as the API server would judge it (`schema.admit`: the CRD schemas and their CEL rules,
+unknown fields refused as `kubectl apply` does); invalid input prints every field error
+and renders nothing. Then it calls the very builders the operator calls
+(`plan.plan_dataset` / `plan.plan_run`); nothing is re-implemented here. Assumptions
+that only a live cluster could settle are printed as YAML comments: referenced Datasets
+are taken as Ready, and a FineTune whose GenModel has no versions yet starts from a
+placeholder version.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from datetime import UTC, datetime
 
 import yaml
 
-from . import formats
+from . import formats, schema
 from .api import ModelVersion, Resource, SourceRef
 from .config import OperatorConfig
-from .manifests import ManifestError, load_resources
+from .manifests import ManifestError, load_documents, parse_documents, schema_errors
 from .money import choose_pool_for_run
 from .plan import Blocked, Catalog, fixed_pool, plan_dataset, plan_run, resolve_references
 from .runspec import dataset_uri, storage_uri
@@ -41,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", action="append", required=True,
                         help="YAML file or folder with genforge resources (repeatable)")
     parser.add_argument("-n", "--namespace", default="default", help="namespace for resources without one")
+    parser.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
+                        help="check the resources against the CRDs first, as the API server would "
+                             "(default; needs jsonschema and common-expression-language: genforge[local])")
 
 
 def _assume_ready(resources: list[Resource], config: OperatorConfig) -> list[Resource]:
@@ -92,7 +98,20 @@ def render(resources: list[Resource], config: OperatorConfig) -> tuple[list[tupl
 def run(args: argparse.Namespace) -> int:
     config = OperatorConfig.from_env()
     try:
-        resources = load_resources(args.filename, args.namespace)
+        documents = load_documents(args.filename)
+        if args.validate:
+            missing = schema.missing_validation_packages()
+            if missing:
+                print(f"error: validating the resources against the CRDs needs {' and '.join(missing)}, "
+                      "which are not installed: pip install 'genforge[local]' (or render without "
+                      "checking: --no-validate)", file=sys.stderr)
+                return 2
+            invalid = schema_errors(documents)
+            if invalid:
+                for problem in invalid:
+                    print(f"error: {problem}", file=sys.stderr)
+                return 2
+        resources = parse_documents(documents, args.namespace)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

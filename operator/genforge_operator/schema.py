@@ -14,6 +14,13 @@ that code without a cluster — the offline tests, `genforge local`'s emulated A
   Returns `FieldError`s: `(path, message)` tuples with Kubernetes-style paths such as
   `spec.warnAt[1]`.
 - `admit(obj, old=None)`: the defaulted object and its errors, for an API server.
+- `prune(obj)`: the object without the fields its schema does not declare, and their
+  paths — what kube-apiserver silently drops unless the request asks for
+  `fieldValidation=Strict` (then it refuses them, as `validate` does).
+
+`CustomResourceSchema` is all of that for one served version of any CRD (the module
+functions use it for the CRDs in `crds/`): the emulated API server of `genforge local`
+admits every custom resource write with it.
 
 CEL: `evaluate_validations` walks the schema and the object together and runs every
 `x-kubernetes-validations` rule with `self` bound to the node's value and, for transition
@@ -23,8 +30,8 @@ when there is no old value, as on create). `fieldPath`, `reason`, `message` and
 `messageExpression` are honoured. Evaluation uses the `common-expression-language`
 package (cel-rust) plus its cel-go–style extension functions.
 
-`jsonschema` and `cel` are imported on first use: loading CRDs and defaulting need
-neither (both are in the `dev` extra; an install that validates needs them too).
+`jsonschema` and `cel` are imported on first use: loading CRDs, pruning and defaulting
+need neither (both are in the `local` and `dev` extras; the operator image has neither).
 
 Kubernetes CEL library functions that needed a shim (registered in `_SHIMS`):
 
@@ -33,15 +40,19 @@ Kubernetes CEL library functions that needed a shim (registered in `_SHIMS`):
 Everything else the CRDs use is core CEL (`has`, `all`, `exists_one`, `size`, `in`,
 `string()`, list indexing, `%`, object and list equality), evaluated natively. Not
 modelled: the API server's CEL cost estimation (the CRDs bound every list and string
-that CEL iterates instead; `tests/api` checks that) and validation ratcheting.
+that CEL iterates instead; `tests/api` checks that). Validation ratcheting (unchanged values
+are not judged again on an update) only with `CustomResourceSchema.admit(ratchet=True)` /
+`admit_write`: per field for the schema (a changed list is judged whole), per value for
+CEL rules without `oldSelf`.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -52,6 +63,9 @@ from .resources import crd_dir
 
 if TYPE_CHECKING:
     import jsonschema
+
+#: What validation imports (on first use), by module: the distribution that provides it.
+VALIDATION_PACKAGES = {"jsonschema": "jsonschema", "cel": "common-expression-language"}
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -64,6 +78,18 @@ class FieldError(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+def missing_validation_packages() -> list[str]:
+    """The packages `validate`/`admit` need that cannot be imported here (the operator image has
+    none of them; `pip install 'genforge[local]'` brings them)."""
+    missing = []
+    for module, package in VALIDATION_PACKAGES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
 
 
 # ---------------------------------------------------------------- loading
@@ -158,23 +184,307 @@ def to_json_schema(schema: dict) -> dict:
     return out
 
 
-@functools.lru_cache(maxsize=32)
-def _validator(kind: str, directory: str) -> jsonschema.protocols.Validator:
-    import jsonschema  # a dev / local-control-plane dependency, like `cel` below
+def _validator(schema: dict) -> jsonschema.protocols.Validator:
+    import jsonschema  # the `local` / `dev` extras' dependency, like `cel` below
 
-    schema = to_json_schema(openapi_schema(_load_crds(directory)[kind]))
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema, format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER)
+
+
+# ---------------------------------------------------------------- one CRD version
+_ROOT_FIELDS = ("apiVersion", "kind", "metadata")  # every object has them, whatever its schema says
+_KEEP = {"x-kubernetes-preserve-unknown-fields": True}  # pruning leaves them be (ObjectMeta is the server's)
+_PLAIN_OBJECT = frozenset({"type", "description", "properties", "required", "additionalProperties"})
+
+
+class CustomResourceSchema:
+    """One served version of a CRD, applied to objects as kube-apiserver applies it:
+    `prune`, `apply_defaults`, `validate_schema`, `admit` (defaults, then schema, then CEL),
+    and `admit_write` (all of it, as the API server handles a write).
+
+    Built once per CRD version (the jsonschema validators are compiled on first use); the
+    module functions below use one per kind of `crds/`.
+    """
+
+    def __init__(self, crd: Mapping[str, Any], version: str = VERSION):
+        self.crd = dict(crd)
+        spec = self.crd["spec"]
+        self.kind: str = spec["names"]["kind"]
+        self.version = version
+        self.api_version = f"{spec['group']}/{version}"
+        self.openapi = openapi_schema(self.crd, version)
+        self._node_validators: dict[int, jsonschema.protocols.Validator] = {}  # by id() of a json_schema node
+
+    @functools.cached_property
+    def json_schema(self) -> dict:
+        schema = to_json_schema(self.openapi)
+        properties = schema.setdefault("properties", {})
+        for name, kind in zip(_ROOT_FIELDS, ("string", "string", "object"), strict=True):
+            properties.setdefault(name, {"type": kind})
+        return schema
+
+    @functools.cached_property
+    def validator(self) -> jsonschema.protocols.Validator:
+        return _validator(self.json_schema)
+
+    @functools.cached_property
+    def _transition_prefixes(self) -> frozenset[str]:
+        """The schema paths at or above a CEL rule that reads `oldSelf` (see `_check_rules`)."""
+        prefixes = set()
+        for rule in _iter_rules(self.openapi, ""):
+            if rule.is_transition:
+                path = rule.path
+                prefixes.add(path)
+                prefixes.update(path[:i] for i, char in enumerate(path) if char in ".[")
+                prefixes.add("")
+        return frozenset(prefixes)
+
+    def prune(self, obj: dict) -> tuple[dict, list[str]]:
+        """A copy of `obj` without the fields the schema does not declare, and their paths
+        (`spec.gpus`, `spec.tolerations[0].x`), sorted. apiVersion, kind and metadata stay;
+        `x-kubernetes-preserve-unknown-fields` keeps what it covers."""
+        out = copy.deepcopy(obj)
+        return out, self._prune_in_place(out)
+
+    def _prune_in_place(self, obj: dict) -> list[str]:
+        unknown: list[str] = []
+        root = {**self.openapi, "properties": {**(self.openapi.get("properties") or {}),
+                                               **{name: _KEEP for name in _ROOT_FIELDS}}}
+        _prune(root, obj, "", unknown)
+        return sorted(unknown)
+
+    def apply_defaults(self, obj: dict) -> dict:
+        """A copy of `obj` with nulls of non-nullable fields pruned and schema defaults filled in."""
+        return _default(self.openapi, copy.deepcopy(obj))
+
+    def validate_schema(self, obj: dict, old: dict | None = None) -> list[FieldError]:
+        """OpenAPI schema errors only (no defaulting, no CEL), sorted by path.
+
+        With `old` (the stored object), values equal to old's correlated ones are not judged
+        again, as kube-apiserver's validation ratcheting forgives errors of unchanged fields."""
+        if old is None:
+            errors = _list_map_duplicates(self.openapi, obj, "")
+            if not _surely_valid(self.json_schema, obj, self.validator.format_checker):
+                errors += [err for error in self.validator.iter_errors(obj) for err in _translate(error)]
+        else:
+            errors = self._validate_changed(self.json_schema, self.openapi, obj, old, ())
+        return sorted(set(errors))
+
+    def _validate_changed(
+        self, node: dict, openapi: dict, value: Any, old: Any, parts: tuple
+    ) -> list[FieldError]:
+        """Schema errors of `value`, descending only into what differs from `old` (objects whose
+        schema is plain properties; anything else that changed is judged whole)."""
+        if (isinstance(value, dict) and isinstance(old, dict) and node.get("type") == "object"
+                and "properties" in node and set(node) <= _PLAIN_OBJECT):
+            errors = [FieldError(_path((*parts, name)), "Required value")
+                      for name in node.get("required") or [] if name not in value]
+            for name, sub_value in value.items():
+                if name in old and old[name] == sub_value:
+                    continue
+                sub_parts = (*parts, name)
+                if name in node["properties"]:
+                    errors += self._validate_changed(node["properties"][name],
+                                                     (openapi.get("properties") or {}).get(name) or {},
+                                                     sub_value, old.get(name), sub_parts)
+                elif node.get("additionalProperties") is False:
+                    errors.append(FieldError(_path(sub_parts), f'unknown field "{_path(sub_parts)}"'))
+                elif isinstance(node.get("additionalProperties"), dict):
+                    extra = openapi.get("additionalProperties") or {}
+                    errors += self._judge(node["additionalProperties"], extra, sub_value, sub_parts)
+            return errors
+        return self._judge(node, openapi, value, parts)
+
+    def _judge(self, node: dict, openapi: dict, value: Any, parts: tuple) -> list[FieldError]:
+        """Schema errors of `value` against one node of the schema, all of them."""
+        errors = _list_map_duplicates(openapi, value, _path(parts))
+        if _surely_valid(node, value, self.validator.format_checker):
+            return errors
+        validator = self._node_validators.get(id(node))
+        if validator is None:
+            validator = self._node_validators[id(node)] = _validator(node)
+        return errors + [err for error in validator.iter_errors(value) for err in _translate(error, parts)]
+
+    def admit(
+        self, obj: dict, old: dict | None = None, *, ratchet: bool = False
+    ) -> tuple[dict, list[FieldError]]:
+        """Default `obj` and validate it (schema, then CEL rules); returns the defaulted object and
+        errors; `old`: the object it updates (CEL rules with `oldSelf`).
+
+        `ratchet`: `old` is the stored object (already defaulted), and what did not change
+        from it is not judged again, as kube-apiserver's validation ratcheting (on by default
+        since 1.30) does: values equal to their correlated old value skip the schema and the
+        CEL rules without `oldSelf`. Rules with `oldSelf` always run."""
+        defaulted, errors, _ = self._admit(self.apply_defaults(obj), old, ratchet=ratchet)
+        return defaulted, errors
+
+    def _admit(self, defaulted: dict, old: dict | None, *, ratchet: bool) -> tuple[dict, list[FieldError], bool]:
+        """(defaulted object, errors, whether the CEL rules ran: only on an object the schema admits)."""
+        if old is not None and not ratchet:
+            old = self.apply_defaults(old)
+        errors = _identity_errors(defaulted, self.api_version)
+        errors += self.validate_schema(defaulted, old if ratchet else None)
+        if errors:
+            return defaulted, errors, False
+        prefixes = self._transition_prefixes if ratchet else None
+        checked = _check_rules(self.openapi, defaulted, old, prefixes)
+        return defaulted, [error for _, error in checked if error is not None], True
+
+    @functools.cached_property
+    def has_rules(self) -> bool:
+        """Whether the schema has CEL rules (`x-kubernetes-validations`) anywhere."""
+        return next(_iter_rules(self.openapi, ""), None) is not None
+
+    def admit_write(self, obj: dict, stored: dict | None = None) -> Admitted:
+        """What kube-apiserver does with a write of `obj` (an update of `stored`, as stored):
+        prune the fields the schema does not declare, default, validate (ratcheting against
+        `stored`). Returns the object to store, the pruned paths (the server refuses them under
+        `fieldValidation=Strict`, else warns or ignores), the errors (422 Invalid) and whether
+        CEL rules went unchecked because the schema already refused the object."""
+        out = _copy_json(obj)
+        if stored is None:
+            unknown = self._prune_in_place(out)
+            out = _default(self.openapi, out)
+        else:  # what equals the stored object is pruned and defaulted already
+            properties = self.openapi.get("properties") or {}
+            view = {**self.openapi, "properties": {
+                name: (sub if name not in out or out[name] != stored.get(name) else _KEEP)
+                for name, sub in properties.items()}}
+            unknown = []
+            _prune({**view, "properties": {**view["properties"], **{name: _KEEP for name in _ROOT_FIELDS}}},
+                   out, "", unknown)
+            unknown.sort()
+            out = _default(view, out)
+        defaulted, errors, rules_ran = self._admit(out, stored, ratchet=stored is not None)
+        return Admitted(defaulted, unknown, errors, self.has_rules and not rules_ran)
+
+
+class Admitted(NamedTuple):
+    """A write as kube-apiserver admits it (`CustomResourceSchema.admit_write`)."""
+
+    obj: dict  # pruned and defaulted: what the server stores
+    unknown: list[str]  # the paths of the fields pruned
+    errors: list[FieldError]  # why it is refused (none: it is not)
+    rules_skipped: bool  # the schema refused it before its CEL rules ran
+
+
+@functools.lru_cache(maxsize=32)
+def _crd_schema(kind: str, directory: str) -> CustomResourceSchema:
+    return CustomResourceSchema(_load_crds(directory)[kind])
+
+
+def crd_schema(kind: str, directory: str | Path | None = None) -> CustomResourceSchema:
+    """The `CustomResourceSchema` of a kind of `crds/` (or of `directory`), cached."""
+    crd_for(kind, directory)  # a clear KeyError for an unknown kind
+    return _crd_schema(kind, str(directory or crd_dir()))
+
+
+# ---------------------------------------------------------------- a fast path for valid objects
+#: The JSON Schema keywords `_surely_valid` decides (what `to_json_schema` makes of CRD schemas).
+_FAST_KEYWORDS = frozenset({
+    "type", "description", "properties", "required", "additionalProperties", "items", "enum", "pattern",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
+    "maxItems", "minProperties", "maxProperties", "uniqueItems", "format", "anyOf",
+})
+_TYPES = {
+    "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool), "null": lambda v: v is None,
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _pattern(regex: str) -> re.Pattern:
+    return re.compile(regex)
+
+
+def _surely_valid(node: dict, value: Any, format_checker: Any) -> bool:
+    """True only if `value` is valid against the JSON Schema `node` (Draft 4, as `_validator`
+    judges it), checked directly: jsonschema's walk costs most of a write's admission and
+    nearly every write is valid. False means "not sure": then jsonschema judges and words
+    the errors. Keywords outside `_FAST_KEYWORDS`, non-string sets and enum values of
+    another type are left to jsonschema."""
+    if not node.keys() <= _FAST_KEYWORDS:
+        return False
+    kinds = node.get("type")
+    if kinds is not None and not any(_TYPES.get(kind, lambda v: False)(value)
+                                     for kind in (kinds if isinstance(kinds, list) else [kinds])):
+        return False
+    if "enum" in node and not any(type(e) is type(value) and e == value for e in node["enum"]):
+        return False
+    if "anyOf" in node and not any(_surely_valid(sub, value, format_checker) for sub in node["anyOf"]):
+        return False
+    if isinstance(value, str):
+        return (("pattern" not in node or _pattern(node["pattern"]).search(value) is not None)
+                and len(value) >= node.get("minLength", 0) and len(value) <= node.get("maxLength", len(value))
+                and ("format" not in node or format_checker.conforms(value, node["format"])))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        low = node.get("minimum")
+        if low is not None and (value <= low if node.get("exclusiveMinimum") else value < low):
+            return False
+        return "maximum" not in node or not (
+            value >= node["maximum"] if node.get("exclusiveMaximum") else value > node["maximum"])
+    if isinstance(value, dict):
+        if any(name not in value for name in node.get("required") or ()):
+            return False
+        if not node.get("minProperties", 0) <= len(value) <= node.get("maxProperties", len(value)):
+            return False
+        properties, extra = node.get("properties") or {}, node.get("additionalProperties", True)
+        for name, item in value.items():
+            sub = properties.get(name, extra)
+            if sub is False or (isinstance(sub, dict) and not _surely_valid(sub, item, format_checker)):
+                return False
+        return True
+    if isinstance(value, list):
+        if not node.get("minItems", 0) <= len(value) <= node.get("maxItems", len(value)):
+            return False
+        if node.get("uniqueItems") and not (all(isinstance(x, str) for x in value)
+                                            and len(set(value)) == len(value)):
+            return False
+        items = node.get("items", {})
+        return isinstance(items, dict) and all(_surely_valid(items, item, format_checker) for item in value)
+    return True
 
 
 # ---------------------------------------------------------------- defaulting
 def apply_defaults(obj: dict, directory: str | Path | None = None) -> dict:
     """A copy of `obj` with nulls of non-nullable fields pruned and schema defaults filled in."""
-    out = copy.deepcopy(obj)
-    kind = out.get("kind")
+    kind = obj.get("kind")
     if kind not in load_crds(directory):
-        return out
-    return _default(openapi_schema(crd_for(kind, directory)), out)
+        return copy.deepcopy(obj)
+    return crd_schema(kind, directory).apply_defaults(obj)
+
+
+def prune(obj: dict, directory: str | Path | None = None) -> tuple[dict, list[str]]:
+    """`obj` without the fields its CRD's schema does not declare, and their paths (see
+    `CustomResourceSchema.prune`); an object of an unknown kind is returned as it is."""
+    kind = obj.get("kind")
+    if kind not in load_crds(directory):
+        return copy.deepcopy(obj), []
+    return crd_schema(kind, directory).prune(obj)
+
+
+def _prune(schema: dict, value: Any, path: str, unknown: list[str]) -> None:
+    """Structural pruning in place: what kube-apiserver drops from a custom resource."""
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        keep_unknown = bool(schema.get("x-kubernetes-preserve-unknown-fields")) or extra is True
+        if schema.get("x-kubernetes-embedded-resource"):
+            props = {**(props or {}), **{name: _KEEP for name in _ROOT_FIELDS}}
+        for name in list(value):
+            sub = (props or {}).get(name)
+            if sub is None and isinstance(extra, dict):
+                sub = extra
+            if sub is not None:
+                _prune(sub, value[name], _join(path, name), unknown)
+            elif not keep_unknown:
+                del value[name]
+                unknown.append(_join(path, name))
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            _prune(schema["items"], item, _join(path, index), unknown)
 
 
 def _default(schema: dict, value: Any) -> Any:
@@ -214,19 +524,13 @@ def admit(
     kind = obj.get("kind")
     if kind not in load_crds(directory):
         return obj, [FieldError("kind", f"no CRD for kind {kind!r} (known: {', '.join(sorted(KINDS))})")]
-    defaulted = apply_defaults(obj, directory)
-    errors = _identity_errors(defaulted)
-    errors += validate_schema(defaulted, directory)
-    if not errors:
-        old_defaulted = apply_defaults(old, directory) if old is not None else None
-        errors += evaluate_validations(crd_for(kind, directory), defaulted, old_defaulted)
-    return defaulted, errors
+    return crd_schema(kind, directory).admit(obj, old)
 
 
-def _identity_errors(obj: dict) -> list[FieldError]:
+def _identity_errors(obj: dict, api_version: str = API_VERSION) -> list[FieldError]:
     errors = []
-    if obj.get("apiVersion") != API_VERSION:
-        errors.append(FieldError("apiVersion", f"must be {API_VERSION}, got {obj.get('apiVersion')!r}"))
+    if obj.get("apiVersion") != api_version:
+        errors.append(FieldError("apiVersion", f"must be {api_version}, got {obj.get('apiVersion')!r}"))
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         return errors + [FieldError("metadata", "Required value")]
@@ -246,12 +550,16 @@ def _identity_errors(obj: dict) -> list[FieldError]:
 
 def validate_schema(obj: dict, directory: str | Path | None = None) -> list[FieldError]:
     """OpenAPI schema errors only (no defaulting, no CEL), sorted by path."""
-    kind = obj.get("kind")
-    directory = str(directory or crd_dir())
-    validator = _validator(kind, directory)
-    errors = [err for error in validator.iter_errors(obj) for err in _translate(error)]
-    errors += _list_map_duplicates(openapi_schema(_load_crds(directory)[kind]), obj, "")
-    return sorted(set(errors))
+    return crd_schema(obj.get("kind"), directory).validate_schema(obj)
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON-like data (dicts, lists, scalars), several times faster than deepcopy."""
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    return value
 
 
 def _join(path: str, part: str | int) -> str:
@@ -283,8 +591,8 @@ def _type_name(value: Any) -> str:
     return "object"
 
 
-def _translate(error: jsonschema.ValidationError) -> Iterator[FieldError]:
-    path = _path(error.absolute_path)
+def _translate(error: jsonschema.ValidationError, prefix: tuple = ()) -> Iterator[FieldError]:
+    path = _path((*prefix, *error.absolute_path))
     value = error.instance
     kind = error.validator
     if kind == "required":
@@ -489,27 +797,57 @@ def default_errors(crd: dict, version: str = VERSION) -> list[FieldError]:
     return errors
 
 
-def evaluate_validations(crd: dict, obj: dict, old: dict | None = None) -> list[FieldError]:
+def evaluate_validations(
+    crd: dict, obj: dict, old: dict | None = None, version: str = VERSION
+) -> list[FieldError]:
     """Run every `x-kubernetes-validations` rule of `crd` on `obj` (an update of `old`, if given).
 
     Call it on defaulted objects (see `admit`), as the API server does: rules assume that
     defaulted fields are present.
     """
-    return [error for _, error in check_rules(crd, obj, old) if error is not None]
+    return [error for _, error in check_rules(crd, obj, old, version) if error is not None]
 
 
-def check_rules(crd: dict, obj: dict, old: dict | None = None) -> list[tuple[Rule, FieldError | None]]:
+def check_rules(
+    crd: dict, obj: dict, old: dict | None = None, version: str = VERSION
+) -> list[tuple[Rule, FieldError | None]]:
     """Each rule evaluated on `obj` (once per value it applies to) with its error, or None if it held.
 
     Transition rules without an old value are not evaluated and so not listed.
     """
+    return _check_rules(openapi_schema(crd, version), obj, old, None)
+
+
+def _check_rules(
+    openapi: dict, obj: dict, old: dict | None, ratchet: frozenset[str] | None
+) -> list[tuple[Rule, FieldError | None]]:
+    """`check_rules` on a schema; `ratchet`: the schema paths at or above transition rules — then
+    rules without `oldSelf` are not run on values equal to their correlated old value, and
+    unchanged subtrees without transition rules are not walked (see `CustomResourceSchema.admit`)."""
     results: list[tuple[Rule, FieldError | None]] = []
-    for schema_path, schema, value, old_value, path in _walk(openapi_schema(crd), obj, old, "", ""):
+    for schema_path, schema, value, old_value, path, unchanged in _walk(openapi, obj, old, "", "", ratchet):
         for rule in _own_rules(schema, schema_path):
             if rule.is_transition and old_value is None and not rule.optional_old_self:
                 continue  # nothing to compare with: a create, or a value without a correlated old one
+            if unchanged and not rule.is_transition:
+                continue  # ratcheting: it held (or was forgiven) on this very value before
+            if unchanged and _true_when_unchanged(rule.rule):
+                results.append((rule, None))  # e.g. `self == oldSelf` on an unchanged value: no need for CEL
+                continue
             results.append((rule, _check_rule(rule, value, old_value, path)))
     return results
+
+
+_SAME_SIDES = re.compile(r"^(self|has\(self\.\w+\))==\1$")
+
+
+@functools.lru_cache(maxsize=512)
+def _true_when_unchanged(rule: str) -> bool:
+    """Whether a transition rule holds whenever `self` equals `oldSelf`, whatever the value: its
+    two sides are the same expression, `self` or `has(self.field)` (which cannot fail on an object),
+    once `oldSelf` reads `self` — immutability (`self == oldSelf`) and presence
+    (`has(self.x) == has(oldSelf.x)`), the transition rules the CRDs use."""
+    return bool(_SAME_SIDES.match(re.sub(r"\s+", "", rule).replace("oldSelf", "self")))
 
 
 def _check_rule(rule: Rule, value: Any, old_value: Any, path: str) -> FieldError | None:
@@ -541,10 +879,16 @@ _REASON_PREFIX = {
 
 
 def _walk(
-    schema: dict, value: Any, old: Any, path: str, schema_path: str
-) -> Iterator[tuple[str, dict, Any, Any, str]]:
-    """(schema path, schema node, value, correlated old value or None, path) for every present value."""
-    yield schema_path, schema, value, old, path
+    schema: dict, value: Any, old: Any, path: str, schema_path: str, ratchet: frozenset[str] | None = None
+) -> Iterator[tuple[str, dict, Any, Any, str, bool]]:
+    """(schema path, schema node, value, correlated old value or None, path, unchanged) for every
+    present value. `ratchet` (schema paths at or above transition rules): `unchanged` says the
+    value equals its old one, and below an unchanged value without transition rules nothing is
+    yielded."""
+    unchanged = ratchet is not None and old is not None and value == old
+    if unchanged and schema_path not in ratchet:
+        return
+    yield schema_path, schema, value, old, path, unchanged
     if isinstance(value, dict):
         props = schema.get("properties")
         extra = schema.get("additionalProperties")
@@ -556,7 +900,7 @@ def _walk(
             if sub is None:
                 continue
             sub_old = old.get(name) if isinstance(old, dict) else None
-            yield from _walk(sub, sub_value, sub_old, _join(path, name), sub_schema_path)
+            yield from _walk(sub, sub_value, sub_old, _join(path, name), sub_schema_path, ratchet)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         olds: dict = {}
         keys = schema.get("x-kubernetes-list-map-keys") or []
@@ -564,4 +908,4 @@ def _walk(
             olds = {tuple(item.get(k) for k in keys): item for item in old if isinstance(item, dict)}
         for index, item in enumerate(value):
             item_old = olds.get(tuple(item.get(k) for k in keys)) if olds and isinstance(item, dict) else None
-            yield from _walk(schema["items"], item, item_old, _join(path, index), f"{schema_path}[]")
+            yield from _walk(schema["items"], item, item_old, _join(path, index), f"{schema_path}[]", ratchet)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
@@ -69,3 +70,35 @@ def test_invalid_yaml_and_missing_file(capsys, tmp_path):
     assert main(["render", "-f", str(bad)]) == 2
     assert "invalid YAML" in capsys.readouterr().err
     assert main(["render", "-f", str(tmp_path / "none.yaml")]) == 2
+
+
+def test_invalid_input_is_refused_with_every_field_error_and_nothing_rendered(capsys, tmp_path):
+    """As the API server would refuse it (`schema.admit`: CRD schema, CEL rules, unknown fields as
+    `kubectl apply` refuses them), so a typo never renders into a Job."""
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"apiVersion": "genforge.dev/v1alpha1", "kind": "TrainingRun",
+                                   "metadata": {"name": "typo"},
+                                   "spec": {"modelRef": {"name": "m"}, "datasetRef": {"name": "d"},
+                                            "training": {"steps": 0, "epochs": 3}, "hardware": {"pool": "cpu"}}}))
+    code, objects, err = render(capsys, str(EXAMPLES), str(run))
+    assert code == 2 and not objects, err
+    assert 'error: TrainingRun "typo" is invalid: spec.training.epochs: unknown field "spec.training.epochs"' in err
+    assert 'error: TrainingRun "typo" is invalid: spec.training.steps: Invalid value: 0' in err
+
+
+def test_a_cel_rule_is_checked_too(capsys, tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"apiVersion": "genforge.dev/v1alpha1", "kind": "TrainingRun",
+                                   "metadata": {"name": "auto"},
+                                   "spec": {"modelRef": {"name": "m"}, "datasetRef": {"name": "d"},
+                                            "training": {"steps": 10}, "hardware": {"pool": "auto"}}}))
+    code, _, err = render(capsys, str(run))
+    assert code == 2 and 'TrainingRun "auto" is invalid: spec.hardware.deadline' in err, err
+
+
+def test_without_the_validation_packages_render_says_what_to_install(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cel", None)  # not installed (the operator image has neither)
+    code, objects, err = render(capsys, str(EXAMPLES))
+    assert code == 2 and not objects
+    assert "needs common-expression-language" in err and "pip install 'genforge[local]'" in err, err
+    assert main(["render", "--no-validate", "-f", str(EXAMPLES)]) == 0

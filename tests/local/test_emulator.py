@@ -22,6 +22,7 @@ pytestmark = pytest.mark.writes_status
 
 RUNS = "/apis/genforge.dev/v1alpha1/namespaces/{ns}/trainingruns"
 RUN = RUNS + "/r"
+BUDGETS = "/apis/genforge.dev/v1alpha1/namespaces/{ns}/budgets"
 JOBS = "/apis/batch/v1/namespaces/{ns}/jobs"
 CONFIGMAPS = "/api/v1/namespaces/{ns}/configmaps"
 MERGE = "application/merge-patch+json"
@@ -30,10 +31,13 @@ STRATEGIC = "application/strategic-merge-patch+json"
 ABSENT = object()
 
 
+#: The smallest TrainingRun spec the CRD admits (the emulator validates custom resources).
+SPEC = {"modelRef": {"name": "m"}, "datasetRef": {"name": "d"}, "training": {"steps": 10}, "hardware": {"pool": "cpu"}}
+
+
 def run(name: str = "r", labels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": name, **({"labels": labels} if labels else {})}
-    return {"apiVersion": "genforge.dev/v1alpha1", "kind": "TrainingRun", "metadata": metadata,
-            "spec": {"training": {"steps": 10}}, **extra}
+    return {"apiVersion": "genforge.dev/v1alpha1", "kind": "TrainingRun", "metadata": metadata, "spec": SPEC, **extra}
 
 
 @dataclasses.dataclass
@@ -81,7 +85,7 @@ CASES: dict[str, list[Step]] = {
     ],
     "an invalid name is Invalid": [post(run(name="Not_A_Name"), status=422, expect={"reason": "Invalid"})],
     "generateName makes a name": [
-        post({"metadata": {"generateName": "r-"}, "spec": {}}, expect={"metadata": {"name": ...}}),
+        post({"metadata": {"generateName": "r-"}, "spec": SPEC}, expect={"metadata": {"name": ...}}),
     ],
     "a list carries kind, apiVersion and resourceVersion": [
         post(run("a")), post(run("b")),
@@ -100,7 +104,7 @@ CASES: dict[str, list[Step]] = {
              expect={"reason": "Conflict"}),
     ],
     "a stale resourceVersion in a merge patch is a Conflict": [
-        post(run()), merge({"metadata": {"resourceVersion": "1"}, "spec": {"x": 1}}, status=409),
+        post(run()), merge({"metadata": {"resourceVersion": "1"}, "spec": {"training": {"steps": 11}}}, status=409),
     ],
     "a failed JSON-patch test is Unprocessable (kopf relies on it)": [
         post(run()),
@@ -117,8 +121,8 @@ CASES: dict[str, list[Step]] = {
     ],
     "status sent to the main resource is ignored; spec bumps generation": [
         post(run()),
-        merge({"status": {"phase": "Hacked"}, "spec": {"training": {"steps": 20}}},
-              expect={"metadata": {"generation": 2}, "spec": {"training": {"steps": 20}}}, absent=("status",)),
+        merge({"status": {"phase": "Hacked"}, "spec": {"suspend": True}},
+              expect={"metadata": {"generation": 2}, "spec": {"suspend": True}}, absent=("status",)),
     ],
     "the status subresource changes only status and not generation": [
         post(run()),
@@ -135,9 +139,10 @@ CASES: dict[str, list[Step]] = {
         post(run()), merge({"spec": {"training": {"steps": 10}}}, expect={"metadata": {"resourceVersion": "{rv}"}}),
     ],
     "merge-patch null deletes a key; lists are replaced": [
-        post(run(spec={"training": {"steps": 10}, "evaluation": {"metrics": ["loss", "fid"]}})),
-        merge({"spec": {"training": None, "evaluation": {"metrics": ["loss"]}}},
-              expect={"spec": {"evaluation": {"metrics": ["loss"]}}}, absent=("spec.training",)),
+        post({"apiVersion": "genforge.dev/v1alpha1", "kind": "Budget", "metadata": {"name": "b"},
+              "spec": {"limit": "10", "warnAt": [50, 80], "selector": {"matchLabels": {"team": "a"}}}}, path=BUDGETS),
+        merge({"spec": {"selector": None, "warnAt": [90]}}, path=BUDGETS + "/b",
+              expect={"spec": {"warnAt": [90]}}, absent=("spec.selector",)),
     ],
     "a strategic merge patch is a merge patch without its directives": [
         post({"metadata": {"name": "c"}, "data": {"a": "1"}}, path=CONFIGMAPS),
@@ -147,10 +152,10 @@ CASES: dict[str, list[Step]] = {
     "PUT replaces the spec but keeps status; PUT on /status only status": [
         post(run()),
         merge({"status": {"phase": "Running"}}, path=RUN + "/status"),
-        Step("PUT", RUN, run(spec={"new": True}, status={"phase": "Hacked"}),
-             expect={"spec": {"new": True}, "status": {"phase": "Running"}, "metadata": {"generation": 2}}),
-        Step("PUT", RUN + "/status", run(spec={"ignored": True}, status={"phase": "Done"}),
-             expect={"spec": {"new": True}, "status": {"phase": "Done"}}),
+        Step("PUT", RUN, run(spec={**SPEC, "queueName": "new"}, status={"phase": "Hacked"}),
+             expect={"spec": {"queueName": "new"}, "status": {"phase": "Running"}, "metadata": {"generation": 2}}),
+        Step("PUT", RUN + "/status", run(spec={**SPEC, "queueName": "ignored"}, status={"phase": "Succeeded"}),
+             expect={"spec": {"queueName": "new"}, "status": {"phase": "Succeeded"}}),
     ],
     "finalizers hold a deletion until they are removed": [
         post(run(metadata={"name": "r", "finalizers": ["a/b"]})),
@@ -179,7 +184,8 @@ CASES: dict[str, list[Step]] = {
         get(RUNS, params={"labelSelector": "x in ("}, status=400),
     ],
     "a cluster-scoped kind lives outside namespaces": [
-        post({"metadata": {"name": "pool-{ns}"}, "spec": {}}, path="/apis/genforge.dev/v1alpha1/acceleratorpools",
+        post({"metadata": {"name": "pool-{ns}"}, "spec": {"pricePerHour": "1"}},
+             path="/apis/genforge.dev/v1alpha1/acceleratorpools",
              expect={"kind": "AcceleratorPool"}, absent=("metadata.namespace",)),
         Step("DELETE", "/apis/genforge.dev/v1alpha1/acceleratorpools/pool-{ns}"),
     ],
@@ -241,7 +247,7 @@ def test_watch_resumes_from_a_resource_version(raw_api, namespace):
     runs = RUNS.format(ns=namespace)
     first = _create(raw_api, runs, run("a"))
     _create(raw_api, runs, run("b"))
-    raw_api.request("PATCH", f"{runs}/a", {"spec": {"x": 1}}, content_type=MERGE)
+    raw_api.request("PATCH", f"{runs}/a", {"spec": {"suspend": True}}, content_type=MERGE)
 
     since = first["metadata"]["resourceVersion"]
     assert _events(raw_api.watch(runs, {"resourceVersion": since}, count=2)) == [("ADDED", "b"), ("MODIFIED", "a")]
@@ -452,17 +458,20 @@ def test_request_logs_stay_bounded(cluster, raw_api):
     assert kmock_log <= 10 and our_log <= limit
 
 
-def test_status_schema_check_finds_what_a_real_api_server_would_prune(raw_api, namespace):
-    """The teardown check of every `namespace` test (tests/harness.py) is not blind."""
-    from harness import status_schema_violations
+def test_status_fields_the_crd_lacks_are_pruned_and_named_at_teardown(cluster, raw_api, namespace):
+    """The teardown check of every `namespace` test (tests/harness.py) is not blind: a status field
+    the CRD lacks is pruned with a warning, as kube-apiserver does, and the check names it."""
+    from harness import pruned_status_fields
 
+    since = cluster.mark()
     status, _ = raw_api.request("POST", RUNS.format(ns=namespace), run("checked"))
     assert status == 201
     path = RUNS.format(ns=namespace) + "/checked/status"
     good = {"status": {"phase": "Running", "observedGeneration": 1}}
-    assert raw_api.request("PATCH", path, good, content_type="application/merge-patch+json")[0] == 200
-    assert status_schema_violations(raw_api, namespace) == []
-    bad = {"status": {"phase": "Done", "notInTheCrd": 1}}
-    assert raw_api.request("PATCH", path, bad, content_type="application/merge-patch+json")[0] == 200
-    problems = status_schema_violations(raw_api, namespace)
-    assert any("status.phase" in p for p in problems) and any("status.notInTheCrd" in p for p in problems)
+    assert raw_api.request("PATCH", path, good, content_type=MERGE)[0] == 200
+    assert pruned_status_fields(cluster, namespace, since) == []
+    status, stored = raw_api.request("PATCH", path, {"status": {"notInTheCrd": 1}}, content_type=MERGE)
+    assert status == 200 and stored["status"] == good["status"], stored
+    assert raw_api.warnings == ['299 - "unknown field \\"status.notInTheCrd\\""']
+    [problem] = pruned_status_fields(cluster, namespace, since)
+    assert problem.endswith('unknown field "status.notInTheCrd"'), problem
