@@ -63,7 +63,7 @@ LABEL org.opencontainers.image.title="genforge operator" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build-operator /opt/venv /opt/venv
-# resources.py looks for the CRDs (schema checks) and examples here.
+# bundled.py looks for the CRDs (schema checks) and examples here.
 COPY crds/ /opt/genforge/crds/
 COPY examples/ /opt/genforge/examples/
 USER 1000:1000

@@ -50,7 +50,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from genforge_local import EmulatedCluster
-    from genforge_operator.resources import crd_dir
+    from genforge_operator.bundled import crd_dir
 
     with EmulatedCluster(crd_dir=crd_dir()) as cluster:
         url = urllib.parse.urlsplit(cluster.url)

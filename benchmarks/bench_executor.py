@@ -38,7 +38,7 @@ import kubernetes
 
 from genforge_local.emulated_cluster import EmulatedCluster
 from genforge_local.executor import LocalExecutor
-from genforge_operator.resources import crd_dir
+from genforge_operator.bundled import crd_dir
 
 
 def job(name: str) -> dict:

@@ -160,7 +160,7 @@ def operator_figures(runs: int) -> None:
     from harness import OperatorRunner, wait_for
 
     from genforge_local import EmulatedCluster
-    from genforge_operator.resources import crd_dir
+    from genforge_operator.bundled import crd_dir
 
     with EmulatedCluster(crd_dir=crd_dir()) as cluster:
         api = client_for(cluster.url)

@@ -42,7 +42,7 @@ def main() -> int:
     from kubernetes import client, watch
 
     from genforge_local import EmulatedCluster
-    from genforge_operator.resources import crd_dir
+    from genforge_operator.bundled import crd_dir
 
     cluster = EmulatedCluster(crd_dir=crd_dir())
     cluster.start()

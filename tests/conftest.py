@@ -96,7 +96,7 @@ def pytest_make_collect_report(collector):
 def cluster():
     """The emulated API server serving the genforge CRDs from `crds/` plus the built-in kinds."""
     from genforge_local import EmulatedCluster
-    from genforge_operator.resources import crd_dir
+    from genforge_operator.bundled import crd_dir
 
     emulated = EmulatedCluster(crd_dir=crd_dir())
     emulated.start()

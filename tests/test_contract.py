@@ -10,10 +10,10 @@ import json
 
 import pytest
 
+from genforge_operator.bundled import examples_dir
 from genforge_operator.config import OperatorConfig
 from genforge_operator.manifests import load_resources
 from genforge_operator.render import render
-from genforge_operator.resources import examples_dir
 from genforge_trainer.config import parse_run_spec
 
 SCALE = "tests/controller/manifests/scale.yaml"

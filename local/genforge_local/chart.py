@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from genforge_operator.resources import charts_dir
+from genforge_operator.bundled import charts_dir
 
 RELEASE = "genforge"
 NAMESPACE = "genforge-system"

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from genforge_operator.api import VERSION
-from genforge_operator.resources import crd_dir as default_crd_dir
+from genforge_operator.bundled import crd_dir as default_crd_dir
 
 from .emulated_cluster import EmulatedCluster
 from .executor import LocalExecutor

@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from genforge_operator.resources import examples_dir
+from genforge_operator.bundled import examples_dir
 
 from .control_plane import DATA_MOUNT, LocalControlPlane, describe
 

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import yaml
 
 from .api import API_VERSION, KINDS, VERSION
-from .resources import crd_dir
+from .bundled import crd_dir
 
 if TYPE_CHECKING:
     import jsonschema

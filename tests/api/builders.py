@@ -7,7 +7,7 @@ import functools
 import re
 from typing import Any
 
-from genforge_operator import resources, schema
+from genforge_operator import bundled, schema
 
 DELETE = object()  # `with_fields(obj, {"spec.budget": DELETE})` removes the field
 
@@ -30,7 +30,7 @@ def example_documents() -> list[tuple[str, dict]]:
 def _example_documents() -> list[tuple[str, dict]]:
     return [
         (path.name, doc)
-        for path in sorted(resources.examples_dir().glob("*.yaml"))
+        for path in sorted(bundled.examples_dir().glob("*.yaml"))
         for doc in schema.load_yaml_documents(path)
     ]
 

@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from genforge_operator import api, resources, schema
+from genforge_operator import api, bundled, schema
 
 KUBERNETES_VERSION = "1.32"  # the kubectl shipped on the development machines; CEL and fieldPath need >= 1.28
 CRD_FILES = {
@@ -32,7 +32,7 @@ KINDS = sorted(api.KINDS)
 
 
 def crd_path(kind: str) -> Path:
-    return resources.crd_dir() / CRD_FILES[kind]
+    return bundled.crd_dir() / CRD_FILES[kind]
 
 
 def version_of(crd: dict) -> dict:
@@ -55,7 +55,7 @@ def schema_nodes(node: dict, path: str = ""):
 
 
 def test_one_file_per_kind():
-    assert sorted(p.name for p in resources.crd_dir().glob("*.yaml")) == sorted(CRD_FILES.values())
+    assert sorted(p.name for p in bundled.crd_dir().glob("*.yaml")) == sorted(CRD_FILES.values())
     assert sorted(schema.load_crds()) == KINDS
 
 

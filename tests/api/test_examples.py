@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from genforge_operator import api, resources, schema, units
+from genforge_operator import api, bundled, schema, units
 
 from .builders import example_documents
 
@@ -75,8 +75,8 @@ def test_demo_examples_are_small_enough_for_two_cpu_cores():
 
 
 def test_readme_lists_every_example_file():
-    readme = (resources.examples_dir() / "README.md").read_text()
-    for path in resources.examples_dir().glob("*.yaml"):
+    readme = (bundled.examples_dir() / "README.md").read_text()
+    for path in bundled.examples_dir().glob("*.yaml"):
         assert f"`{path.name}`" in readme
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from genforge_operator import api, metrics, vocabulary
-from genforge_operator.resources import crd_dir
+from genforge_operator.bundled import crd_dir
 from genforge_operator.schema import load_crds, openapi_schema
 from genforge_operator.vocabulary import (
     FINAL_RUN_PHASES,

@@ -84,7 +84,7 @@ spec:
 
 
 def test_render_and_estimate_refuse_it_the_same_way(tmp_path, capsys, monkeypatch):
-    from genforge_operator.resources import examples_dir
+    from genforge_operator.bundled import examples_dir
 
     monkeypatch.delenv("GENFORGE_STORAGE_URI", raising=False)
     run = tmp_path / "run.yaml"

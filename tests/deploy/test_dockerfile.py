@@ -85,12 +85,12 @@ def test_final_images_install_nothing_and_copy_only_the_virtualenv(target):
     assert copies == [f"--from=build-{target} /opt/venv /opt/venv"]
 
 
-def test_the_operator_image_has_no_torch_and_the_crds_where_resources_py_looks():
+def test_the_operator_image_has_no_torch_and_the_crds_where_bundled_py_looks():
     operator_build = " ".join(args for s in lineage("build-operator") for k, args in stages()[s] if k == "RUN")
     assert "torch" not in operator_build and ".[operator]" in operator_build
     copies = [args for keyword, args in stages()["operator"] if keyword == "COPY"]
     assert "crds/ /opt/genforge/crds/" in copies
-    assert 'Path("/opt/genforge")' in (ROOT / "operator" / "genforge_operator" / "resources.py").read_text()
+    assert 'Path("/opt/genforge")' in (ROOT / "operator" / "genforge_operator" / "bundled.py").read_text()
 
 
 def test_the_operator_image_is_built_from_the_operator_package_alone():

@@ -9,7 +9,7 @@ import pytest
 
 from genforge_local import demo
 from genforge_local.control_plane import LocalControlPlane
-from genforge_operator.resources import examples_dir
+from genforge_operator.bundled import examples_dir
 
 
 @pytest.fixture(scope="module")

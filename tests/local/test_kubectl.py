@@ -16,7 +16,7 @@ import yaml
 from harness import wait_for
 
 from genforge_local.control_plane import LocalControlPlane
-from genforge_operator.resources import examples_dir
+from genforge_operator.bundled import examples_dir
 
 pytestmark = pytest.mark.kubectl
 

@@ -9,7 +9,7 @@ import pytest
 from genforge_local import openapi, protobuf, tables
 from genforge_local.custom_resources import load_crds
 from genforge_local.kubectl_support import fix_discovery
-from genforge_operator.resources import crd_dir
+from genforge_operator.bundled import crd_dir
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
 

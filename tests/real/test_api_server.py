@@ -19,7 +19,7 @@ from api.test_cel_rules import _OLD, ALLOWED, REJECTED, _updates
 from api.test_invalid_resources import INVALID
 
 from genforge_local.real_cluster import RealCluster
-from genforge_operator import resources, schema
+from genforge_operator import bundled, schema
 from genforge_operator.api import GROUP, KINDS, VERSION, parse_resource
 
 pytestmark = pytest.mark.kube
@@ -75,14 +75,14 @@ def test_every_crd_is_established_with_its_names_accepted(kube):
 
 @pytest.mark.parametrize("folder", ["crds", "charts/genforge/crds"])
 def test_crds_apply_server_side_again_without_conflict(kube, folder):
-    root = resources.crd_dir().parent
+    root = bundled.crd_dir().parent
     out = kube.real.kubectl("apply", "--server-side", "--force-conflicts=false", "-f", str(root / folder))
     assert "serverside-applied" in out.stdout, out.stdout
 
 
 def test_the_crds_chart_renders_crds_the_server_accepts(kube):
     """charts/genforge-crds renders the same CRDs as templates (for GitOps that upgrade CRDs)."""
-    root = resources.charts_dir() / "genforge-crds"
+    root = bundled.charts_dir() / "genforge-crds"
     import helm_python
 
     with helm_python.Chart.load(str(root)) as loaded:

@@ -16,7 +16,7 @@ URI = "file:///data/runs/team/shapes/abc/model"
 
 
 def _setup(kube, namespace: str) -> None:
-    from genforge_operator.resources import examples_dir
+    from genforge_operator.bundled import examples_dir
 
     for name in ("dataset.yaml", "model.yaml", "trainingrun.yaml"):
         kube.real.kubectl("apply", "-n", namespace, "-f", str(examples_dir() / name))

@@ -1,4 +1,4 @@
-"""Where the shipped YAML lives: `crds/` (the API's source of truth) and `examples/`."""
+"""The files genforge ships beside its code: `crds/` (the API's source of truth), `examples/`, `charts/`."""
 
 from __future__ import annotations
 
