@@ -10,7 +10,7 @@ Every write of a custom resource (create, update, patch, and of its `/status`) i
 as kube-apiserver admits it, by the same code that `genforge render` and the offline tests
 use (`genforge_operator.schema.CustomResourceSchema`, one per served version, `crd_schemas`):
 
-1. fields the schema does not declare are pruned (`Admitted.unknown`); the server refuses
+1. fields the schema does not declare are pruned (`AdmittedWrite.unknown`); the server refuses
    them instead when the request says `fieldValidation=Strict` (as `kubectl` does by
    default), else warns (`Warn`, the default) or stays silent (`Ignore`);
 2. schema defaults are applied (and nulls of non-nullable fields dropped);
@@ -99,7 +99,7 @@ def crd_schemas(crd: Mapping[str, Any]) -> dict[kmock.resource, schema.CustomRes
             if version.get("served", True) and (version.get("schema") or {}).get("openAPIV3Schema")}
 
 
-def admit(crd_schema: schema.CustomResourceSchema, obj: Body, old: Body | None = None) -> schema.Admitted:
+def admit(crd_schema: schema.CustomResourceSchema, obj: Body, old: Body | None = None) -> schema.AdmittedWrite:
     """Prune, default and validate `obj` (an update of `old`, as stored, if given: what did not
     change is not judged again, as the real server's validation ratcheting)."""
     return crd_schema.admit_write(obj, old)

@@ -37,7 +37,7 @@ USER_AGENT = "genforge-operator"  # what audit logs (and the emulator's request 
 DEFAULT_REQUEST_TIMEOUT = 30.0
 
 
-def merge_patch(old: dict, new: dict) -> dict:
+def diff_patch(old: dict, new: dict) -> dict:
     """The RFC 7386 merge patch turning `old` into `new` (lists are replaced whole)."""
     patch: dict = {}
     for key in old.keys() - new.keys():
@@ -45,7 +45,7 @@ def merge_patch(old: dict, new: dict) -> dict:
     for key, value in new.items():
         before = old.get(key)
         if isinstance(value, dict) and isinstance(before, dict):
-            sub = merge_patch(before, value)
+            sub = diff_patch(before, value)
             if sub:
                 patch[key] = sub
         elif value != before:

@@ -56,7 +56,7 @@ def load_resources(paths: list[str], default_namespace: str = "default") -> list
 
 def schema_errors(docs: list[dict]) -> list[str]:
     """What the API server would refuse in the genforge documents, as `<Kind> "<name>" is invalid:
-    <path>: <message>` lines (`schema.admit`: the CRD schemas and CEL rules; unknown fields are
+    <path>: <message>` lines (`schema.admit_object`: the CRD schemas and CEL rules; unknown fields are
     refused, as `kubectl apply` asks). Needs jsonschema and cel (`schema.missing_validation_packages`)."""
     from . import schema
 
@@ -65,7 +65,7 @@ def schema_errors(docs: list[dict]) -> list[str]:
         if _is_genforge(doc):
             meta = doc.get("metadata")
             name = meta.get("name", "?") if isinstance(meta, dict) else "?"
-            problems += [f'{doc["kind"]} "{name}" is invalid: {error}' for error in schema.admit(doc)[1]]
+            problems += [f'{doc["kind"]} "{name}" is invalid: {error}' for error in schema.admit_object(doc)[1]]
     return problems
 
 

@@ -401,7 +401,7 @@ def run_usage(resource: Resource, now: datetime) -> list[PoolUsage]:
     return out
 
 
-def running_seconds(resource: Resource, now: datetime) -> float:
+def _held_seconds(resource: Resource, now: datetime) -> float:
     """Wall-clock seconds the run has held accelerators (overlapping segments count once)."""
     status = resource.status
     if not status.segments:
@@ -462,7 +462,7 @@ class StatusCollector(Collector):
     def _run(families: dict[str, GaugeMetricFamily], run: Resource, now: datetime) -> None:
         status, spec = run.status, run.spec
         labels = [run.namespace or "", run.kind, run.name]
-        usages, elapsed = run_usage(run, now), running_seconds(run, now)  # may raise: before any sample
+        usages, elapsed = run_usage(run, now), _held_seconds(run, now)  # may raise: before any sample
 
         def put(gauge: GaugeDef, value: float | None) -> None:
             if value is not None:

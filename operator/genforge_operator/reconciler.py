@@ -24,7 +24,7 @@ from . import formats, metrics, money
 from .api import Resource, SpecError, parse_resource
 from .builders import build_trainer_service_account
 from .config import OperatorConfig
-from .kube import Kube, merge_patch
+from .kube import Kube, diff_patch
 from .model_versions import add_version
 from .naming import LABEL_UID, owner_selector
 from .observe import pod_run, rank_zero
@@ -174,7 +174,7 @@ class Reconciler:
                 outcome.status["version"] = version
         if outcome.measure is not None and outcome.status.get("pool"):
             self.record_measurement(outcome.status["pool"], outcome.measure)
-        patch = merge_patch(dict(body.get("status") or {}), outcome.status)
+        patch = diff_patch(dict(body.get("status") or {}), outcome.status)
         self.kube.patch_status(kind, namespace, name, patch)
         _count_transition(kind, dict(body.get("status") or {}), outcome.status)
         for event in outcome.events:
@@ -267,7 +267,7 @@ def update_budget(reconciler: Reconciler, body: dict, namespace: str, idx: dict)
     """A Budget's status: spent in the current period, remaining, warnings (as Events)."""
     catalog = reconciler.catalog(namespace, idx)
     status, events = money.budget_status(parse_resource(dict(body)), catalog, datetime.now(UTC))
-    patch = merge_patch(dict(body.get("status") or {}), status)
+    patch = diff_patch(dict(body.get("status") or {}), status)
     reconciler.kube.patch_status("Budget", namespace, body["metadata"]["name"], patch)
     for event in events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)

@@ -1,7 +1,7 @@
 """`genforge render -f FILE…` — the objects the operator would create, offline.
 
 Like `helm template`: for review, GitOps diffs and debugging. The input is first judged
-as the API server would judge it (`schema.admit`: the CRD schemas and their CEL rules,
+as the API server would judge it (`schema.admit_object`: the CRD schemas and their CEL rules,
 unknown fields refused as `kubectl apply` does); invalid input prints every field error
 and renders nothing. Then it calls the very builders the operator calls
 (`plan.plan_dataset` / `plan.plan_run`); nothing is re-implemented here. Assumptions
@@ -66,7 +66,7 @@ def _assume_ready(resources: list[Resource], config: OperatorConfig) -> list[Res
     return out
 
 
-def choose_pool(run: Resource, catalog: Catalog) -> Resource | Blocked:
+def _pool_for(run: Resource, catalog: Catalog) -> Resource | Blocked:
     if run.spec.hardware.pool != "auto":
         return fixed_pool(run, catalog)
     return choose_pool_for_run(run, catalog)  # the one cost model decides `auto`
@@ -85,7 +85,7 @@ def render(resources: list[Resource], config: OperatorConfig) -> tuple[list[tupl
             planned = plan_dataset(r, catalog, config)
         else:
             refs = resolve_references(r, catalog)  # as the operator: references before money
-            pool = refs if isinstance(refs, Blocked) else choose_pool(r, catalog)
+            pool = refs if isinstance(refs, Blocked) else _pool_for(r, catalog)
             planned = pool if isinstance(pool, Blocked) else plan_run(r, pool, catalog, config)
         source = f"{r.kind} {r.namespace}/{r.name}"
         if isinstance(planned, Blocked):

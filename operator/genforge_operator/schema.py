@@ -13,7 +13,7 @@ that code without a cluster — the offline tests, `genforge local`'s emulated A
   uniqueness), then — when the schema holds — the CEL rules (`evaluate_validations`).
   Returns `FieldError`s: `(path, message)` tuples with Kubernetes-style paths such as
   `spec.warnAt[1]`.
-- `admit(obj, old=None)`: the defaulted object and its errors, for an API server.
+- `admit_object(obj, old=None)`: the defaulted object and its errors, for an API server.
 - `prune(obj)`: the object without the fields its schema does not declare, and their
   paths — what kube-apiserver silently drops unless the request asks for
   `fieldValidation=Strict` (then it refuses them, as `validate` does).
@@ -335,7 +335,7 @@ class CustomResourceSchema:
         """Whether the schema has CEL rules (`x-kubernetes-validations`) anywhere."""
         return next(_iter_rules(self.openapi, ""), None) is not None
 
-    def admit_write(self, obj: dict, stored: dict | None = None) -> Admitted:
+    def admit_write(self, obj: dict, stored: dict | None = None) -> AdmittedWrite:
         """What kube-apiserver does with a write of `obj` (an update of `stored`, as stored):
         prune the fields the schema does not declare, default, validate (ratcheting against
         `stored`). Returns the object to store, the pruned paths (the server refuses them under
@@ -356,10 +356,10 @@ class CustomResourceSchema:
             unknown.sort()
             out = _default(view, out)
         defaulted, errors, rules_ran = self._admit(out, stored, ratchet=stored is not None)
-        return Admitted(defaulted, unknown, errors, self.has_rules and not rules_ran)
+        return AdmittedWrite(defaulted, unknown, errors, self.has_rules and not rules_ran)
 
 
-class Admitted(NamedTuple):
+class AdmittedWrite(NamedTuple):
     """A write as kube-apiserver admits it (`CustomResourceSchema.admit_write`)."""
 
     obj: dict  # pruned and defaulted: what the server stores
@@ -514,10 +514,10 @@ def _default(schema: dict, value: Any) -> Any:
 # ---------------------------------------------------------------- validation
 def validate(obj: dict, old: dict | None = None, directory: str | Path | None = None) -> list[FieldError]:
     """Everything the API server would reject in `obj` (an update of `old`, if given), after defaulting."""
-    return admit(obj, old, directory)[1]
+    return admit_object(obj, old, directory)[1]
 
 
-def admit(
+def admit_object(
     obj: dict, old: dict | None = None, directory: str | Path | None = None
 ) -> tuple[dict, list[FieldError]]:
     """Default `obj` and validate it (schema, then CEL rules); returns the defaulted object and errors."""

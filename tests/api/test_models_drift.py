@@ -194,7 +194,7 @@ MINIMAL = {
 @pytest.mark.parametrize("kind", sorted(MINIMAL))
 def test_crd_defaults_equal_dataclass_defaults(kind):
     bare = {"apiVersion": api.API_VERSION, "kind": kind, "metadata": {"name": "x"}, "spec": MINIMAL[kind]}
-    defaulted, errors = schema.admit(bare)
+    defaulted, errors = schema.admit_object(bare)
     assert errors == []
     assert defaulted["spec"] != bare["spec"]  # the API server did fill something in
     assert api.parse_resource(defaulted).spec == api.parse_resource(bare).spec

@@ -81,7 +81,7 @@ def test_defaults_leave_optional_blocks_absent():
 
 
 def test_admit_returns_the_object_the_api_server_would_store():
-    stored, errors = schema.admit(make("GenModel", {"spec.config": {}}))
+    stored, errors = schema.admit_object(make("GenModel", {"spec.config": {}}))
     assert errors == []
     assert stored["spec"]["config"] == {
         "blockOutChannels": [32, 64, 64], "layersPerBlock": 1, "attentionHeadDim": 8, "dropout": 0.0,

@@ -73,7 +73,7 @@ def test_invalid_yaml_and_missing_file(capsys, tmp_path):
 
 
 def test_invalid_input_is_refused_with_every_field_error_and_nothing_rendered(capsys, tmp_path):
-    """As the API server would refuse it (`schema.admit`: CRD schema, CEL rules, unknown fields as
+    """As the API server would refuse it (`schema.admit_object`: CRD schema, CEL rules, unknown fields as
     `kubectl apply` refuses them), so a typo never renders into a Job."""
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump({"apiVersion": "genforge.dev/v1alpha1", "kind": "TrainingRun",

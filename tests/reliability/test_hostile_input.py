@@ -1,5 +1,5 @@
 """Hostile and bad input, generated (hypothesis): every resource spec is either rejected by
-the CRD schema and CEL rules (`schema.admit`, what the API server does) or, admitted, ends
+the CRD schema and CEL rules (`schema.admit_object`, what the API server does) or, admitted, ends
 in a clear outcome of the pure reconcile — a known phase, a Ready condition with a
 CamelCase reason and a message, a sane requeue — and never raises.
 
@@ -125,7 +125,7 @@ def check_outcome(out) -> None:
 def test_every_spec_is_rejected_by_the_schema_or_reconciled_to_a_clear_condition(kind, data):
     obj = data.draw(mutated(kind))
     TALLY["tried"] += 1
-    defaulted, errors = schema.admit(obj)
+    defaulted, errors = schema.admit_object(obj)
     if errors:
         TALLY["rejected by schema/CEL"] += 1
         assert all(e.path and e.message for e in errors)
