@@ -23,8 +23,6 @@ from .runspec import (
 )
 from .vocabulary import DatasetPhase, Reason
 
-#: Until the money modules import the vocabulary (redesign in progress).
-
 #: fsspec schemes of object stores: outputs there outlive the pod.
 OBJECT_STORE_SCHEMES = ("s3", "gs", "gcs", "az", "abfs", "abfss")
 
@@ -136,9 +134,14 @@ def resolve_model_version(model: Resource, pinned: str | None) -> BaseChain | Bl
                      through=tuple(v.name for v in reversed(chain)))
 
 
+def model_name_of(run: Resource) -> str:
+    """The GenModel a run trains (a FineTune's base model)."""
+    return run.spec.base_model.name if run.kind == "FineTune" else run.spec.model_ref.name
+
+
 def resolve_references(run: Resource, catalog: Catalog) -> tuple[Resource, Resource] | Blocked:
     """The GenModel and the Ready Dataset a TrainingRun/FineTune refers to."""
-    model_name = run.spec.base_model.name if run.kind == "FineTune" else run.spec.model_ref.name
+    model_name = model_name_of(run)
     model = catalog.models.get(model_name)
     if model is None:
         return Blocked(Reason.MODEL_NOT_FOUND, f"GenModel {model_name!r} not found in namespace {run.namespace}")

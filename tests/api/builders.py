@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import uuid
 from typing import Any
 
 from genforge_operator import bundled, schema
+from genforge_operator.api import GROUP, KINDS, VERSION
 
 DELETE = object()  # `with_fields(obj, {"spec.budget": DELETE})` removes the field
 
@@ -74,3 +76,19 @@ def with_fields(obj: dict, changes: dict[str, Any]) -> dict:
 def make(kind: str, changes: dict[str, Any] | None = None, *, name: str | None = None) -> dict:
     """The example of `kind` with `changes` applied (see `with_fields`)."""
     return with_fields(example(kind, name), changes or {})
+
+
+def resource_path(kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+    """The API path of a genforge object (or its collection, or a subresource)."""
+    k = KINDS[kind]
+    scope = f"/namespaces/{namespace}" if k.namespaced else ""
+    return f"/apis/{GROUP}/{VERSION}{scope}/{k.plural}" + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+
+def with_unique_name(obj: dict) -> dict:
+    """A copy of `obj` under a fresh name, so cases replayed against one server never collide."""
+    obj = copy.deepcopy(obj)
+    obj.setdefault("metadata", {})
+    if isinstance(obj["metadata"], dict):
+        obj["metadata"]["name"] = f"case-{uuid.uuid4().hex[:10]}"
+    return obj

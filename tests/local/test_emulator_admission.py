@@ -7,35 +7,19 @@ what is accepted here is accepted there, what is refused is refused at the same 
 
 from __future__ import annotations
 
-import copy
-import uuid
-
 import pytest
-from api.builders import example_documents, make
+from api.builders import example_documents, make, resource_path, with_unique_name
 from api.test_cel_rules import _OLD, ALLOWED, REJECTED, _updates
 from api.test_invalid_resources import INVALID
 
 from genforge_operator import schema
-from genforge_operator.api import GROUP, KINDS, VERSION
+from genforge_operator.api import KINDS
 
 #: These tests write status themselves (invalid on purpose).
 pytestmark = pytest.mark.writes_status
 
 MERGE = "application/merge-patch+json"
 STRICT = {"fieldValidation": "Strict"}  # what kubectl sends
-
-
-def _path(kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
-    k = KINDS[kind]
-    scope = f"/namespaces/{namespace}" if k.namespaced else ""
-    return f"/apis/{GROUP}/{VERSION}{scope}/{k.plural}" + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
-
-
-def _unique(obj: dict) -> dict:
-    obj = copy.deepcopy(obj)
-    if isinstance(obj.setdefault("metadata", {}), dict):
-        obj["metadata"]["name"] = f"case-{uuid.uuid4().hex[:10]}"
-    return obj
 
 
 def _words(body) -> str:
@@ -52,9 +36,9 @@ def created(raw_api, namespace):
     cluster_scoped = []
 
     def create(obj: dict, params: dict | None = None) -> tuple[int, dict]:
-        status, body = raw_api.request("POST", _path(obj["kind"], namespace), obj, params=params)
+        status, body = raw_api.request("POST", resource_path(obj["kind"], namespace), obj, params=params)
         if status == 201 and not KINDS[obj["kind"]].namespaced:
-            cluster_scoped.append(_path(obj["kind"], None, body["metadata"]["name"]))
+            cluster_scoped.append(resource_path(obj["kind"], None, body["metadata"]["name"]))
         return status, body
 
     yield create
@@ -68,7 +52,7 @@ def _verdict(raw_api, namespace, create, obj: dict) -> tuple[bool, int, str]:
     if "status" in obj and isinstance(obj.get("metadata"), dict) and obj.get("spec") is not None:
         status, stored = create({k: v for k, v in obj.items() if k != "status"}, STRICT)
         assert status == 201, _words(stored)
-        code, body = raw_api.request("PATCH", _path(obj["kind"], namespace, stored["metadata"]["name"], "status"),
+        code, body = raw_api.request("PATCH", resource_path(obj["kind"], namespace, stored["metadata"]["name"], "status"),
                                      {"status": obj["status"]}, params=STRICT, content_type=MERGE)
         return code == 200, code, _words(body)
     code, body = create(obj, STRICT)
@@ -88,7 +72,7 @@ def _replay_cases():
 def test_the_emulator_agrees_with_the_offline_verdict(raw_api, namespace, created, kind, changes, path):
     obj = make(kind, changes)
     if not any(key.startswith("metadata") for key in changes):
-        obj = _unique(obj)
+        obj = with_unique_name(obj)
     accepted, code, words = _verdict(raw_api, namespace, created, obj)
     if path is None:
         assert accepted, f"the emulator refused a case the project accepts:\n{words}"
@@ -103,12 +87,12 @@ def test_the_emulator_agrees_with_the_offline_verdict(raw_api, namespace, create
 @pytest.mark.parametrize(("old_kind", "changes", "path"), [c[1:] for c in _updates()], ids=[c[0] for c in _updates()])
 def test_the_emulator_agrees_on_updates(raw_api, namespace, created, old_kind, changes, path):
     kind, old_changes = _OLD[old_kind]
-    status, stored = created(_unique(make(kind, old_changes)), STRICT)
+    status, stored = created(with_unique_name(make(kind, old_changes)), STRICT)
     assert status == 201, _words(stored)
     new = make(kind, {**old_changes, **changes})
     new["metadata"] = {**new.get("metadata", {}), "name": stored["metadata"]["name"],
                        "resourceVersion": stored["metadata"]["resourceVersion"]}
-    code, body = raw_api.request("PUT", _path(kind, namespace, stored["metadata"]["name"]), new, params=STRICT)
+    code, body = raw_api.request("PUT", resource_path(kind, namespace, stored["metadata"]["name"]), new, params=STRICT)
     if path is None:
         assert code == 200, f"the emulator refused an update the project allows:\n{_words(body)}"
     else:
@@ -122,7 +106,7 @@ EXAMPLES = example_documents()
 @pytest.mark.parametrize(("file_name", "doc"), EXAMPLES, ids=[f"{f}:{d['metadata']['name']}" for f, d in EXAMPLES])
 def test_create_stores_the_schema_defaults(namespace, created, file_name, doc):
     """What the emulator stores is what kube-apiserver stores: `schema.apply_defaults` of the object."""
-    obj = _unique(doc)
+    obj = with_unique_name(doc)
     status, stored = created(obj)
     assert status == 201, _words(stored)
     assert stored["spec"] == schema.apply_defaults(obj)["spec"]
@@ -131,18 +115,18 @@ def test_create_stores_the_schema_defaults(namespace, created, file_name, doc):
 def test_unknown_fields_are_pruned_with_a_warning_refused_if_strict_and_dropped_silently_if_ignored(
         raw_api, namespace, created):
     run = make("TrainingRun", {"spec.gpus": 8, "spec.training.epochs": 3})
-    status, stored = created(_unique(run))
+    status, stored = created(with_unique_name(run))
     assert status == 201 and "gpus" not in stored["spec"] and "epochs" not in stored["spec"]["training"]
     assert raw_api.warnings == ['299 - "unknown field \\"spec.gpus\\""',
                                 '299 - "unknown field \\"spec.training.epochs\\""']
-    status, body = created(_unique(run), STRICT)
+    status, body = created(with_unique_name(run), STRICT)
     assert status == 400 and body["reason"] == "BadRequest", body
     assert body["message"] == ('TrainingRun in version "v1alpha1" cannot be handled as a TrainingRun: strict decoding '
                                'error: unknown field "spec.gpus", unknown field "spec.training.epochs"')
-    status, stored = created(_unique(run), {"fieldValidation": "Ignore"})
+    status, stored = created(with_unique_name(run), {"fieldValidation": "Ignore"})
     assert status == 201 and "gpus" not in stored["spec"] and raw_api.warnings == []
     # A patch: its result does not decode; kube-apiserver calls that an invalid `patch` (422)
-    path = _path("TrainingRun", namespace, stored["metadata"]["name"])
+    path = resource_path("TrainingRun", namespace, stored["metadata"]["name"])
     status, body = raw_api.request("PATCH", path, {"spec": {"gpus": 8}}, params=STRICT, content_type=MERGE)
     assert status == 422 and body["message"].startswith(' "" is invalid: patch: Invalid value: "{'), body
     assert body["message"].endswith(': strict decoding error: unknown field "spec.gpus"'), body
@@ -150,10 +134,10 @@ def test_unknown_fields_are_pruned_with_a_warning_refused_if_strict_and_dropped_
 
 
 def test_an_invalid_status_write_is_refused_at_its_field_and_changes_nothing(raw_api, namespace, created):
-    status, stored = created(_unique(make("TrainingRun")))
+    status, stored = created(with_unique_name(make("TrainingRun")))
     assert status == 201
     name = stored["metadata"]["name"]
-    path = _path("TrainingRun", namespace, name, "status")
+    path = resource_path("TrainingRun", namespace, name, "status")
     assert raw_api.request("PATCH", path, {"status": {"phase": "Running"}}, content_type=MERGE)[0] == 200
     status, body = raw_api.request("PATCH", path, {"status": {"phase": "Exploded"}}, content_type=MERGE)
     assert status == 422 and body["reason"] == "Invalid", body
@@ -164,11 +148,11 @@ def test_an_invalid_status_write_is_refused_at_its_field_and_changes_nothing(raw
                                     "the object was invalid; correct the existing errors to complete validation]")
     assert [(c["reason"], c["field"]) for c in body["details"]["causes"]] == [
         ("FieldValueNotSupported", "status.phase"), ("FieldValueInvalid", "<nil>")]
-    assert raw_api.request("GET", _path("TrainingRun", namespace, name))[1]["status"] == {"phase": "Running"}
+    assert raw_api.request("GET", resource_path("TrainingRun", namespace, name))[1]["status"] == {"phase": "Running"}
 
 
 def test_every_error_is_reported_at_once(namespace, created):
-    obj = _unique(make("TrainingRun", {"spec.training.steps": 0, "spec.budget.maxCost": "12,50"}))
+    obj = with_unique_name(make("TrainingRun", {"spec.training.steps": 0, "spec.budget.maxCost": "12,50"}))
     status, body = created(obj)
     assert status == 422, body
     assert body["message"].startswith(f'TrainingRun.genforge.dev "{obj["metadata"]["name"]}" is invalid: '
@@ -179,7 +163,7 @@ def test_every_error_is_reported_at_once(namespace, created):
 def test_a_body_of_another_version_or_kind_is_refused(raw_api, namespace, created):
     """As kube-apiserver answers: a version it does not serve decodes without a schema, so under
     Strict its fields are unknown; else the versions are named."""
-    other = _unique(make("TrainingRun", {"apiVersion": "genforge.dev/v1"}))
+    other = with_unique_name(make("TrainingRun", {"apiVersion": "genforge.dev/v1"}))
     status, body = created(other, STRICT)
     assert status == 400 and body["message"] == ('TrainingRun in version "v1" cannot be handled as a TrainingRun: '
                                                  'strict decoding error: unknown field "spec"'), body
@@ -187,7 +171,7 @@ def test_a_body_of_another_version_or_kind_is_refused(raw_api, namespace, create
     assert status == 400 and body["message"] == ("the API version in the data (genforge.dev/v1) does not match the "
                                                  "expected API version (genforge.dev/v1alpha1)"), body
     assert raw_api.warnings == ['299 - "unknown field \\"spec\\""']
-    run = _unique(make("TrainingRun"))
-    status, body = raw_api.request("POST", _path("TrainingRun", namespace), {**run, "kind": "Dataset"})
+    run = with_unique_name(make("TrainingRun"))
+    status, body = raw_api.request("POST", resource_path("TrainingRun", namespace), {**run, "kind": "Dataset"})
     assert status == 422 and body["message"] == (f'Dataset.genforge.dev "{run["metadata"]["name"]}" is invalid: '
                                                  'kind: Invalid value: "Dataset": must be TrainingRun'), body

@@ -11,32 +11,17 @@ from __future__ import annotations
 
 import copy
 import json
-import uuid
 
 import pytest
-from api.builders import example_documents, make
+from api.builders import example_documents, make, resource_path, with_unique_name
 from api.test_cel_rules import _OLD, ALLOWED, REJECTED, _updates
 from api.test_invalid_resources import INVALID
 
 from genforge_local.real_cluster import RealCluster
 from genforge_operator import bundled, schema
-from genforge_operator.api import GROUP, KINDS, VERSION, parse_resource
+from genforge_operator.api import KINDS, parse_resource
 
 pytestmark = pytest.mark.kube
-
-
-def _path(kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
-    k = KINDS[kind]
-    scope = f"/namespaces/{namespace}" if k.namespaced else ""
-    return f"/apis/{GROUP}/{VERSION}{scope}/{k.plural}" + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
-
-
-def _unique(obj: dict) -> dict:
-    obj = copy.deepcopy(obj)
-    obj.setdefault("metadata", {})
-    if isinstance(obj["metadata"], dict):
-        obj["metadata"]["name"] = f"case-{uuid.uuid4().hex[:10]}"
-    return obj
 
 
 def _server_errors(body) -> str:
@@ -51,7 +36,7 @@ def _server_errors(body) -> str:
 
 def create(real: RealCluster, obj: dict, namespace: str, *, dry_run: bool = True) -> tuple[int, object]:
     query = "?fieldValidation=Strict" + ("&dryRun=All" if dry_run else "")
-    return real.request("POST", _path(obj["kind"], namespace) + query, obj)
+    return real.request("POST", resource_path(obj["kind"], namespace) + query, obj)
 
 
 def _without_status(obj: dict) -> dict:
@@ -104,7 +89,7 @@ EXAMPLES = example_documents()
 def test_the_server_defaults_each_example_as_the_project_assumes(kube, module_namespace, file_name, doc):
     """What the API server stores equals `schema.apply_defaults` (what render, estimate, the
     emulator and the contract test assume), and parses to the same typed model."""
-    obj = _unique(doc)
+    obj = with_unique_name(doc)
     status, stored = create(kube.real, obj, module_namespace, dry_run=False)
     assert status == 201, _server_errors(stored)
     try:
@@ -113,7 +98,7 @@ def test_the_server_defaults_each_example_as_the_project_assumes(kube, module_na
         assert parse_resource(stored).spec == parse_resource(expected).spec
     finally:
         if not KINDS[obj["kind"]].namespaced:
-            kube.real.request("DELETE", _path(obj["kind"], None, obj["metadata"]["name"]))
+            kube.real.request("DELETE", resource_path(obj["kind"], None, obj["metadata"]["name"]))
 
 
 def test_a_run_spec_rendered_from_the_server_object_is_the_offline_one(kube, kube_namespace):
@@ -159,7 +144,7 @@ def _render(docs: list[dict], namespace: str):
 def _case_object(kind: str, changes: dict) -> dict:
     obj = make(kind, changes)
     if not any(key.startswith("metadata") for key in changes):
-        obj = _unique(obj)
+        obj = with_unique_name(obj)
     return obj
 
 
@@ -169,7 +154,7 @@ def _server_verdict(real: RealCluster, namespace: str, obj: dict) -> tuple[bool,
         status, created = create(real, _without_status(obj), namespace, dry_run=False)
         assert status == 201, _server_errors(created)
         name = created["metadata"]["name"]
-        code, body = real.request("PATCH", _path(obj["kind"], namespace, name, "status")
+        code, body = real.request("PATCH", resource_path(obj["kind"], namespace, name, "status")
                                   + "?dryRun=All&fieldValidation=Strict",
                                   {"status": obj["status"]}, content_type="application/merge-patch+json")
         return code == 200, _server_errors(body)
@@ -206,14 +191,14 @@ def test_the_server_agrees_with_the_offline_verdict(kube, module_namespace, kind
 def test_the_server_agrees_on_updates(kube, module_namespace, old_kind, changes, path):
     kube_namespace = module_namespace
     kind, old_changes = _OLD[old_kind]
-    old = _unique(make(kind, old_changes))
+    old = with_unique_name(make(kind, old_changes))
     status, created = create(kube.real, old, kube_namespace, dry_run=False)
     assert status == 201, _server_errors(created)
     new = make(kind, {**old_changes, **changes})
     new["metadata"] = {**new.get("metadata", {}), "name": created["metadata"]["name"],
                        "resourceVersion": created["metadata"]["resourceVersion"]}
     code, body = kube.real.request(
-        "PUT", _path(kind, kube_namespace, created["metadata"]["name"]) + "?dryRun=All&fieldValidation=Strict", new)
+        "PUT", resource_path(kind, kube_namespace, created["metadata"]["name"]) + "?dryRun=All&fieldValidation=Strict", new)
     words = _server_errors(body)
     if path is None:
         assert code == 200, f"the API server refused an update the project allows:\n{words}"
@@ -223,7 +208,7 @@ def test_the_server_agrees_on_updates(kube, module_namespace, old_kind, changes,
 
 
 def test_every_error_is_reported_at_once(kube, kube_namespace):
-    obj = _unique(make("TrainingRun", {"spec.training.steps": 0, "spec.budget.maxCost": "12,50"}))
+    obj = with_unique_name(make("TrainingRun", {"spec.training.steps": 0, "spec.budget.maxCost": "12,50"}))
     accepted, words = _server_verdict(kube.real, kube_namespace, obj)
     assert not accepted
     assert "spec.budget.maxCost" in words and "spec.training.steps" in words, words
@@ -234,7 +219,7 @@ def test_every_error_is_reported_at_once(kube, kube_namespace):
 
 def test_status_round_trip_prunes_only_undeclared_fields(kube, kube_namespace):
     """A status like the operator writes survives a round trip; a field the CRD lacks is pruned."""
-    run = _unique(make("TrainingRun", {}))
+    run = with_unique_name(make("TrainingRun", {}))
     status, created = create(kube.real, run, kube_namespace, dry_run=False)
     assert status == 201, _server_errors(created)
     name = created["metadata"]["name"]
@@ -245,7 +230,7 @@ def test_status_round_trip_prunes_only_undeclared_fields(kube, kube_namespace):
         "conditions": [{"type": "Admitted", "status": "True", "reason": "WithinBudget", "message": "fits",
                         "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}],
     }
-    code, body = kube.real.request("PATCH", _path("TrainingRun", kube_namespace, name, "status"),
+    code, body = kube.real.request("PATCH", resource_path("TrainingRun", kube_namespace, name, "status"),
                                    {"status": {**written, "notInTheSchema": {"x": 1}}},
                                    content_type="application/merge-patch+json")
     assert code == 200, _server_errors(body)
@@ -261,22 +246,22 @@ def test_status_round_trip_prunes_only_undeclared_fields(kube, kube_namespace):
 
 
 def test_unknown_spec_fields_are_refused_strictly_and_pruned_otherwise(kube, kube_namespace):
-    run = _unique(make("TrainingRun", {"spec.gpus": 8}))
+    run = with_unique_name(make("TrainingRun", {"spec.gpus": 8}))
     code, body = create(kube.real, run, kube_namespace)
     assert code in (400, 422) and "gpus" in _server_errors(body)
-    code, body = kube.real.request("POST", _path("TrainingRun", kube_namespace) + "?fieldValidation=Ignore", run)
+    code, body = kube.real.request("POST", resource_path("TrainingRun", kube_namespace) + "?fieldValidation=Ignore", run)
     assert code == 201 and "gpus" not in body["spec"]
 
 
 def test_integral_floats_come_back_as_integers(kube):
     """What the emulator copies (tests/local/test_emulator.py): 2.0 is served as 2, 2.5 as 2.5."""
-    pool = _unique(make("AcceleratorPool", {"spec.relativeThroughput": 2.0}))
+    pool = with_unique_name(make("AcceleratorPool", {"spec.relativeThroughput": 2.0}))
     status, created = create(kube.real, pool, None, dry_run=False)
     try:
         assert status == 201, _server_errors(created)
         assert type(created["spec"]["relativeThroughput"]) is int and created["spec"]["relativeThroughput"] == 2
         pool["spec"]["relativeThroughput"] = 2.5
-        status, again = create(kube.real, _unique(pool), None)
+        status, again = create(kube.real, with_unique_name(pool), None)
         assert status == 201 and again["spec"]["relativeThroughput"] == 2.5
     finally:
-        kube.real.request("DELETE", _path("AcceleratorPool", None, pool["metadata"]["name"]))
+        kube.real.request("DELETE", resource_path("AcceleratorPool", None, pool["metadata"]["name"]))

@@ -16,8 +16,8 @@ from ..config import OperatorConfig
 from ..formats import human_duration, money, parse_timestamp
 from ..manifests import ManifestError, load_resources
 from ..money.admission import admit
-from ..money.estimate import AUTO, model_name
-from ..plan import output_problem
+from ..money.estimate import AUTO
+from ..plan import model_name_of, output_problem
 from ..runspec import run_output_uri
 from ..units import MICRO
 
@@ -48,10 +48,10 @@ def estimate_runs(resources: list[Resource], now: datetime) -> list[dict]:
     results = []
     for run in runs:
         models = {r.name: r for r in resources if r.kind == "GenModel" and r.namespace == run.namespace}
-        model = models.get(model_name(run))
+        model = models.get(model_name_of(run))
         where = f"{run.kind} {run.namespace}/{run.name}"
         if model is None:
-            raise EstimateError(f"{where}: GenModel {model_name(run)!r} not found in the files "
+            raise EstimateError(f"{where}: GenModel {model_name_of(run)!r} not found in the files "
                                 f"(namespace {run.namespace})")
         if run.spec.hardware.pool != AUTO and run.spec.hardware.pool not in pool_names:
             raise EstimateError(f"{where}: AcceleratorPool {run.spec.hardware.pool!r} not found in the files "

@@ -27,7 +27,7 @@ from .. import formats
 from ..api import AccrualSegment, BudgetStatus, HardwareSpec, Resource, from_dict, to_dict
 from ..formats import parse_timestamp
 from ..observe import PodRun
-from ..plan import Blocked, Catalog
+from ..plan import Blocked, Catalog, model_name_of
 from ..vocabulary import ConditionStatus, ConditionType, Reason
 from . import accrual, admission, enforcement, estimate, periods, throughput
 from .estimate import PoolEstimate
@@ -114,7 +114,7 @@ class Admitted:
 
 
 def _model(run: Resource, catalog: Catalog) -> Resource | None:
-    return catalog.models.get(estimate.model_name(run))
+    return catalog.models.get(model_name_of(run))
 
 
 def _completed_steps(status: dict) -> int:
@@ -164,7 +164,7 @@ def choose_pool_for_run(run: Resource, catalog: Catalog, now: datetime | None = 
 
 def _model_not_found(run: Resource) -> Blocked:
     return Blocked(Reason.MODEL_NOT_FOUND,
-                   f"GenModel {estimate.model_name(run)!r} not found in namespace {run.namespace}")
+                   f"GenModel {model_name_of(run)!r} not found in namespace {run.namespace}")
 
 
 def _blocked(outcome: admission.Admission) -> Blocked:

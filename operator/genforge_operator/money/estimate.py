@@ -40,11 +40,6 @@ from .throughput import (
 AUTO = "auto"
 
 
-def model_name(run: Resource) -> str:
-    """The GenModel a run trains (a FineTune's base model)."""
-    return run.spec.base_model.name if run.kind == "FineTune" else run.spec.model_ref.name
-
-
 # ------------------------------------------------------------------ estimates
 @dataclass(frozen=True)
 class PoolEstimate:
