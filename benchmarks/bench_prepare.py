@@ -1,26 +1,26 @@
-"""Dataset preparation throughput: genforge's ``prepare`` against a plain Pillow loop.
+"""Dataset preparation throughput: genforge's ``prepare`` against a competent plain Pillow loop.
 
-Builds a folder of JPEG photographs (~1–2 MP, made from scikit-image's sample photos
-with random crops, flips, colour jitter, rescaling and GPS EXIF on some), then measures,
-on the same files in the same run:
+Builds a folder of JPEG photographs (600–1200 px on the long side, made from
+scikit-image's sample photos with random crops, flips, colour jitter and rescaling; GPS
+EXIF on every third, an EXIF orientation on every fifth (stored sideways, as cameras do);
+one in eight shows the astronaut's face), then measures on the same files, interleaved:
 
-* **plain**: one process, ``Image.open → convert("RGB") → ImageOps.fit(resolution²,
-  LANCZOS) → save PNG`` (same PNG compression level as genforge), no privacy, no dedupe;
-* **genforge, 1 worker**: ``prepare`` with face blur + metadata strip + dedupe on, in
-  one process — the per-core figure; and the same without face blur, to show its cost;
-* **naive**: the same privacy work done the obvious way (full decode, OpenCV's Haar
-  cascade over the full-resolution picture), on a subset — what JPEG draft decoding and
-  searching only the output's crop with a small DNN detector save;
-* **genforge, N workers**: with the process pool over all cores.
+* **plain**: the loop a competent engineer writes in a few lines, no privacy work —
+  :func:`plain_loop`: ``Image.draft`` (JPEG DCT-scaled decoding), ``exif_transpose``,
+  one Lanczos resize with ``reducing_gap`` straight from the centre square, PNG at
+  ``compress_level=1``;
+* **genforge, full privacy**: ``prepare`` in one process with face blur + metadata strip
+  + caption redaction + dedupe;
+* **genforge, no face blur**: the same without face blur.
 
-"Per core" compares images per CPU-second of the measuring process (``time.process_time``)
-for the single-process variants, so other load on a shared machine does not skew the ratio;
-the N-worker row is wall-clock throughput divided by N, against the plain loop's wall
-clock.
+Each trial runs every variant once, in turn (plain, full, no blur), so slow phases of a
+shared machine hit all of them; the figure is images per CPU-second of this process
+(``time.process_time``), and the ratio is taken within a trial. One untimed warm-up pass
+first loads OpenCV and the face model (steady state: a worker loads them once).
 
 Usage::
 
-    python benchmarks/bench_prepare.py [--images 300] [--resolution 64 128 256] [--workers N] [--repeat 3]
+    python benchmarks/bench_prepare.py [--images 120] [--resolution 64 128 256 512] [--trials 3]
 
 Prints a Markdown table for docs/benchmarks.md. No torch.
 """
@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ import time
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from genforge_trainer.data import imageops, parallel
+from genforge_trainer.data import parallel
 from genforge_trainer.data.prepare import prepare
 from genforge_trainer.data.process import Settings
 
@@ -95,27 +96,35 @@ def jittered(
     return image.resize((int(cw * scale), int(ch * scale)), Image.Resampling.BICUBIC)
 
 
-def _gps_exif() -> bytes:
+def _exif(gps: bool, orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x010F] = "BenchCam"
-    gps = exif.get_ifd(0x8825)
-    gps.update({1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)})
+    if orientation != 1:
+        exif[0x0112] = orientation
+    if gps:
+        exif.get_ifd(0x8825).update({1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)})
     return exif.tobytes()
 
 
 def build_photos(directory: str, count: int, seed: int = 0) -> tuple[int, int]:
-    """Write ``count`` JPEG photos; return (total bytes, total pixels)."""
+    """Write ``count`` JPEG photos, 600–1200 px on the long side; return (total bytes, total pixels)."""
     rng = np.random.default_rng(seed)
     bases = _base_images()
-    exif = _gps_exif()
     total_bytes = total_pixels = 0
     lines = []
     for i in range(count):
-        image = jittered(bases[i % len(bases)], rng, (1.0, 2.0))
+        image = jittered(bases[i % len(bases)], rng, (0.5, 0.5))
+        scale = float(rng.uniform(600, 1200)) / max(image.size)
+        image = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC
+        )
+        orientation = 6 if i % 5 == 0 else 1
+        if orientation == 6:  # stored sideways: exif_transpose turns it back (90° clockwise)
+            image = image.transpose(Image.Transpose.ROTATE_90)
         buffer = io.BytesIO()
-        params = {"quality": int(rng.integers(85, 96))}
-        if i % 3 == 0:
-            params["exif"] = exif
+        params: dict[str, object] = {"quality": int(rng.integers(85, 96))}
+        if i % 3 == 0 or orientation != 1:
+            params["exif"] = _exif(gps=i % 3 == 0, orientation=orientation)
         image.save(buffer, "JPEG", **params)
         name = f"photo-{i:04d}.jpg"
         with open(os.path.join(directory, name), "wb") as f:
@@ -133,28 +142,19 @@ def build_photos(directory: str, count: int, seed: int = 0) -> tuple[int, int]:
 
 
 def plain_loop(files: list[str], out_dir: str, resolution: int) -> None:
+    """The competent resize-only loop (shown in docs/benchmarks.md)."""
+    size = (resolution, resolution)
     for i, path in enumerate(files):
-        image = Image.open(path).convert("RGB")
-        image = ImageOps.fit(image, (resolution, resolution), Image.Resampling.LANCZOS)
-        image.save(os.path.join(out_dir, f"{i:06d}.png"), "PNG", compress_level=imageops.PNG_COMPRESS_LEVEL)
-
-
-def naive_private_loop(files: list[str], out_dir: str, resolution: int) -> None:
-    """The same privacy work done the obvious way: full decode, OpenCV's Haar cascade
-    searched over the full-resolution picture, fit, blur, fresh PNG (no metadata), pHash."""
-    import cv2
-
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    for i, path in enumerate(files):
-        image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
-        grey = cv2.equalizeHist(np.asarray(image.convert("L")))
-        found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-        where = imageops.placement(image.size, resolution, "center")
-        output = imageops.render(image, where)
-        boxes = [where.to_output(imageops.grow((x, y, x + w, y + h), 0.25)) for (x, y, w, h) in found]
-        output = imageops.anonymise(output, boxes)
-        imageops.perceptual_hash(image)
-        output.save(os.path.join(out_dir, f"{i:06d}.png"), "PNG", compress_level=imageops.PNG_COMPRESS_LEVEL)
+        with Image.open(path) as image:
+            image.draft("RGB", size)  # JPEG: decode at the smallest DCT scale >= size
+            image = ImageOps.exif_transpose(image)
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            w, h = image.size
+            s = min(w, h)
+            box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+            image = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+            image.save(os.path.join(out_dir, f"{i:06d}.png"), compress_level=1)
 
 
 def genforge(source: str, out_dir: str, resolution: int, workers: int, blur_faces: bool = True) -> dict:
@@ -169,28 +169,27 @@ def genforge(source: str, out_dir: str, resolution: int, workers: int, blur_face
     return prepare(source, os.path.join(out_dir, "dataset"), settings, workers=workers, progress_bar=False)
 
 
-def measure(fn, root: str, repeat: int) -> tuple[float, float]:
-    """Best-of-``repeat`` (wall seconds, CPU seconds of this process) for ``fn(out_dir)``."""
-    walls, cpus = [], []
-    for _ in range(repeat):
-        out = tempfile.mkdtemp(dir=root)
-        wall, cpu = time.perf_counter(), time.process_time()
+def timed(fn, root: str) -> float:
+    """CPU seconds of this process for ``fn(out_dir)`` on a fresh output folder."""
+    out = tempfile.mkdtemp(dir=root)
+    try:
+        start = time.process_time()
         fn(out)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
+        return time.process_time() - start
+    finally:
         shutil.rmtree(out)
-    return min(walls), min(cpus)
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """``median (min–max)``."""
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=300)
-    parser.add_argument("--resolution", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--workers", type=int, default=parallel.available_cpus())
-    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs per variant")
-    parser.add_argument(
-        "--naive-images", type=int, default=20, help="photos for the (slow) naive row; 0: skip"
-    )
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--resolution", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--trials", type=int, default=3, help="interleaved trials per resolution")
     args = parser.parse_args()
 
     root = tempfile.mkdtemp(prefix="genforge-bench-")
@@ -204,51 +203,43 @@ def main() -> int:
         print(
             f"{n} JPEG photos, {npixels / n / 1e6:.2f} MP and {nbytes / n / 1024:.0f} KiB on average; "
             f"{platform.machine()}, {parallel.available_cpus()} CPUs available, load average {load:.1f} at start; "
-            f"Python {platform.python_version()}, Pillow {Image.__version__}, OpenCV {_cv2_version()}\n"
+            f"Python {platform.python_version()}, Pillow {Image.__version__}, OpenCV {_cv2_version()}; "
+            f"{args.trials} interleaved trials, median (min–max)\n"
         )
-        print(
-            "| resolution | variant | processes | images/s (wall) | images per CPU-second | vs plain, per core |"
-        )
-        print("|---:|---|---:|---:|---:|---:|")
+        print("| resolution | variant | images per CPU-second | vs plain, per core |")
+        print("|---:|---|---:|---:|")
         manifests: dict[str, dict] = {}
-
-        def run(out: str, r: int, workers: int, blur: bool, key: str) -> None:
-            manifests[key] = genforge(photos, out, r, workers, blur)
-
+        variants = {
+            "plain": lambda out, r: plain_loop(files, out, r),
+            "full": lambda out, r: manifests.__setitem__("full", genforge(photos, out, r, 1, True)),
+            "noblur": lambda out, r: manifests.__setitem__("noblur", genforge(photos, out, r, 1, False)),
+        }
+        names = {
+            "plain": "competent plain loop (draft, exif_transpose, Lanczos, PNG level 1)",
+            "full": "genforge: face blur + metadata strip + redaction + dedupe",
+            "noblur": "genforge: metadata strip + redaction + dedupe (no face blur)",
+        }
         for resolution in args.resolution:
-            plain_wall, plain_cpu = measure(
-                lambda out, r=resolution: plain_loop(files, out, r), root, args.repeat
-            )
-            rows = [("plain Pillow loop: open, RGB, fit, save PNG", 1, plain_wall, plain_cpu)]
-            manifests.clear()
-            wall, cpu = measure(lambda out, r=resolution: run(out, r, 1, True, "one"), root, args.repeat)
-            rows.append(("genforge: face blur + metadata strip + dedupe", 1, wall, cpu))
-            wall, cpu = measure(lambda out, r=resolution: run(out, r, 1, False, "noblur"), root, args.repeat)
-            rows.append(("genforge: metadata strip + dedupe (no face blur)", 1, wall, cpu))
-            if args.naive_images:
-                subset = files[: args.naive_images]
-                wall, cpu = measure(
-                    lambda out, r=resolution, f=subset: naive_private_loop(f, out, r), root, 1
-                )
-                scale = n / len(subset)  # report per image like the others
-                rows.append(
-                    ("naive: same privacy work at full resolution, no draft", 1, wall * scale, cpu * scale)
-                )
-            if args.workers > 1:
-                wall, _ = measure(
-                    lambda out, r=resolution: run(out, r, args.workers, True, "many"), root, args.repeat
-                )
-                rows.append(("genforge: face blur + metadata strip + dedupe", args.workers, wall, None))
-            plain_per_cpu = n / plain_cpu
-            for name, procs, wall, cpu in rows:
-                per_cpu = f"{n / cpu:.1f}" if cpu else "—"
-                ratio = (n / cpu) / plain_per_cpu if cpu else (n / wall / procs) / (n / plain_wall)
-                print(f"| {resolution} | {name} | {procs} | {n / wall:.1f} | {per_cpu} | {ratio:.2f}× |")
-            m = manifests["one"]
+            for fn in variants.values():  # warm-up: imports, the face model, file cache
+                timed(lambda out, f=fn, r=resolution: f(out, r), root)
+            rates: dict[str, list[float]] = {k: [] for k in variants}
+            ratios: dict[str, list[float]] = {k: [] for k in variants}
+            for _ in range(args.trials):
+                trial = {
+                    k: n / timed(lambda out, f=fn, r=resolution: f(out, r), root)
+                    for k, fn in variants.items()
+                }
+                for k, rate in trial.items():
+                    rates[k].append(rate)
+                    ratios[k].append(rate / trial["plain"])
+            for k in variants:
+                ratio = spread(ratios[k]) + "×"
+                print(f"| {resolution} | {names[k]} | {spread(rates[k], '{:.1f}')} | {ratio} |")
+            m = manifests["full"]
             print(
                 f"| {resolution} | (kept {m['items']['kept']} of {m['items']['total']}, "
                 f"{m['items']['dropped']['duplicate']} near-duplicates, faces blurred in "
-                f"{m['faces']['imagesWithFaces']} images) | | | | |",
+                f"{m['faces']['imagesWithFaces']} images) | | |",
                 flush=True,
             )
     finally:
