@@ -55,7 +55,8 @@ def pytest_runtest_setup(item):
 #: not pass as a green run. Skips for other reasons (a package that *is* installed, a test
 #: that runs with its siblings) stay skips.
 DECLARED = frozenset({"torch", "diffusers", "accelerate", "peft", "lupa", "helm_python", "kubernetes_validate",
-                      "hadolint", "kubectl", "jsonschema", "celpy", "cel", "cryptography", "playwright", "chromium"})
+                      "hadolint", "kubectl", "jsonschema", "celpy", "cel", "cryptography", "playwright", "chromium",
+                      "ai_edge_litert"})
 _MISSING = re.compile(r"could not import '([\w.]+)'|\b([\w-]+) is not installed")
 
 

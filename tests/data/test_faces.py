@@ -1,4 +1,4 @@
-"""Face detection (BlazeFace on OpenCV DNN): search windows, the shipped model, small faces."""
+"""Face detection (BlazeFace on LiteRT, or OpenCV DNN): search passes, the shipped model, small faces."""
 
 from __future__ import annotations
 
@@ -37,12 +37,29 @@ def test_every_face_from_the_minimum_size_up_lies_whole_in_a_window_that_can_fin
 
 
 def _finds(w: faces.Window, fx: float, fy: float, size: float) -> bool:
-    """The face lies whole in ``w`` and is at least the smallest the model finds there."""
+    """The face lies whole in ``w`` and measures, at ``w``'s scale, between the smallest
+    face the model finds (1/8 of its native input) and its whole native input."""
     inside = w.x0 <= fx and w.y0 <= fy and fx + size <= w.x0 + w.width and fy + size <= w.y0 + w.height
-    return inside and size >= faces.MIN_FACE_FRACTION * max(w.width, w.height) - 1e-6
+    model_px = size * w.scale
+    smallest = faces.MIN_FACE_FRACTION * faces.INPUT_SIZE
+    return inside and smallest - 1e-6 <= model_px <= faces.INPUT_SIZE + 1e-6
 
 
-def test_window_counts_stay_small():
+@pytest.mark.parametrize("side,resolution", [(400, 224), (400, 256), (346, 256), (1200, 512), (3000, 1024)])
+def test_the_finest_pass_shows_the_smallest_face_at_least_as_large_as_the_tiles_did(side, resolution):
+    """The 0.6-per-level tiles genforge searched before showed a MIN_FACE_OUTPUT face at
+    16.7-20 model pixels; the finest pass shows it at MIN_FACE_MODEL (20) or more."""
+    where = imageops.placement((side, side), resolution, "center")
+    x0, y0, x1, y1 = where.box
+    per_pixel = resolution / (x1 - x0)
+    windows = faces.search_windows((x0, y0, x1, y1), per_pixel)
+    finest = max(windows, key=lambda w: w.scale)
+    assert finest.level > 0
+    assert faces.MIN_FACE_OUTPUT / per_pixel * finest.scale >= faces.MIN_FACE_MODEL - 1e-6
+    assert all(w.input_width % 16 == 0 and w.input_height % 16 == 0 for w in windows)
+
+
+def test_pass_counts_stay_small():
     def count(side, resolution):
         return len(
             faces.search_windows(
@@ -52,11 +69,13 @@ def test_window_counts_stay_small():
             )
         )
 
-    # one window up to 160 px outputs (a face of 1/8 of the crop and its margin is 24 px
-    # there), then one finer level of 2x2 tiles up to 320 px
+    # one pass up to 160 px outputs (a face of 1/8 of the crop and its margin is 24 px
+    # there), then the crop at a finer scale too (the 0.6-per-level tiles before: 5
+    # windows at 192-320 px, 21 at 512 px)
     assert [count(400, r) for r in (32, 64, 128, 160)] == [1, 1, 1, 1]
-    assert count(400, 192) == count(400, 256) == count(400, 320) == 5
-    assert count(1200, 512) == 21
+    assert count(400, 192) == count(400, 256) == count(400, 320) == 2
+    assert count(1200, 512) == 2
+    assert count(3000, 1024) == 3
 
 
 def test_the_shipped_model_is_checked():
@@ -115,3 +134,46 @@ def test_a_face_cut_by_the_crop_edge_is_still_found():
     crop = (225.0, 0.0, 512.0, 287.0)
     found = faces.detector().detect(astronaut, crop, 128 / 287)
     assert found and found[0].box[0] < 225 < found[0].box[2]
+
+
+def test_the_model_takes_any_input_of_multiples_of_16():
+    """One anchor per output row whatever the input's shape (the anchor grid grows with it)."""
+    detector = faces.detector()
+    for width, height in [(128, 128), (208, 144), (96, 432)]:
+        pixels = np.zeros((1, height, width, 3), dtype=np.float32)
+        scores, boxes = detector._run(pixels)
+        assert len(scores) == len(boxes) == len(faces._anchors(width, height))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        detector.detect_window(Image.new("RGB", (100, 128)))
+
+
+@pytest.mark.parametrize("resolution", [128, 256, 512])
+def test_litert_and_opencv_find_the_same_faces(resolution):
+    pytest.importorskip("ai_edge_litert")
+    astronaut = photo("astronaut")
+    crop = (0.0, 0.0, 512.0, 512.0)
+    litert = faces.FaceDetector(backend="litert")
+    opencv = faces.FaceDetector(backend="opencv")
+    assert (litert.backend, opencv.backend) == ("litert", "opencv")
+    found = litert.detect(astronaut, crop, resolution / 512)
+    again = opencv.detect(astronaut, crop, resolution / 512)
+    assert len(found) == len(again) >= 1
+    for a, b in zip(found, again, strict=True):
+        assert np.allclose(a.box, b.box, atol=0.05) and abs(a.score - b.score) < 1e-3
+
+
+@pytest.mark.parametrize("resolution", [256, 512])
+def test_finer_passes_read_from_the_rendered_output_find_the_same_faces(resolution):
+    """Resampling the finer pass from the output (already at about its scale) instead of
+    the source changes pixels by rounding only: the same faces, boxes within a few pixels."""
+    picture = ImageOps.fit(photo("coffee"), (resolution * 2, resolution * 2))
+    head = _head().resize((110, 110), Image.Resampling.LANCZOS)  # a face of ~30 output px at 256
+    picture.paste(head, (resolution - 40, resolution - 70))
+    where = imageops.placement(picture.size, resolution, "center")
+    per_pixel = resolution / (where.box[2] - where.box[0])
+    output = imageops.render(picture, where)
+    plain = faces.detector().detect(picture, where.box, per_pixel)
+    reused = faces.detector().detect(picture, where.box, per_pixel, output=output)
+    assert len(plain) == len(reused) >= 1
+    for a, b in zip(plain, reused, strict=True):
+        assert np.allclose(a.box, b.box, atol=3.0)

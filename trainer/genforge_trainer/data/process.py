@@ -172,7 +172,8 @@ def _prepare(ref: ItemRef, settings: Settings, out: Outcome) -> None:
     )
     output = imageops.render(image, where)
     if settings.blur_faces:
-        found = faces.detector().detect(image, where.box, where.size[0] / (where.box[2] - where.box[0]))
+        per_pixel = where.size[0] / (where.box[2] - where.box[0])
+        found = faces.detector().detect(image, where.box, per_pixel, output=output)
         regions = [where.to_output(imageops.grow(face.box, 0.25)) for face in found]
         regions = [r for r in regions if r[2] > r[0] and r[3] > r[1]]
         output = imageops.anonymise(output, regions)
