@@ -21,6 +21,7 @@ first loads OpenCV and the face model (steady state: a worker loads them once).
 Usage::
 
     python benchmarks/bench_prepare.py [--images 120] [--resolution 64 128 256 512] [--trials 3]
+    python benchmarks/bench_prepare.py --steps   # CPU ms per image of each step instead
 
 Prints a Markdown table for docs/benchmarks.md. No torch.
 """
@@ -185,11 +186,56 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
+def step_costs(files: list[str], resolution: int, repeat: int = 3) -> dict[str, float]:
+    """CPU ms per image of each step of genforge's per-item work (best of ``repeat``), and of
+    the face model alone: one forward per pass on LiteRT and on OpenCV DNN."""
+    from genforge_trainer.data import faces, imageops
+
+    datas = [open(path, "rb").read() for path in files]
+    detector = faces.detector()
+    opencv = faces.FaceDetector(backend="opencv")
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        cpu: dict[str, float] = {}
+
+        def clock(name: str, start: float, cpu: dict[str, float] = cpu) -> float:
+            now = time.process_time()
+            cpu[name] = cpu.get(name, 0.0) + now - start
+            return now
+
+        for data in datas:
+            t = time.process_time()
+            image = imageops.decode(imageops.open_image(data), max(resolution, faces.INPUT_SIZE))
+            t = clock("decode (draft, exif_transpose)", t)
+            where = imageops.placement(image.size, resolution, "center")
+            output = imageops.render(image, where)
+            t = clock("crop + Lanczos resize", t)
+            found = detector.detect(
+                image, where.box, resolution / (where.box[2] - where.box[0]), output=output
+            )
+            t = clock(f"face search, all passes ({detector.backend})", t)
+            opencv.detect(image, where.box, resolution / (where.box[2] - where.box[0]), output=output)
+            t = clock("face search, all passes (opencv)", t)
+            boxes = [where.to_output(imageops.grow(f.box, 0.25)) for f in found]
+            output = imageops.anonymise(output, boxes)
+            t = clock("blur found faces", t)
+            imageops.perceptual_hash(image)
+            t = clock("pHash + colour layout", t)
+            imageops.encode_png(output)
+            t = clock("PNG, genforge's encoder", t)
+            output.save(io.BytesIO(), "PNG", compress_level=1)
+            clock("PNG, Pillow level 1 (the plain loop's)", t)
+        for name, value in cpu.items():
+            best[name] = min(best.get(name, float("inf")), 1000 * value / len(datas))
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--resolution", type=int, nargs="+", default=[64, 128, 256, 512])
     parser.add_argument("--trials", type=int, default=3, help="interleaved trials per resolution")
+    parser.add_argument("--steps", action="store_true", help="instead: CPU ms per image of each step")
     args = parser.parse_args()
 
     root = tempfile.mkdtemp(prefix="genforge-bench-")
@@ -206,6 +252,13 @@ def main() -> int:
             f"Python {platform.python_version()}, Pillow {Image.__version__}, OpenCV {_cv2_version()}; "
             f"{args.trials} interleaved trials, median (min–max)\n"
         )
+        if args.steps:
+            print("| step | " + " | ".join(f"{r} px" for r in args.resolution) + " |")
+            print("|---|" + "---:|" * len(args.resolution))
+            costs = {r: step_costs(files, r) for r in args.resolution}
+            for name in costs[args.resolution[0]]:
+                print(f"| {name} | " + " | ".join(f"{costs[r][name]:.2f}" for r in args.resolution) + " |")
+            return 0
         print("| resolution | variant | images per CPU-second | vs plain, per core |")
         print("|---:|---|---:|---:|")
         manifests: dict[str, dict] = {}
