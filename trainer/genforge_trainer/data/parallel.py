@@ -27,7 +27,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 WORKERS_ENV = "GENFORGE_PREPARE_WORKERS"
-_PRELOAD = ["genforge_trainer.data.process", "cv2"]  # imported once, shared by every worker
+_PRELOAD = ["genforge_trainer.data.process", "cv2", "ai_edge_litert.interpreter"]  # imported once, shared by every worker (a missing one is skipped)
 
 
 def available_cpus() -> int:
