@@ -3,7 +3,7 @@
 Builds a folder of JPEG photographs (600–1200 px on the long side, made from
 scikit-image's sample photos with random crops, flips, colour jitter and rescaling; GPS
 EXIF on every third, an EXIF orientation on every fifth (stored sideways, as cameras do);
-one in eight shows the astronaut's face), then measures on the same files, interleaved:
+one in seven shows the astronaut's face; ``motorcycle_left`` needs a download and is skipped), then measures on the same files, interleaved:
 
 * **plain**: the loop a competent engineer writes in a few lines, no privacy work —
   :func:`plain_loop`: ``Image.draft`` (JPEG DCT-scaled decoding), ``exif_transpose``,
@@ -250,7 +250,11 @@ def main() -> int:
             f"{n} JPEG photos, {npixels / n / 1e6:.2f} MP and {nbytes / n / 1024:.0f} KiB on average; "
             f"{platform.machine()}, {parallel.available_cpus()} CPUs available, load average {load:.1f} at start; "
             f"Python {platform.python_version()}, Pillow {Image.__version__}, OpenCV {_cv2_version()}; "
-            f"{args.trials} interleaved trials, median (min–max)\n"
+            + (
+                "CPU ms per image, best of 3 passes\n"
+                if args.steps
+                else f"{args.trials} interleaved trials, median (min–max)\n"
+            )
         )
         if args.steps:
             print("| step | " + " | ".join(f"{r} px" for r in args.resolution) + " |")
