@@ -177,3 +177,15 @@ def test_finer_passes_read_from_the_rendered_output_find_the_same_faces(resoluti
     assert len(plain) == len(reused) >= 1
     for a, b in zip(plain, reused, strict=True):
         assert np.allclose(a.box, b.box, atol=3.0)
+
+
+def test_without_litert_the_detector_falls_back_to_opencv(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    fallback = faces.FaceDetector()
+    assert fallback.backend == "opencv"
+    assert fallback.detect(photo("astronaut"), (0.0, 0.0, 512.0, 512.0), 0.25)
+    with pytest.raises(ImportError):
+        faces.FaceDetector(backend="litert")
