@@ -25,7 +25,7 @@ Where and at which scales faces are searched: only faces that end up in the outp
   passes** see the crop itself, each at most :data:`MAX_STEP` times the previous scale,
   the last one at the scale where a face of ``MIN_FACE_OUTPUT`` output pixels measures
   :data:`MIN_FACE_MODEL` model pixels. With the defaults: one pass up to 160 px outputs,
-  two above (up to ~620 px outputs), three beyond.
+  two up to 512 px (614 px where the image edge leaves no margin), three beyond.
 """
 
 from __future__ import annotations
