@@ -151,9 +151,14 @@ class Kube:
             configuration.host = config.api_server
             configuration.verify_ssl = False
             configuration.api_key = {"authorization": "Bearer genforge-local"}
-            return cls(ApiClient(configuration, request_timeout=config.api_timeout))
-        load_cluster_config(config)
-        return cls(ApiClient(request_timeout=config.api_timeout))
+        else:
+            load_cluster_config(config)
+            configuration = client.Configuration.get_default_copy()
+        # Every kopf worker thread and re-check may hold a connection at once; the client's
+        # default pool (5 per CPU) would discard the extra ones and pay a TLS handshake each time.
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0,
+                                                    2 * config.workers + 4)
+        return cls(ApiClient(configuration, request_timeout=config.api_timeout))
 
     # ---------------------------------------------------------------- genforge kinds
     def get(self, kind: str, namespace: str | None, name: str) -> dict | None:

@@ -17,6 +17,7 @@ from .api import GROUP, VERSION
 from .config import OperatorConfig
 from .kube import Kube
 from .naming import LABEL_MANAGED_BY, LABEL_UID, MANAGER
+from .observe import job_view, pod_view
 from .reconciler import (
     Reconciler,
     fine_tunes,
@@ -140,13 +141,13 @@ def finetune_index(body, namespace, **_):
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
 def job_index(body, labels, **_):
     uid = labels.get(LABEL_UID)
-    return {uid: dict(body)} if uid else None
+    return {uid: job_view(body)} if uid else None
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
 def pod_index(body, labels, **_):
     uid = labels.get(LABEL_UID)
-    return {uid: dict(body)} if uid else None
+    return {uid: pod_view(body)} if uid else None
 
 
 def _indexes(kwargs: dict) -> dict:
@@ -167,7 +168,7 @@ def _register_owned(kind: str, plural: str) -> None:
     @kopf.timer(GROUP, VERSION, plural, interval=CONFIG.enforcement_interval, initial_delay=1.0,
                 when=_active, id=f"{plural}-tick")
     def _tick(namespace, name, logger, **kwargs):
-        reconciler().reconcile(kind, namespace, name, _indexes(kwargs), logger)
+        reconciler().tick(kind, namespace, name, _indexes(kwargs), logger)
 
 
 for _kind, _plural in OWNED_PLURALS.items():

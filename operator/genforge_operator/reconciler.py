@@ -10,11 +10,12 @@ converges to the same state. `main.py` registers the kopf handlers that call it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import kopf
@@ -32,6 +33,7 @@ from .plan import Catalog
 from .reconcile import Observed, Outcome, final_status, reconcile_dataset, reconcile_run
 from .vocabulary import (
     ENFORCEMENT_REASONS,
+    FINAL_PHASES,
     FINAL_RUN_PHASES,
     ConditionStatus,
     ConditionType,
@@ -62,13 +64,27 @@ class Reconciler:
     def __init__(self, kube: Kube, config: OperatorConfig):
         self.kube = kube
         self.config = config
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks: dict[tuple[str, str, str], list] = {}  # key -> [lock, threads using it]
         self._guard = threading.Lock()
         self._timers: dict[str, tuple[float, threading.Timer]] = {}
+        #: Unfinished objects -> when they were last reconciled (monotonic), for `tick`.
+        self._last_reconciled: dict[tuple[str, str, str], float] = {}
 
-    def _lock(self, key: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def _exclusive(self, key: tuple[str, str, str]) -> Iterator[None]:
+        """One reconcile at a time per object; the lock is dropped when no thread uses it
+        (thousands of runs come and go without leaving a lock each behind)."""
         with self._guard:
-            return self._locks[key]
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
 
     def catalog(self, namespace: str, idx: dict) -> Catalog:
         runs = values(idx["trainingrun_index"], namespace) + values(idx["finetune_index"], namespace)
@@ -84,13 +100,35 @@ class Reconciler:
         with metrics.track_reconcile(kind, handler=f"reconcile-{kind}"):
             return self._reconcile(kind, namespace, name, idx)
 
-    def _reconcile(self, kind: str, namespace: str, name: str, idx: dict) -> float | None:
-        body = self.kube.get(kind, namespace, name)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+    def tick(self, kind: str, namespace: str, name: str, idx: dict, logger=log) -> float | None:
+        """The timers' periodic re-check of an unfinished object, spread out under load.
+
+        kopf wakes every unfinished object each `enforcement_interval`: with a thousand runs
+        waiting for their pods that alone asks 200 reconciles a second, and the events that
+        move runs forward queue behind it. An object reconciled for any reason less than
+        `tick_period()` ago is left alone; limits that come due are re-checked at their
+        moment anyway (`recheck_soon`) and the Job's activeDeadlineSeconds is the backstop.
+        """
+        last = self._last_reconciled.get((kind, namespace, name))
+        if last is not None and time.monotonic() - last + self.config.enforcement_interval / 2 < self.tick_period():
             return None
-        uid = body["metadata"]["uid"]
-        with self._lock(uid):
-            body = self.kube.get(kind, namespace, name) or body
+        return self.reconcile(kind, namespace, name, idx, logger)
+
+    def tick_period(self) -> float:
+        """Seconds between two periodic re-checks of one object at the present load."""
+        return max(self.config.enforcement_interval,
+                   len(self._last_reconciled) / self.config.max_ticks_per_second)
+
+    def _reconcile(self, kind: str, namespace: str, name: str, idx: dict) -> float | None:
+        # Locked by name, then read once: what is decided is always the object as it is now
+        # (a run deleted and created again under its name simply waits its turn).
+        key = (kind, namespace, name)
+        with self._exclusive(key):
+            body = self.kube.get(kind, namespace, name)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                self._last_reconciled.pop(key, None)
+                return None
+            uid = body["metadata"]["uid"]
             try:
                 resource = parse_resource(body)
             except SpecError as exc:
@@ -122,6 +160,10 @@ class Reconciler:
             decide = reconcile_dataset if kind == "Dataset" else reconcile_run
             outcome = decide(observed, self.config)
             self.apply(kind, body, outcome)
+            if (outcome.status.get("phase") or observed.body_status.get("phase")) in FINAL_PHASES:
+                self._last_reconciled.pop(key, None)
+            else:
+                self._last_reconciled[key] = time.monotonic()
             if outcome.requeue_after is not None and outcome.requeue_after < self.config.enforcement_interval:
                 self.recheck_soon(uid, outcome.requeue_after, kind, namespace, name, idx)
             return outcome.requeue_after
