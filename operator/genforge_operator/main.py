@@ -19,6 +19,7 @@ from .kube import Kube
 from .naming import LABEL_MANAGED_BY, LABEL_UID, MANAGER
 from .observe import job_view, pod_view
 from .reconciler import (
+    UID_INDEXES,
     Reconciler,
     fine_tunes,
     held_by_money,
@@ -138,6 +139,17 @@ def finetune_index(body, namespace, **_):
     return {namespace: resource} if resource else None
 
 
+def _register_uid_index(plural: str) -> None:
+    """uid -> (kind, namespace, name): a Job's or pod's owner, found without a scan."""
+    @kopf.index(GROUP, VERSION, plural, id=UID_INDEXES[plural])
+    def _by_uid(body, uid, namespace, name, **_):
+        return {uid: (body.get("kind"), namespace, name)}
+
+
+for _plural in UID_INDEXES:
+    _register_uid_index(_plural)
+
+
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
 def job_index(body, labels, **_):
     uid = labels.get(LABEL_UID)
@@ -185,13 +197,19 @@ for _plural in RUN_PLURALS.values():
     _register_deletion(_plural)
 
 
+#: A pod's status often changes several times within a fraction of a second (scheduled,
+#: started, ready); the run is reconciled once they settle.
+CHILD_SETTLE_SECONDS = 0.2
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 def child_changed(labels, logger, **kwargs):
+    """A Job or pod of a run changed: re-check the run shortly (a burst of changes, one reconcile)."""
     idx = _indexes(kwargs)
     owner = owner_of(labels, idx)
     if owner:
-        reconciler().reconcile(*owner, idx, logger)
+        reconciler().recheck_soon(CHILD_SETTLE_SECONDS, *owner, idx)
 
 
 @kopf.on.field(GROUP, VERSION, "datasets", field="status.phase")

@@ -11,7 +11,6 @@ converges to the same state. `main.py` registers the kopf handlers that call it.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import threading
 import time
@@ -25,6 +24,7 @@ from . import formats, metrics, money
 from .api import Resource, SpecError, parse_resource
 from .builders import build_trainer_service_account
 from .config import OperatorConfig
+from .delayed import DelayedCalls
 from .kube import Kube, diff_patch
 from .model_versions import add_version
 from .naming import LABEL_UID, owner_selector
@@ -44,7 +44,9 @@ from .vocabulary import (
 log = logging.getLogger("genforge")
 RUN_KINDS = ("TrainingRun", "FineTune")
 #: kopf index name → the kind it holds (the indexes `main.py` registers).
-OWNER_INDEXES = {"trainingrun_index": "TrainingRun", "finetune_index": "FineTune", "dataset_index": "Dataset"}
+#: The indexes of the kinds that own Jobs, by plural: uid -> (kind, namespace, name).
+UID_INDEXES = {"trainingruns": "trainingrun_uid_index", "finetunes": "finetune_uid_index",
+               "datasets": "dataset_uid_index"}
 
 
 def parsed(body) -> Resource | None:
@@ -66,7 +68,7 @@ class Reconciler:
         self.config = config
         self._locks: dict[tuple[str, str, str], list] = {}  # key -> [lock, threads using it]
         self._guard = threading.Lock()
-        self._timers: dict[str, tuple[float, threading.Timer]] = {}
+        self._rechecks = DelayedCalls(config.workers)
         #: Unfinished objects -> when they were last reconciled (monotonic), for `tick`.
         self._last_reconciled: dict[tuple[str, str, str], float] = {}
 
@@ -164,38 +166,25 @@ class Reconciler:
                 self._last_reconciled.pop(key, None)
             else:
                 self._last_reconciled[key] = time.monotonic()
-            if outcome.requeue_after is not None and outcome.requeue_after < self.config.enforcement_interval:
-                self.recheck_soon(uid, outcome.requeue_after, kind, namespace, name, idx)
+            if outcome.requeue_after is not None and outcome.requeue_after < self.tick_period():
+                self.recheck_soon(outcome.requeue_after, kind, namespace, name, idx)
             return outcome.requeue_after
 
-    def recheck_soon(self, uid: str, delay: float, kind: str, namespace: str, name: str, idx: dict) -> None:
-        """A one-shot re-check sooner than the timers' interval: when a limit is due.
+    def recheck_soon(self, delay: float, kind: str, namespace: str, name: str, idx: dict) -> None:
+        """Reconcile the object again in `delay` seconds (one pending re-check per object; a
+        sooner one replaces a later one).
 
         This is what bounds overspend by the moment a limit is reached rather than by the
-        enforcement interval. One pending re-check per object; an earlier one replaces it.
+        periodic re-check, and what turns a burst of Job and pod events into one reconcile.
         """
-        due = time.monotonic() + max(0.05, delay)
-        with self._guard:
-            pending = self._timers.get(uid)
-            if pending is not None and pending[0] <= due:
-                return
-            if pending is not None:
-                pending[1].cancel()
-            context = contextvars.copy_context()  # kopf's posting settings live in context variables
+        self._rechecks.schedule((kind, namespace, name), delay, self._recheck, kind, namespace, name, idx)
 
-            def fire():
-                with self._guard:
-                    if self._timers.get(uid, (None, None))[1] is timer:
-                        del self._timers[uid]
-                try:
-                    context.run(self.reconcile, kind, namespace, name, idx)
-                except Exception:  # the next timer tick or event retries
-                    log.exception("re-check of %s %s/%s failed", kind, namespace, name)
-
-            timer = threading.Timer(max(0.05, delay), fire)
-            timer.daemon = True
-            self._timers[uid] = (due, timer)
-            timer.start()
+    def _recheck(self, kind: str, namespace: str, name: str, idx: dict) -> None:
+        try:
+            self.reconcile(kind, namespace, name, idx)
+        except kopf.TemporaryError as exc:  # e.g. StatusConflict: other writers won; try again
+            log.warning("re-check of %s %s/%s: %s; again in %s s", kind, namespace, name, exc, exc.delay)
+            self.recheck_soon(exc.delay or 1.0, kind, namespace, name, idx)
 
     def apply(self, kind: str, body: dict, outcome: Outcome) -> None:
         meta = body["metadata"]
@@ -253,21 +242,19 @@ def _count_transition(kind: str, before: dict, after: dict) -> None:
 def owner_of(labels: dict, idx: dict) -> tuple[str, str, str] | None:
     """(kind, namespace, name) of the run or Dataset a Job or pod with `labels` belongs to."""
     uid = labels.get(LABEL_UID)
-    for index_name, kind in OWNER_INDEXES.items():
-        for items in idx[index_name].values():
-            for r in items:
-                if r.uid == uid:
-                    return kind, r.namespace, r.name
+    for index_name in UID_INDEXES.values():
+        for owner in values(idx.get(index_name), uid):
+            return owner
     return None
 
 
 def unfinished_runs(namespace: str, idx: dict, predicate) -> list[tuple[str, str, str]]:
     """The runs in `namespace` not yet Succeeded or Failed for which `predicate(run)` holds."""
     out = []
-    for index_name in ("trainingrun_index", "finetune_index"):
+    for index_name, kind in (("trainingrun_index", "TrainingRun"), ("finetune_index", "FineTune")):
         for r in values(idx[index_name], namespace):
             if r.status.phase not in FINAL_RUN_PHASES and predicate(r):
-                out.append((OWNER_INDEXES[index_name], r.namespace, r.name))
+                out.append((kind, r.namespace, r.name))
     return out
 
 
