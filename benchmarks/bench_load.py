@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import datetime
 import json
 import os
 import re
+import signal
 import stat
 import sys
 import tempfile
@@ -91,8 +91,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None,
                         help="the operator's GENFORGE_WORKERS (kopf's thread pool; default: the operator's)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the control plane on the way out
 
-    from kubernetes import client, watch
+    from kubernetes import client
 
     from genforge_local.control_plane import LocalControlPlane
 
@@ -138,48 +139,38 @@ def main() -> int:
 
         threading.Thread(target=sample, daemon=True).start()
 
-        job_added: collections.Counter[str] = collections.Counter()
+        job_uids: dict[str, set[str]] = collections.defaultdict(set)  # run -> uids of its Jobs
         job_seen: dict[str, float] = {}
         final_at: dict[str, float] = {}
         final_phase: dict[str, str] = {}
         created: dict[str, float] = {}
-        all_jobs, all_final = threading.Event(), threading.Event()
+        all_jobs, all_final, stopping = threading.Event(), threading.Event(), threading.Event()
+
+        def on_job(obj: dict) -> None:
+            meta = obj.get("metadata") or {}
+            name = (meta.get("labels") or {}).get(RUN_LABEL)
+            if name:
+                job_uids[name].add(meta.get("uid"))
+                job_seen.setdefault(name, time.monotonic())
+                if len(job_seen) >= args.runs:
+                    all_jobs.set()
+
+        def on_run(obj: dict) -> None:
+            name = obj["metadata"]["name"]
+            phase = (obj.get("status") or {}).get("phase")
+            if phase in FINAL_PHASES and name not in final_at:
+                final_at[name] = time.monotonic()
+                final_phase[name] = phase
+                if len(final_at) >= args.runs:
+                    all_final.set()
 
         def watch_jobs() -> None:
-            with contextlib.suppress(Exception):  # the stream ends when the control plane stops
-                _watch_jobs()
-
-        def _watch_jobs() -> None:
-            w = watch.Watch()
-            for event in w.stream(batch.list_namespaced_job, NS, label_selector="genforge.dev/kind=TrainingRun",
-                                  timeout_seconds=int(args.timeout), deserialize=False):
-                obj = event.get("object") or {}  # deserialize=False: the JSON as sent
-                name = (obj.get("metadata", {}).get("labels") or {}).get(RUN_LABEL)
-                if event.get("type") == "ADDED" and name:
-                    job_added[name] += 1
-                    job_seen.setdefault(name, time.monotonic())
-                    if len(job_seen) >= args.runs:
-                        all_jobs.set()
-                if all_jobs.is_set() and all_final.is_set():
-                    w.stop()
+            _follow(lambda **kw: batch.list_namespaced_job(NS, label_selector="genforge.dev/kind=TrainingRun", **kw),
+                    on_job, all_jobs, stopping)
 
         def watch_runs() -> None:
-            with contextlib.suppress(Exception):
-                _watch_runs()
-
-        def _watch_runs() -> None:
-            w = watch.Watch()
-            for event in w.stream(custom.list_namespaced_custom_object, GROUP, VERSION, NS, "trainingruns",
-                                  timeout_seconds=int(args.timeout)):
-                obj = event["object"]
-                name = obj["metadata"]["name"]
-                phase = (obj.get("status") or {}).get("phase")
-                if phase in FINAL_PHASES and name not in final_at:
-                    final_at[name] = time.monotonic()
-                    final_phase[name] = phase
-                    if len(final_at) >= args.runs:
-                        all_final.set()
-                        w.stop()
+            _follow(lambda **kw: custom.list_namespaced_custom_object(GROUP, VERSION, NS, "trainingruns", **kw),
+                    on_run, all_final, stopping)
 
         watchers = [threading.Thread(target=f, daemon=True) for f in (watch_jobs, watch_runs)]
         for t in watchers:
@@ -209,6 +200,7 @@ def main() -> int:
         final_all = time.monotonic() - started
         cpu_after = _cpu(components)
         stop_sampling.set()
+        stopping.set()
         time.sleep(2.0)  # let late duplicates, if any, show up before counting
 
         jobs = _list_items(batch.list_namespaced_job(NS, label_selector="genforge.dev/kind=TrainingRun",
@@ -234,7 +226,7 @@ def main() -> int:
             "createToFinalSeconds": spread([final_at[n] - created[n] for n in final_at if n in created]),
             "duplicates": {
                 "runsWithMoreThanOneJob": sorted(n for n, c in jobs_per_run.items() if c > 1),
-                "jobsAddedMoreThanOnce": sorted(n for n, c in job_added.items() if c > 1),
+                "runsWhoseJobWasCreatedAgain": sorted(n for n, uids in job_uids.items() if len(uids) > 1),
                 "jobsWithMoreThanOnePod": sorted(n for n in trainer_job_names if pods_per_job[n] > 1),
             },
             "operatorRssMiB": {"beforeRuns": round(rss_before / 2**20, 1), "peak": round(peak_rss / 2**20, 1)},
@@ -253,6 +245,27 @@ def main() -> int:
     complete = (result["secondsUntilAllJobs"] is not None and result["secondsUntilAllRunsFinal"] is not None
                 and not any(result["duplicates"].values()))
     return 0 if complete else 1
+
+
+def _follow(list_objects, on_object, done: threading.Event, stopping: threading.Event) -> None:
+    """List, then watch from the list's resourceVersion; again whenever the stream breaks (an
+    API server under load ends watches), until `done` or `stopping`."""
+    from kubernetes import watch
+
+    while not (done.is_set() or stopping.is_set()):
+        try:
+            listing = json.loads(list_objects(_preload_content=False).data)
+            for item in listing["items"]:
+                on_object(item)
+            w = watch.Watch()
+            for event in w.stream(list_objects, resource_version=listing["metadata"]["resourceVersion"],
+                                  timeout_seconds=120, deserialize=False):
+                if event.get("type") in ("ADDED", "MODIFIED"):
+                    on_object(event.get("object") or {})  # deserialize=False: the JSON as sent
+                if done.is_set() or stopping.is_set():
+                    w.stop()
+        except Exception:  # the stream broke, or the control plane is stopping
+            time.sleep(0.5)
 
 
 def _list_items(response) -> list[dict]:

@@ -60,6 +60,14 @@ class DelayedCalls:
             heapq.heappush(self._heap, (due, next(self._order), key))
             self._lock.notify_all()
 
+    def due_in(self, key: Hashable) -> float | None:
+        """Seconds until `key`'s call is due (0 when queued or running), None when none is pending."""
+        with self._lock:
+            if key in self._queued or key in self._running:
+                return 0.0
+            due = self._due.get(key)
+            return None if due is None else max(0.0, due - time.monotonic())
+
     def pending(self) -> int:
         """Keys waiting for their time, queued or running."""
         with self._lock:

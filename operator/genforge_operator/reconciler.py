@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -69,8 +68,8 @@ class Reconciler:
         self._locks: dict[tuple[str, str, str], list] = {}  # key -> [lock, threads using it]
         self._guard = threading.Lock()
         self._rechecks = DelayedCalls(config.workers)
-        #: Unfinished objects -> when they were last reconciled (monotonic), for `tick`.
-        self._last_reconciled: dict[tuple[str, str, str], float] = {}
+        #: The objects not yet finished, each with a re-check pending (`tick_period`).
+        self._unfinished: set[tuple[str, str, str]] = set()
 
     @contextlib.contextmanager
     def _exclusive(self, key: tuple[str, str, str]) -> Iterator[None]:
@@ -100,26 +99,25 @@ class Reconciler:
 
     def reconcile(self, kind: str, namespace: str, name: str, idx: dict, logger=log) -> float | None:
         with metrics.track_reconcile(kind, handler=f"reconcile-{kind}"):
-            return self._reconcile(kind, namespace, name, idx)
-
-    def tick(self, kind: str, namespace: str, name: str, idx: dict, logger=log) -> float | None:
-        """The timers' periodic re-check of an unfinished object, spread out under load.
-
-        kopf wakes every unfinished object each `enforcement_interval`: with a thousand runs
-        waiting for their pods that alone asks 200 reconciles a second, and the events that
-        move runs forward queue behind it. An object reconciled for any reason less than
-        `tick_period()` ago is left alone; limits that come due are re-checked at their
-        moment anyway (`recheck_soon`) and the Job's activeDeadlineSeconds is the backstop.
-        """
-        last = self._last_reconciled.get((kind, namespace, name))
-        if last is not None and time.monotonic() - last + self.config.enforcement_interval / 2 < self.tick_period():
-            return None
-        return self.reconcile(kind, namespace, name, idx, logger)
+            try:
+                return self._reconcile(kind, namespace, name, idx)
+            except Exception:
+                # Whatever failed, look again (kopf's retry or an event may come sooner).
+                self.recheck_soon(self.tick_period(), kind, namespace, name, idx)
+                raise
 
     def tick_period(self) -> float:
-        """Seconds between two periodic re-checks of one object at the present load."""
-        return max(self.config.enforcement_interval,
-                   len(self._last_reconciled) / self.config.max_ticks_per_second)
+        """Seconds between two periodic re-checks of one unfinished object at the present load.
+
+        Every unfinished object is looked at again after each reconcile — cost accrues,
+        progress moves, pods may stop starting — every `enforcement_interval`, stretched so
+        that these re-checks never ask more than `max_ticks_per_second` reconciles: with a
+        thousand runs waiting for their pods a fixed 5 s would be 200 reconciles a second,
+        and the events that move runs forward would queue behind them. Limits that come due
+        sooner are re-checked at their moment (a shorter requeue), and the Job's
+        activeDeadlineSeconds is the backstop.
+        """
+        return max(self.config.enforcement_interval, len(self._unfinished) / self.config.max_ticks_per_second)
 
     def _reconcile(self, kind: str, namespace: str, name: str, idx: dict) -> float | None:
         # Locked by name, then read once: what is decided is always the object as it is now
@@ -128,7 +126,7 @@ class Reconciler:
         with self._exclusive(key):
             body = self.kube.get(kind, namespace, name)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-                self._last_reconciled.pop(key, None)
+                self._unfinished.discard(key)
                 return None
             uid = body["metadata"]["uid"]
             try:
@@ -163,12 +161,14 @@ class Reconciler:
             outcome = decide(observed, self.config)
             self.apply(kind, body, outcome)
             if (outcome.status.get("phase") or observed.body_status.get("phase")) in FINAL_PHASES:
-                self._last_reconciled.pop(key, None)
-            else:
-                self._last_reconciled[key] = time.monotonic()
-            if outcome.requeue_after is not None and outcome.requeue_after < self.tick_period():
-                self.recheck_soon(outcome.requeue_after, kind, namespace, name, idx)
-            return outcome.requeue_after
+                self._unfinished.discard(key)
+                return None
+            self._unfinished.add(key)
+            period = self.tick_period()
+            requeue = outcome.requeue_after
+            self.recheck_soon(requeue if requeue is not None and requeue < period else period,
+                              kind, namespace, name, idx)
+            return requeue
 
     def recheck_soon(self, delay: float, kind: str, namespace: str, name: str, idx: dict) -> None:
         """Reconcile the object again in `delay` seconds (one pending re-check per object; a
