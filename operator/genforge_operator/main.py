@@ -103,38 +103,41 @@ def _login_via_mapped_service_account(config: OperatorConfig) -> kopf.Connection
 
 
 # ---------------------------------------------------------------------- indexes
+# Index and event handlers are `async`: they only parse or schedule, and kopf runs async
+# handlers in its event loop — a sync one costs a hop to its thread pool for every event,
+# which at thousands of objects is most of the operator's time.
 @kopf.index(GROUP, VERSION, "acceleratorpools")
-def pool_index(body, name, **_):
+async def pool_index(body, name, **_):
     resource = parsed(body)
     return {name: resource} if resource else None
 
 
 @kopf.index(GROUP, VERSION, "genmodels")
-def model_index(body, namespace, **_):
+async def model_index(body, namespace, **_):
     resource = parsed(body)
     return {namespace: resource} if resource else None
 
 
 @kopf.index(GROUP, VERSION, "datasets")
-def dataset_index(body, namespace, **_):
+async def dataset_index(body, namespace, **_):
     resource = parsed(body)
     return {namespace: resource} if resource else None
 
 
 @kopf.index(GROUP, VERSION, "budgets")
-def budget_index(body, namespace, **_):
+async def budget_index(body, namespace, **_):
     resource = parsed(body)
     return {namespace: resource} if resource else None
 
 
 @kopf.index(GROUP, VERSION, "trainingruns")
-def trainingrun_index(body, namespace, **_):
+async def trainingrun_index(body, namespace, **_):
     resource = parsed(body)
     return {namespace: resource} if resource else None
 
 
 @kopf.index(GROUP, VERSION, "finetunes")
-def finetune_index(body, namespace, **_):
+async def finetune_index(body, namespace, **_):
     resource = parsed(body)
     return {namespace: resource} if resource else None
 
@@ -142,7 +145,7 @@ def finetune_index(body, namespace, **_):
 def _register_uid_index(plural: str) -> None:
     """uid -> (kind, namespace, name): a Job's or pod's owner, found without a scan."""
     @kopf.index(GROUP, VERSION, plural, id=UID_INDEXES[plural])
-    def _by_uid(body, uid, namespace, name, **_):
+    async def _by_uid(body, uid, namespace, name, **_):
         return {uid: (body.get("kind"), namespace, name)}
 
 
@@ -151,13 +154,13 @@ for _plural in UID_INDEXES:
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def job_index(body, labels, **_):
+async def job_index(body, labels, **_):
     uid = labels.get(LABEL_UID)
     return {uid: job_view(body)} if uid else None
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
-def pod_index(body, labels, **_):
+async def pod_index(body, labels, **_):
     uid = labels.get(LABEL_UID)
     return {uid: pod_view(body)} if uid else None
 
@@ -199,7 +202,7 @@ CHILD_SETTLE_SECONDS = 0.2
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-def child_changed(labels, logger, **kwargs):
+async def child_changed(labels, logger, **kwargs):
     """A Job or pod of a run changed: re-check the run shortly (a burst of changes, one reconcile)."""
     idx = _indexes(kwargs)
     owner = owner_of(labels, idx)
