@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -43,6 +44,8 @@ from .vocabulary import (
 log = logging.getLogger("genforge")
 RUN_KINDS = ("TrainingRun", "FineTune")
 #: kopf index name → the kind it holds (the indexes `main.py` registers).
+SERVICE_ACCOUNT_RECHECK_SECONDS = 60.0
+
 #: The indexes of the kinds that own Jobs, by plural: uid -> (kind, namespace, name).
 UID_INDEXES = {"trainingruns": "trainingrun_uid_index", "finetunes": "finetune_uid_index",
                "datasets": "dataset_uid_index"}
@@ -68,6 +71,7 @@ class Reconciler:
         self._locks: dict[tuple[str, str, str], list] = {}  # key -> [lock, threads using it]
         self._guard = threading.Lock()
         self._rechecks = DelayedCalls(config.workers)
+        self._service_accounts: dict[str, float] = {}  # namespace -> when its trainer account was ensured
         #: The objects not yet finished, each with a re-check pending (`tick_period`).
         self._unfinished: set[tuple[str, str, str]] = set()
 
@@ -189,8 +193,9 @@ class Reconciler:
     def apply(self, kind: str, body: dict, outcome: Outcome) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        if any(obj["kind"] == "Job" for obj in outcome.create):
+        if any(obj["kind"] == "Job" for obj in outcome.create) and self._service_account_stale(namespace):
             self.kube.create(build_trainer_service_account(namespace, self.config))
+            self._service_accounts[namespace] = time.monotonic()
         for obj in outcome.create:
             self.kube.create(obj)
         job_name = outcome.status.get("job")
@@ -210,6 +215,13 @@ class Reconciler:
         _count_transition(kind, dict(body.get("status") or {}), outcome.status)
         for event in outcome.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+
+    def _service_account_stale(self, namespace: str) -> bool:
+        """The trainer's ServiceAccount is (re)created with a namespace's Jobs, but not for each
+        of a thousand Jobs a minute: at most every SERVICE_ACCOUNT_RECHECK_SECONDS (a deleted
+        one is back within that)."""
+        made = self._service_accounts.get(namespace)
+        return made is None or time.monotonic() - made > SERVICE_ACCOUNT_RECHECK_SECONDS
 
     def record_measurement(self, pool_name: str, measure) -> None:
         """Fold a run's throughput into the pool's status."""
