@@ -88,6 +88,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for every run to finish")
     parser.add_argument("--controller-manager-qps", type=int, default=None,
                         help="kube-controller-manager's --kube-api-qps (burst 1.5×); default: its own (20)")
+    parser.add_argument("--operator-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the operator process (repeatable)")
     parser.add_argument("--workers", type=int, default=None,
                         help="the operator's GENFORGE_WORKERS (kopf's thread pool; default: the operator's)")
     args = parser.parse_args()
@@ -107,6 +109,7 @@ def main() -> int:
     (work / "bin").mkdir()
     bin_dir = stand_in_bin(work / "bin")
     operator_env = {"GENFORGE_WORKERS": str(args.workers)} if args.workers else {}
+    operator_env.update(item.split("=", 1) for item in args.operator_env)
     kube_options = {}
     if real and args.controller_manager_qps:
         qps = args.controller_manager_qps
@@ -213,6 +216,7 @@ def main() -> int:
         result = {
             "controlPlane": args.control_plane,
             "controllerManagerQps": args.controller_manager_qps or (20 if real else None),
+            "operatorEnv": operator_env,
             "runs": args.runs,
             "cpus": os.cpu_count(),
             "loadAverage1m": {"atStart": round(load_before, 2), "atEnd": round(os.getloadavg()[0], 2)},

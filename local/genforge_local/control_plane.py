@@ -217,6 +217,7 @@ class LocalControlPlane:
         else:
             env.update({"GENFORGE_API_SERVER": self.url, "KUBECONFIG": str(self.kubeconfig_path)})
         env.update({
+            "MALLOC_ARENA_MAX": "2",  # as the chart's Deployment: see docs/benchmarks.md, "Operator load"
             "GENFORGE_STORAGE_URI": f"file://{DATA_MOUNT}",
             "GENFORGE_STORAGE_PVC": DATA_CLAIM,
             "GENFORGE_STORAGE_MOUNT_PATH": DATA_MOUNT,
