@@ -195,15 +195,15 @@ for _plural in RUN_PLURALS.values():
     _register_deletion(_plural)
 
 
-#: A pod's status often changes several times within a fraction of a second (scheduled,
+#: A pod's status often changes several times within a second or two (scheduled,
 #: started, ready); the run is reconciled once they settle.
-CHILD_SETTLE_SECONDS = 0.2
+CHILD_SETTLE_SECONDS = 1.0
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
 async def child_changed(labels, logger, **kwargs):
-    """A Job or pod of a run changed: re-check the run shortly (a burst of changes, one reconcile)."""
+    """A Job or pod of a run changed: re-check the run a second later (a burst of changes, one reconcile)."""
     idx = _indexes(kwargs)
     owner = owner_of(labels, idx)
     if owner:
