@@ -66,6 +66,9 @@ COPY --from=build-operator /opt/venv /opt/venv
 # bundled.py looks for the CRDs (schema checks) and examples here.
 COPY crds/ /opt/genforge/crds/
 COPY examples/ /opt/genforge/examples/
+# Two malloc arenas, not 8 per core: the operator's threads parse thousands of API objects,
+# and freed memory kept in many arenas tripled its RSS at 1,000 runs (docs/benchmarks.md).
+ENV MALLOC_ARENA_MAX=2
 USER 1000:1000
 WORKDIR /tmp
 # 8080: /metrics; 8081: kopf's liveness endpoint (/healthz).

@@ -67,7 +67,7 @@ class LocalControlPlane:
     and one file per pod) and, unless `kubeconfig_path` says otherwise, `kubeconfig`.
     `port`/`metrics_port` 0 pick free ports. `operator=False` leaves the operator out
     (tests that drive Jobs by hand); `operator_env` adds to or overrides its environment;
-    `executor_options` go to `LocalExecutor`.
+    `executor_options` go to `LocalExecutor`; in kube mode `kube_options` go to `RealCluster`.
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], *, port: int = 0, metrics_port: int = 0,
@@ -75,7 +75,8 @@ class LocalControlPlane:
                  crd_dir: str | os.PathLike[str] | None = None, operator: bool = True,
                  operator_env: Mapping[str, str] | None = None,
                  executor_options: Mapping[str, Any] | None = None, kube: bool = False,
-                 chart_values: Mapping[str, Any] | None = None):
+                 chart_values: Mapping[str, Any] | None = None,
+                 kube_options: Mapping[str, Any] | None = None):
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.metrics_port = metrics_port
@@ -86,6 +87,7 @@ class LocalControlPlane:
         self.executor_options = dict(executor_options or {})
         self.kube = kube
         self.chart_values = dict(chart_values or {})
+        self.kube_options = dict(kube_options or {})
         self.cluster: EmulatedCluster | None = None
         self.real: Any = None  # a RealCluster in kube mode
         self.operator_account: tuple[str, str] | None = None  # (namespace, name) in kube mode
@@ -161,7 +163,7 @@ class LocalControlPlane:
 
         objects, name = chart.operator_rbac(self.chart_values)
         account = f"system:serviceaccount:{chart.NAMESPACE}:{name}"
-        self.real = RealCluster(self.data_dir / "kube", audit_users=[account]).start(timeout)
+        self.real = RealCluster(self.data_dir / "kube", audit_users=[account], **self.kube_options).start(timeout)
         self.real.write_kubeconfig(self.kubeconfig_path)
         self.install_crds()
         self.real.kubectl("create", "namespace", chart.NAMESPACE)
@@ -215,6 +217,7 @@ class LocalControlPlane:
         else:
             env.update({"GENFORGE_API_SERVER": self.url, "KUBECONFIG": str(self.kubeconfig_path)})
         env.update({
+            "MALLOC_ARENA_MAX": "2",  # as the chart's Deployment: see docs/benchmarks.md, "Operator load"
             "GENFORGE_STORAGE_URI": f"file://{DATA_MOUNT}",
             "GENFORGE_STORAGE_PVC": DATA_CLAIM,
             "GENFORGE_STORAGE_MOUNT_PATH": DATA_MOUNT,

@@ -179,14 +179,17 @@ class LocalNode:
 
     `pvc_dirs` maps a claim name to its local folder (default: `<data>/volumes/<ns>/<claim>`);
     `shutdown_grace` caps each pod's grace period on `stop()`; `namespace` limits it to the
-    pods of one namespace.
+    pods of one namespace; `bin_dir` is the folder put first on every pod's PATH (default: this
+    Python's, so that the images' commands run this checkout's `genforge-trainer`; a benchmark
+    can point it at stand-ins).
     """
 
     def __init__(self, api_url: str, data_dir: str | os.PathLike[str], *, token: str | None = None,
                  pvc_dirs: Mapping[str, str | os.PathLike[str]] | None = None,
                  work_dir: str | os.PathLike[str] | None = None, node_name: str = NODE_NAME,
                  shutdown_grace: float = 15.0, env: Mapping[str, str] | None = None,
-                 namespace: str | None = None, ssl_context: Any = None):
+                 namespace: str | None = None, ssl_context: Any = None,
+                 bin_dir: str | os.PathLike[str] | None = None):
         self.api_url = api_url
         self.data_dir = Path(data_dir).resolve()
         self.pvc_dirs = {name: Path(path).resolve() for name, path in (pvc_dirs or {}).items()}
@@ -211,7 +214,7 @@ class LocalNode:
         self._stopping: asyncio.Event | None = None
         self._error: BaseException | None = None
         self._pgids: set[int] = set()  # every process group started, for the atexit safety net
-        self.bin_dir = str(Path(sys.executable).parent)
+        self.bin_dir = str(bin_dir) if bin_dir else str(Path(sys.executable).parent)
 
     # --- lifecycle (any thread) ----------------------------------------------------------
 

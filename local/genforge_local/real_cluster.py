@@ -154,13 +154,14 @@ class RealCluster:
     """etcd + kube-apiserver + kube-controller-manager on loopback, in ``workdir``.
 
     ``binaries`` defaults to the cached build (:func:`kube_binaries.find`); ``controllers``
-    is kube-controller-manager's ``--controllers`` list.
+    is kube-controller-manager's ``--controllers`` list; the ``extra_*_flags`` are appended to
+    the components' command lines (a later flag wins).
     """
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None, *,
                  binaries: kube_binaries.KubeBinaries | None = None,
                  controllers: str = "*", extra_apiserver_flags: Sequence[str] = (),
-                 audit_users: Sequence[str] = ()):
+                 extra_controller_manager_flags: Sequence[str] = (), audit_users: Sequence[str] = ()):
         found = binaries or kube_binaries.find()
         if found is None:
             raise ControlPlaneError(
@@ -171,6 +172,7 @@ class RealCluster:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="genforge-kube-")).resolve()
         self.controllers = controllers
         self.extra_apiserver_flags = list(extra_apiserver_flags)
+        self.extra_controller_manager_flags = list(extra_controller_manager_flags)
         self.audit_users = list(audit_users)
         self.components: list[_Component] = []
         self.port: int | None = None
@@ -484,6 +486,7 @@ class RealCluster:
             "--leader-elect=false",
             "--bind-address=127.0.0.1", "--secure-port=0",
             "--concurrent-job-syncs=5",
+            *self.extra_controller_manager_flags,
         ])
 
     def _wait_controllers(self, timeout: float) -> None:

@@ -38,6 +38,11 @@ class OperatorConfig:
     checkpoint_grace_seconds: int = 120
     backoff_limit: int = 3
     enforcement_interval: float = 5.0
+    #: The periodic re-check of unfinished runs (cost, progress, pod start) is spread out so
+    #: that it never asks more than this many reconciles per second: each object is looked
+    #: at every max(enforcement_interval, unfinished objects / this) seconds. Limits that come
+    #: due are checked at their moment regardless (Reconciler.recheck_soon).
+    max_ticks_per_second: float = 20.0
     progress_timeout: float = 1.5
     #: How long a run's trainer pods may stay not running (unschedulable, image pull,
     #: container config) before the run says so loudly (Ready reason PodStartTimeout, a
@@ -100,6 +105,7 @@ class OperatorConfig:
             storage=storage,
             service_account=env.get("GENFORGE_TRAINER_SERVICE_ACCOUNT", cls.service_account),
             enforcement_interval=float(env.get("GENFORGE_ENFORCEMENT_INTERVAL", cls.enforcement_interval)),
+            max_ticks_per_second=float(env.get("GENFORGE_MAX_TICKS_PER_SECOND") or cls.max_ticks_per_second),
             checkpoint_grace_seconds=int(env.get("GENFORGE_CHECKPOINT_GRACE_SECONDS", cls.checkpoint_grace_seconds)),
             backoff_limit=int(env.get("GENFORGE_BACKOFF_LIMIT", cls.backoff_limit)),
             pod_start_timeout=float(env.get("GENFORGE_POD_START_TIMEOUT", cls.pod_start_timeout)),

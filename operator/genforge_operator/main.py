@@ -17,7 +17,9 @@ from .api import GROUP, VERSION
 from .config import OperatorConfig
 from .kube import Kube
 from .naming import LABEL_MANAGED_BY, LABEL_UID, MANAGER
+from .observe import job_view, pod_view
 from .reconciler import (
+    UID_INDEXES,
     Reconciler,
     fine_tunes,
     held_by_money,
@@ -28,7 +30,7 @@ from .reconciler import (
     update_budget,
     waits_for_dataset,
 )
-from .vocabulary import FINAL_PHASES, DatasetPhase
+from .vocabulary import DatasetPhase
 
 log = logging.getLogger("genforge")
 CONFIG = OperatorConfig.from_env()
@@ -101,52 +103,66 @@ def _login_via_mapped_service_account(config: OperatorConfig) -> kopf.Connection
 
 
 # ---------------------------------------------------------------------- indexes
+# Index and event handlers are `async`: they only parse or schedule, and kopf runs async
+# handlers in its event loop — a sync one costs a hop to its thread pool for every event,
+# which at thousands of objects is most of the operator's time.
 @kopf.index(GROUP, VERSION, "acceleratorpools")
-def pool_index(body, name, **_):
+async def pool_index(body, name, **_):
     resource = parsed(body)
     return {name: resource} if resource else None
 
 
 @kopf.index(GROUP, VERSION, "genmodels")
-def model_index(body, namespace, **_):
+async def model_index(body, namespace, **_):
     resource = parsed(body)
     return {namespace: resource} if resource else None
 
 
 @kopf.index(GROUP, VERSION, "datasets")
-def dataset_index(body, namespace, **_):
+async def dataset_index(body, namespace, **_):
     resource = parsed(body)
     return {namespace: resource} if resource else None
 
 
 @kopf.index(GROUP, VERSION, "budgets")
-def budget_index(body, namespace, **_):
+async def budget_index(body, namespace, **_):
     resource = parsed(body)
     return {namespace: resource} if resource else None
 
 
 @kopf.index(GROUP, VERSION, "trainingruns")
-def trainingrun_index(body, namespace, **_):
+async def trainingrun_index(body, namespace, **_):
     resource = parsed(body)
     return {namespace: resource} if resource else None
 
 
 @kopf.index(GROUP, VERSION, "finetunes")
-def finetune_index(body, namespace, **_):
+async def finetune_index(body, namespace, **_):
     resource = parsed(body)
     return {namespace: resource} if resource else None
 
 
+def _register_uid_index(plural: str) -> None:
+    """uid -> (kind, namespace, name): a Job's or pod's owner, found without a scan."""
+    @kopf.index(GROUP, VERSION, plural, id=UID_INDEXES[plural])
+    async def _by_uid(body, uid, namespace, name, **_):
+        return {uid: (body.get("kind"), namespace, name)}
+
+
+for _plural in UID_INDEXES:
+    _register_uid_index(_plural)
+
+
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def job_index(body, labels, **_):
+async def job_index(body, labels, **_):
     uid = labels.get(LABEL_UID)
-    return {uid: dict(body)} if uid else None
+    return {uid: job_view(body)} if uid else None
 
 
 @kopf.index("", "v1", "pods", labels=MANAGED)
-def pod_index(body, labels, **_):
+async def pod_index(body, labels, **_):
     uid = labels.get(LABEL_UID)
-    return {uid: dict(body)} if uid else None
+    return {uid: pod_view(body)} if uid else None
 
 
 def _indexes(kwargs: dict) -> dict:
@@ -161,13 +177,8 @@ def _register_owned(kind: str, plural: str) -> None:
     def _changed(namespace, name, logger, **kwargs):
         reconciler().reconcile(kind, namespace, name, _indexes(kwargs), logger)
 
-    def _active(status, **_):
-        return (status or {}).get("phase") not in FINAL_PHASES
-
-    @kopf.timer(GROUP, VERSION, plural, interval=CONFIG.enforcement_interval, initial_delay=1.0,
-                when=_active, id=f"{plural}-tick")
-    def _tick(namespace, name, logger, **kwargs):
-        reconciler().reconcile(kind, namespace, name, _indexes(kwargs), logger)
+    # No kopf timer: each reconcile of an unfinished object schedules its next re-check
+    # (Reconciler.tick_period), as a controller's "requeue after" would.
 
 
 for _kind, _plural in OWNED_PLURALS.items():
@@ -184,13 +195,19 @@ for _plural in RUN_PLURALS.values():
     _register_deletion(_plural)
 
 
+#: A pod's status often changes several times within a second or two (scheduled,
+#: started, ready); the run is reconciled once they settle.
+CHILD_SETTLE_SECONDS = 1.0
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 @kopf.on.event("", "v1", "pods", labels=MANAGED)
-def child_changed(labels, logger, **kwargs):
+async def child_changed(labels, logger, **kwargs):
+    """A Job or pod of a run changed: re-check the run a second later (a burst of changes, one reconcile)."""
     idx = _indexes(kwargs)
     owner = owner_of(labels, idx)
     if owner:
-        reconciler().reconcile(*owner, idx, logger)
+        reconciler().recheck_soon(CHILD_SETTLE_SECONDS, *owner, idx)
 
 
 @kopf.on.field(GROUP, VERSION, "datasets", field="status.phase")

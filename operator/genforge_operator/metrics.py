@@ -552,8 +552,9 @@ STORE_PLURALS = tuple(k.plural for k in KINDS.values())
 _server_lock = threading.Lock()  # guards the server and the registrations below
 
 
-def on_event(event: Mapping[str, Any] | None, body: Mapping[str, Any], **_: Any) -> None:
-    """kopf `on.event` handler for the six genforge kinds: keep `STORE` level with the API."""
+async def on_event(event: Mapping[str, Any] | None, body: Mapping[str, Any], **_: Any) -> None:
+    """kopf `on.event` handler for the six genforge kinds: keep `STORE` level with the API
+    (async: a short parse in kopf's loop, no hop to a worker thread for every event)."""
     if (event or {}).get("type") == "DELETED":
         STORE.delete_body(body)
     else:

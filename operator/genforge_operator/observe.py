@@ -23,6 +23,28 @@ class JobState:
     start_time: str | None = None  # status.startTime: activeDeadlineSeconds counts from it
 
 
+#: The only parts of a Job's spec that `job_state` reads.
+JOB_SPEC_FIELDS = ("suspend", "activeDeadlineSeconds")
+
+
+def job_view(job: dict) -> dict:
+    """What the operator keeps in memory of each of its Jobs: what `job_state` reads and the
+    metadata; no managedFields, no pod template (most of a Job's size; thousands are kept)."""
+    spec = job.get("spec") or {}
+    return {"metadata": _lean_metadata(job), "spec": {k: spec[k] for k in JOB_SPEC_FIELDS if k in spec},
+            "status": dict(job.get("status") or {})}
+
+
+def pod_view(pod: dict) -> dict:
+    """What the operator keeps in memory of each trainer pod: its metadata (no managedFields)
+    and status — all that `pod_run` and `pod_not_running` read."""
+    return {"metadata": _lean_metadata(pod), "status": dict(pod.get("status") or {})}
+
+
+def _lean_metadata(obj: dict) -> dict:
+    return {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+
+
 def job_state(job: dict | None) -> JobState:
     if not job:
         return JobState(exists=False)

@@ -596,23 +596,37 @@ def _pods_not_running(out: Outcome, obs: Observed, config: OperatorConfig) -> bo
     return True
 
 
-#: The backstop is re-set when the limits move it by more than this (not on every tick's rounding).
+#: The backstop is re-set when the limits move it by more than this or by more than
+#: BACKSTOP_TOLERANCE_SHARE of it (not on every tick's rounding) ...
 BACKSTOP_TOLERANCE_SECONDS = 10
+BACKSTOP_TOLERANCE_SHARE = 0.05
+#: ... and whenever it would otherwise fire within this long while the limits allow more.
+BACKSTOP_EXTEND_AHEAD_SECONDS = 300
 
 
 def _follow_limits_with_the_backstop(out: Outcome, obs: Observed, job: JobState, pool: Resource | None) -> None:
     """Keep the Job's activeDeadlineSeconds on the run's current limits.
 
     It is set from the limits when the Job is created; a limit raised (or lowered) while the
-    run is running must move it too, or Kubernetes kills the run at the old limit."""
+    run is running must move it too, or Kubernetes kills the run at the old limit. It counts
+    from the Job's start, so time spent waiting for pods (not billed) moves it a little every
+    second: that drift is followed only in steps (the tolerance) or when the old deadline is
+    near — a thousand Jobs waiting for nodes must not mean a Job patch every few seconds each.
+    """
     if job.suspended or not job.start_time:
         return
     wanted = money.active_deadline(obs.resource, obs.catalog, out.status, obs.now, pool,
                                    job_start=job.start_time)
     current = job.active_deadline_seconds
-    if wanted == current or (wanted is not None and current is not None
-                             and abs(wanted - current) <= BACKSTOP_TOLERANCE_SECONDS):
+    if wanted == current:
         return
+    if wanted is not None and current is not None:
+        tolerance = max(BACKSTOP_TOLERANCE_SECONDS, BACKSTOP_TOLERANCE_SHARE * current)
+        started = formats.parse_timestamp(job.start_time) or obs.now
+        left = current - (obs.now - started).total_seconds()
+        near = wanted > current and left < BACKSTOP_EXTEND_AHEAD_SECONDS
+        if abs(wanted - current) <= tolerance and not near:
+            return
     out.job_patch = {"spec": {"activeDeadlineSeconds": wanted}}
 
 

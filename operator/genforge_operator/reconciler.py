@@ -10,11 +10,11 @@ converges to the same state. `main.py` registers the kopf handlers that call it.
 
 from __future__ import annotations
 
-import contextvars
+import contextlib
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import kopf
@@ -24,6 +24,7 @@ from . import formats, metrics, money
 from .api import Resource, SpecError, parse_resource
 from .builders import build_trainer_service_account
 from .config import OperatorConfig
+from .delayed import DelayedCalls
 from .kube import Kube, diff_patch
 from .model_versions import add_version
 from .naming import LABEL_UID, owner_selector
@@ -32,6 +33,7 @@ from .plan import Catalog
 from .reconcile import Observed, Outcome, final_status, reconcile_dataset, reconcile_run
 from .vocabulary import (
     ENFORCEMENT_REASONS,
+    FINAL_PHASES,
     FINAL_RUN_PHASES,
     ConditionStatus,
     ConditionType,
@@ -42,7 +44,11 @@ from .vocabulary import (
 log = logging.getLogger("genforge")
 RUN_KINDS = ("TrainingRun", "FineTune")
 #: kopf index name → the kind it holds (the indexes `main.py` registers).
-OWNER_INDEXES = {"trainingrun_index": "TrainingRun", "finetune_index": "FineTune", "dataset_index": "Dataset"}
+SERVICE_ACCOUNT_RECHECK_SECONDS = 60.0
+
+#: The indexes of the kinds that own Jobs, by plural: uid -> (kind, namespace, name).
+UID_INDEXES = {"trainingruns": "trainingrun_uid_index", "finetunes": "finetune_uid_index",
+               "datasets": "dataset_uid_index"}
 
 
 def parsed(body) -> Resource | None:
@@ -62,13 +68,28 @@ class Reconciler:
     def __init__(self, kube: Kube, config: OperatorConfig):
         self.kube = kube
         self.config = config
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks: dict[tuple[str, str, str], list] = {}  # key -> [lock, threads using it]
         self._guard = threading.Lock()
-        self._timers: dict[str, tuple[float, threading.Timer]] = {}
+        self._rechecks = DelayedCalls(config.workers)
+        self._service_accounts: dict[str, float] = {}  # namespace -> when its trainer account was ensured
+        #: The objects not yet finished, each with a re-check pending (`tick_period`).
+        self._unfinished: set[tuple[str, str, str]] = set()
 
-    def _lock(self, key: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def _exclusive(self, key: tuple[str, str, str]) -> Iterator[None]:
+        """One reconcile at a time per object; the lock is dropped when no thread uses it
+        (thousands of runs come and go without leaving a lock each behind)."""
         with self._guard:
-            return self._locks[key]
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
 
     def catalog(self, namespace: str, idx: dict) -> Catalog:
         runs = values(idx["trainingrun_index"], namespace) + values(idx["finetune_index"], namespace)
@@ -82,15 +103,36 @@ class Reconciler:
 
     def reconcile(self, kind: str, namespace: str, name: str, idx: dict, logger=log) -> float | None:
         with metrics.track_reconcile(kind, handler=f"reconcile-{kind}"):
-            return self._reconcile(kind, namespace, name, idx)
+            try:
+                return self._reconcile(kind, namespace, name, idx)
+            except Exception:
+                # Whatever failed, look again (kopf's retry or an event may come sooner).
+                self.recheck_soon(self.tick_period(), kind, namespace, name, idx)
+                raise
+
+    def tick_period(self) -> float:
+        """Seconds between two periodic re-checks of one unfinished object at the present load.
+
+        Every unfinished object is looked at again after each reconcile — cost accrues,
+        progress moves, pods may stop starting — every `enforcement_interval`, stretched so
+        that these re-checks never ask more than `max_ticks_per_second` reconciles: with a
+        thousand runs waiting for their pods a fixed 5 s would be 200 reconciles a second,
+        and the events that move runs forward would queue behind them. Limits that come due
+        sooner are re-checked at their moment (a shorter requeue), and the Job's
+        activeDeadlineSeconds is the backstop.
+        """
+        return max(self.config.enforcement_interval, len(self._unfinished) / self.config.max_ticks_per_second)
 
     def _reconcile(self, kind: str, namespace: str, name: str, idx: dict) -> float | None:
-        body = self.kube.get(kind, namespace, name)
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            return None
-        uid = body["metadata"]["uid"]
-        with self._lock(uid):
-            body = self.kube.get(kind, namespace, name) or body
+        # Locked by name, then read once: what is decided is always the object as it is now
+        # (a run deleted and created again under its name simply waits its turn).
+        key = (kind, namespace, name)
+        with self._exclusive(key):
+            body = self.kube.get(kind, namespace, name)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                self._unfinished.discard(key)
+                return None
+            uid = body["metadata"]["uid"]
             try:
                 resource = parse_resource(body)
             except SpecError as exc:
@@ -122,44 +164,38 @@ class Reconciler:
             decide = reconcile_dataset if kind == "Dataset" else reconcile_run
             outcome = decide(observed, self.config)
             self.apply(kind, body, outcome)
-            if outcome.requeue_after is not None and outcome.requeue_after < self.config.enforcement_interval:
-                self.recheck_soon(uid, outcome.requeue_after, kind, namespace, name, idx)
-            return outcome.requeue_after
+            if (outcome.status.get("phase") or observed.body_status.get("phase")) in FINAL_PHASES:
+                self._unfinished.discard(key)
+                return None
+            self._unfinished.add(key)
+            period = self.tick_period()
+            requeue = outcome.requeue_after
+            self.recheck_soon(requeue if requeue is not None and requeue < period else period,
+                              kind, namespace, name, idx)
+            return requeue
 
-    def recheck_soon(self, uid: str, delay: float, kind: str, namespace: str, name: str, idx: dict) -> None:
-        """A one-shot re-check sooner than the timers' interval: when a limit is due.
+    def recheck_soon(self, delay: float, kind: str, namespace: str, name: str, idx: dict) -> None:
+        """Reconcile the object again in `delay` seconds (one pending re-check per object; a
+        sooner one replaces a later one).
 
         This is what bounds overspend by the moment a limit is reached rather than by the
-        enforcement interval. One pending re-check per object; an earlier one replaces it.
+        periodic re-check, and what turns a burst of Job and pod events into one reconcile.
         """
-        due = time.monotonic() + max(0.05, delay)
-        with self._guard:
-            pending = self._timers.get(uid)
-            if pending is not None and pending[0] <= due:
-                return
-            if pending is not None:
-                pending[1].cancel()
-            context = contextvars.copy_context()  # kopf's posting settings live in context variables
+        self._rechecks.schedule((kind, namespace, name), delay, self._recheck, kind, namespace, name, idx)
 
-            def fire():
-                with self._guard:
-                    if self._timers.get(uid, (None, None))[1] is timer:
-                        del self._timers[uid]
-                try:
-                    context.run(self.reconcile, kind, namespace, name, idx)
-                except Exception:  # the next timer tick or event retries
-                    log.exception("re-check of %s %s/%s failed", kind, namespace, name)
-
-            timer = threading.Timer(max(0.05, delay), fire)
-            timer.daemon = True
-            self._timers[uid] = (due, timer)
-            timer.start()
+    def _recheck(self, kind: str, namespace: str, name: str, idx: dict) -> None:
+        try:
+            self.reconcile(kind, namespace, name, idx)
+        except kopf.TemporaryError as exc:  # e.g. StatusConflict: other writers won; try again
+            log.warning("re-check of %s %s/%s: %s; again in %s s", kind, namespace, name, exc, exc.delay)
+            self.recheck_soon(exc.delay or 1.0, kind, namespace, name, idx)
 
     def apply(self, kind: str, body: dict, outcome: Outcome) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        if any(obj["kind"] == "Job" for obj in outcome.create):
+        if any(obj["kind"] == "Job" for obj in outcome.create) and self._service_account_stale(namespace):
             self.kube.create(build_trainer_service_account(namespace, self.config))
+            self._service_accounts[namespace] = time.monotonic()
         for obj in outcome.create:
             self.kube.create(obj)
         job_name = outcome.status.get("job")
@@ -179,6 +215,13 @@ class Reconciler:
         _count_transition(kind, dict(body.get("status") or {}), outcome.status)
         for event in outcome.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+
+    def _service_account_stale(self, namespace: str) -> bool:
+        """The trainer's ServiceAccount is (re)created with a namespace's Jobs, but not for each
+        of a thousand Jobs a minute: at most every SERVICE_ACCOUNT_RECHECK_SECONDS (a deleted
+        one is back within that)."""
+        made = self._service_accounts.get(namespace)
+        return made is None or time.monotonic() - made > SERVICE_ACCOUNT_RECHECK_SECONDS
 
     def record_measurement(self, pool_name: str, measure) -> None:
         """Fold a run's throughput into the pool's status."""
@@ -211,21 +254,19 @@ def _count_transition(kind: str, before: dict, after: dict) -> None:
 def owner_of(labels: dict, idx: dict) -> tuple[str, str, str] | None:
     """(kind, namespace, name) of the run or Dataset a Job or pod with `labels` belongs to."""
     uid = labels.get(LABEL_UID)
-    for index_name, kind in OWNER_INDEXES.items():
-        for items in idx[index_name].values():
-            for r in items:
-                if r.uid == uid:
-                    return kind, r.namespace, r.name
+    for index_name in UID_INDEXES.values():
+        for owner in values(idx.get(index_name), uid):
+            return owner
     return None
 
 
 def unfinished_runs(namespace: str, idx: dict, predicate) -> list[tuple[str, str, str]]:
     """The runs in `namespace` not yet Succeeded or Failed for which `predicate(run)` holds."""
     out = []
-    for index_name in ("trainingrun_index", "finetune_index"):
+    for index_name, kind in (("trainingrun_index", "TrainingRun"), ("finetune_index", "FineTune")):
         for r in values(idx[index_name], namespace):
             if r.status.phase not in FINAL_RUN_PHASES and predicate(r):
-                out.append((OWNER_INDEXES[index_name], r.namespace, r.name))
+                out.append((kind, r.namespace, r.name))
     return out
 
 

@@ -165,6 +165,27 @@ def test_a_limit_changed_while_running_moves_the_jobs_deadline(max_duration, wan
         assert out.job_patch == {"spec": {"activeDeadlineSeconds": wanted}}
 
 
+@pytest.mark.parametrize("pod_start, at, patched", [
+    (120, 600, False),    # 2 minutes waiting for a node, the deadline is far: no patch
+    (600, 900, True),     # 10 minutes waiting: more than 5 % of the deadline, follow it
+    (120, 3400, True),    # 2 minutes, but the old deadline is 230 s away: extend it now
+], ids=["small-drift-far", "large-drift", "small-drift-near"])
+def test_time_spent_waiting_for_pods_moves_the_deadline_in_steps(pod_start, at, patched):
+    """activeDeadlineSeconds counts from the Job's start, but a run is not billed while its
+    pod waits for a node: the operator extends the backstop by the waiting time — in steps,
+    not by a few seconds on every reconcile of every waiting Job."""
+    waiting_job = job(deadline=3600 + 30)
+    waiting_job["status"]["startTime"] = ts(0)
+    run = make_run(budget={"maxCost": "100000", "maxDuration": "1h"})
+    status = {**RUNNING, "startTime": ts(pod_start)}
+    out = reconcile_run(observe(run, status, waiting_job, [pod(pod_start)], at=at), CONFIG)
+    assert out.status["phase"] == "Running"
+    if patched:
+        assert out.job_patch["spec"]["activeDeadlineSeconds"] > 3600 + 30 + pod_start - 15
+    else:
+        assert out.job_patch is None
+
+
 def test_deadline_backstop_marks_budget_exceeded():
     run = make_run(budget={"maxCost": "5"})
     out = reconcile_run(observe(run, RUNNING, job(conditions=[("Failed", "DeadlineExceeded")], deadline=35),

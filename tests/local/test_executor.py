@@ -332,6 +332,24 @@ def test_missing_executable_is_a_start_error(executor, namespace, batch_api, cor
     assert conditions_of(done)["Failed"]["reason"] == "BackoffLimitExceeded"
 
 
+def test_bin_dir_comes_first_on_the_pods_path(cluster, namespace, batch_api, core_api, api_client, tmp_path):
+    """`bin_dir` replaces this Python's folder at the head of PATH: a benchmark's stand-in
+    `genforge-trainer` runs instead of the real one for a `genforge/trainer` image."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "genforge-trainer"
+    stand_in.write_text('#!/bin/sh\nprintf "stand-in %s" "$*" > "$GENFORGE_TERMINATION_LOG"\n')
+    stand_in.chmod(0o755)
+    with LocalExecutor(cluster.url, tmp_path / "data", namespace=namespace, bin_dir=bin_dir):
+        job = make_job("stand-in", "")
+        job["spec"]["template"]["spec"]["containers"][0] = {"name": "trainer", "image": "genforge/trainer:dev"}
+        batch_api.create_namespaced_job(namespace, job)
+        done = finished(batch_api, api_client, namespace, "stand-in")
+        [pod] = pods_of(core_api, api_client, namespace, "stand-in")
+    assert "Complete" in conditions_of(done)
+    assert terminated(pod)["message"] == "stand-in --help"  # the image's CMD, run by the stand-in
+
+
 def test_stop_terminates_every_process(cluster, namespace, batch_api, tmp_path):
     marker = tmp_path / "marker"
     executor = LocalExecutor(cluster.url, tmp_path / "data", namespace=namespace, shutdown_grace=5).start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 
 import kopf
@@ -99,12 +100,12 @@ def global_store():
 def test_event_handler_follows_added_modified_deleted(global_store):
     run = bodies.run("shapes-v1")
     running = bodies.run("shapes-v1", {"phase": "Running", "pool": "gpu-l4"})
-    metrics.on_event(event={"type": None, "object": run}, body=run)  # kopf's initial listing
-    metrics.on_event(event={"type": "MODIFIED", "object": running}, body=running)
+    asyncio.run(metrics.on_event(event={"type": None, "object": run}, body=run))  # kopf's initial listing
+    asyncio.run(metrics.on_event(event={"type": "MODIFIED", "object": running}, body=running))
     samples = parse(metrics.collect_text())
     assert samples[("genforge_run_phase", (("kind", "TrainingRun"), ("name", "shapes-v1"), ("namespace", "team-a"),
                                            ("phase", "Running")))] == 1
-    metrics.on_event(event={"type": "DELETED", "object": running}, body=running)
+    asyncio.run(metrics.on_event(event={"type": "DELETED", "object": running}, body=running))
     assert run_series(parse(metrics.collect_text()), "TrainingRun", "team-a", "shapes-v1") == {}
 
 

@@ -1,0 +1,104 @@
+"""After every reconcile of an unfinished object the operator schedules its next look (a
+controller's "requeue after"): every `enforcement_interval`, stretched under load so that
+these re-checks never ask more than `max_ticks_per_second` reconciles; sooner when a limit
+comes due; never for a finished or deleted object."""
+
+from __future__ import annotations
+
+import copy
+
+import kopf
+import pytest
+
+from genforge_operator.config import OperatorConfig
+from genforge_operator.reconciler import Reconciler
+
+NS = "team-a"
+INDEXES = ("trainingrun_index", "finetune_index", "pool_index", "model_index", "dataset_index", "budget_index",
+           "job_index", "pod_index")
+
+
+class FakeKube:
+    """The few calls a Dataset's first reconcile makes."""
+
+    def __init__(self):
+        self.objects: dict[str, dict] = {}
+
+    def get(self, kind, namespace, name):
+        body = self.objects.get(name)
+        return copy.deepcopy(body) if body else None
+
+    def get_job(self, namespace, name):
+        return None
+
+    def create(self, obj):
+        pass
+
+    def patch_status(self, kind, namespace, name, patch):
+        if name in self.objects and patch:
+            self.objects[name].setdefault("status", {}).update(patch)
+
+
+def dataset(name: str) -> dict:
+    return {"apiVersion": "genforge.dev/v1alpha1", "kind": "Dataset",
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
+            "spec": {"source": {"uri": "synthetic://shapes?count=8&size=32"}}, "status": {}}
+
+
+@pytest.fixture(autouse=True)
+def no_events(monkeypatch):
+    monkeypatch.setattr(kopf, "event", lambda *args, **kwargs: None)
+
+
+def reconciled(names, **config) -> tuple[Reconciler, FakeKube, dict]:
+    kube = FakeKube()
+    for name in names:
+        kube.objects[name] = dataset(name)
+    rec = Reconciler(kube, OperatorConfig(**config))
+    idx = {name: {} for name in INDEXES}
+    for name in names:
+        rec.reconcile("Dataset", NS, name, idx)
+    return rec, kube, idx
+
+
+def due_in(rec: Reconciler, name: str) -> float | None:
+    return rec._rechecks.due_in(("Dataset", NS, name))
+
+
+def test_an_unfinished_object_is_looked_at_again_after_the_enforcement_interval():
+    rec, _, _ = reconciled(["d0"], enforcement_interval=30.0, max_ticks_per_second=1.0)
+    assert rec.tick_period() == 30.0
+    assert 29.0 < due_in(rec, "d0") <= 30.0
+
+
+def test_many_unfinished_objects_stretch_the_period_to_the_rate_limit():
+    names = [f"d{i}" for i in range(40)]
+    rec, _, _ = reconciled(names, enforcement_interval=5.0, max_ticks_per_second=2.0)
+    assert rec.tick_period() == 20.0  # 40 objects at 2 re-checks per second
+    assert 19.0 < due_in(rec, names[-1]) <= 20.0  # scheduled when all 40 were counted
+    assert 4.0 < due_in(rec, names[0]) <= 5.0  # scheduled when it was the only one
+
+
+def test_finished_and_deleted_objects_leave_the_count_and_are_not_looked_at_again():
+    names = [f"d{i}" for i in range(10)]
+    rec, kube, idx = reconciled(names, enforcement_interval=1.0, max_ticks_per_second=1.0)
+    assert rec.tick_period() == 10.0
+    for name in names[:4]:
+        kube.objects[name]["status"]["phase"] = "Ready"
+        rec.reconcile("Dataset", NS, name, idx)
+    del kube.objects["d9"]
+    rec.reconcile("Dataset", NS, "d9", idx)
+    assert rec.tick_period() == 5.0  # d4..d8 remain
+
+
+def test_a_failing_reconcile_is_retried_later():
+    rec, kube, idx = reconciled(["d0"], enforcement_interval=30.0, max_ticks_per_second=1.0)
+
+    def broken(*args):
+        raise RuntimeError("API server unreachable")
+
+    kube.get = broken
+    rec._rechecks = type(rec._rechecks)(workers=1)  # nothing pending
+    with pytest.raises(RuntimeError):
+        rec.reconcile("Dataset", NS, "d0", idx)
+    assert due_in(rec, "d0") is not None
