@@ -181,9 +181,8 @@ class Reconciler:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
 
     def record_measurement(self, pool_name: str, measure) -> None:
-        """Fold a run's throughput into the pool's status."""
-        self.kube.update_status("AcceleratorPool", None, pool_name,
-                                lambda body: {"measured": measure(parse_resource(body))})
+        """Fold a run's measurements into the pool's status (measured throughput, calibration)."""
+        self.kube.update_status("AcceleratorPool", None, pool_name, lambda body: measure(parse_resource(body)))
 
 
 def _promotion_event(model: dict, condition: dict) -> None:

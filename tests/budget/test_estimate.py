@@ -13,13 +13,19 @@ from genforge_operator.api import MeasuredThroughput
 from genforge_operator.money import accrual, estimate, throughput
 
 MODEL = make_model()  # unet2d-ddpm, 64 px, channels 32/64/64
-PRIOR_GPU = throughput.reference_samples_per_second(MODEL, cpu=False)
+# one L4 (the builders' default pool type): its published peak at the documented utilisation
+PRIOR_GPU = throughput.ACCELERATOR_PEAK_FLOPS["nvidia-l4"] * throughput.MODEL_FLOPS_UTILISATION \
+    / throughput.train_flops_per_sample(MODEL)
 PRIOR_CPU = throughput.reference_samples_per_second(MODEL, cpu=True)
 MEASURED = [{"architecture": "unet2d-ddpm", "resolution": 64, "samplesPerSecond": 100.0, "runs": 3}]
 
 
-def train_seconds(e: estimate.PoolEstimate, pool, nodes=1) -> float:
-    return e.duration_seconds - throughput.startup_seconds(pool.spec, nodes)
+def part(e: estimate.PoolEstimate, name: str) -> estimate.Part:
+    return next(p for p in e.parts if p.name == name)
+
+
+def train_seconds(e: estimate.PoolEstimate, pool=None, nodes=1) -> float:
+    return part(e, "training").seconds
 
 
 @pytest.mark.parametrize(("pool", "run", "samples"), [
@@ -50,10 +56,15 @@ def test_throughput_prior_or_measured(pool, per_accelerator, source):
     assert e.samples_per_second == pytest.approx(per_accelerator)
 
 
-def test_duration_is_startup_plus_work_rounded_up_and_cost_uses_the_cost_model():
+def test_duration_is_the_sum_of_its_parts_rounded_up_and_cost_uses_the_cost_model():
     pool = make_pool(measured=MEASURED, price="0.72")
     e = estimate.estimate_on_pool(pool, make_run(steps=1000, batch=32).spec, MODEL)  # 32,000 samples at 100/s
-    assert e.duration_seconds == math.ceil(throughput.STARTUP_SECONDS_ACCELERATOR + 320)
+    # checkpoints at 500, at 1000 and the final model: 3 writes; no evaluation
+    assert [(p.name, p.seconds) for p in e.parts] == [
+        ("startup", throughput.STARTUP_SECONDS_ACCELERATOR), ("training", pytest.approx(320)), ("evaluation", 0.0),
+        ("checkpoints", 3 * throughput.CHECKPOINT_SECONDS_ACCELERATOR)]
+    assert e.duration_seconds == math.ceil(throughput.STARTUP_SECONDS_ACCELERATOR + 320
+                                           + 3 * throughput.CHECKPOINT_SECONDS_ACCELERATOR)
     assert e.cost == accrual.cost_of(e.duration_seconds, 1, Decimal("0.72"))
 
 
