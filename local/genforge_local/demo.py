@@ -1,13 +1,14 @@
 """`genforge demo`: the whole product on this machine, end to end, on the CPU.
 
 Starts `genforge local` (the emulated API server, the local executor, the real operator),
-applies `examples/` plus one extra TrainingRun with a 20-second time limit (so budget
-enforcement shows), follows every Dataset, TrainingRun and
+applies `examples/`, then — once those have ended — one extra TrainingRun with a 20-second
+time limit (so budget enforcement shows), follows every Dataset, TrainingRun and
 FineTune to its end with live progress bars (phase, step/total, loss, cost against its
 limit), then prints a summary: dataset counts by reason, per-run time,
-accelerator-seconds, cost and limit (and the operator's `/metrics` figure beside it),
-evaluation metrics, the GenModel's versions, the sample image grids and the metrics
-snapshot. Exits 1 when anything ended otherwise than expected (the over-budget run must
+accelerator-seconds, cost and limit (and the operator's `/metrics` figure beside it), the
+estimate beside what the run took (time and cost, with its range and each part's basis),
+evaluation metrics, the GenModel's versions, the pool's calibration, the sample image
+grids and the metrics snapshot. Exits 1 when anything ended otherwise than expected (the over-budget run must
 end `BudgetExceeded`, everything else `Ready`/`Succeeded`). `--keep` leaves the control
 plane running for `kubectl` afterwards.
 
@@ -380,9 +381,12 @@ def run_demo(plane: LocalControlPlane, manifests: list[Body], *, out: TextIO = s
     """Apply `manifests` to a started control plane, follow them to the end, summarize."""
     api = plane.api()
     extra = over_budget_run(manifests)
-    applied = manifests + ([extra] if extra else [])
-    for obj in applied:
+    for obj in manifests:
         api.apply(obj)
+    # The over-budget run starts once the others have ended: on a small machine it would
+    # otherwise share the CPU with them and their estimates could not be compared.
+    pending = [extra] if extra else []
+    applied = manifests + pending
     followed = {(o["kind"], o["metadata"]["name"]) for o in applied if o["kind"] in FOLLOWED}
     board = Board(out)
     started = time.monotonic()
@@ -392,7 +396,9 @@ def run_demo(plane: LocalControlPlane, manifests: list[Body], *, out: TextIO = s
         rows = [row_of(o) for o in objects]
         elapsed = time.monotonic() - started
         board.update(rows, elapsed)
-        if rows and len(rows) == len(followed) and all(r.final for r in rows):
+        if pending and rows and len(rows) == len(followed) - len(pending) and all(r.final for r in rows):
+            api.apply(pending.pop())
+        elif rows and len(rows) == len(followed) and all(r.final for r in rows):
             break
         if elapsed > timeout or (stop is not None and stop.is_set()):
             out.write("the demo timed out\n" if elapsed > timeout else "interrupted\n")

@@ -80,9 +80,10 @@ REFERENCE_ACCELERATOR_FLOPS = ACCELERATOR_PEAK_FLOPS["nvidia-l4"] * MODEL_FLOPS_
 #: load; plus rendezvous per doubling of nodes.
 STARTUP_SECONDS_CPU = 30
 STARTUP_SECONDS_ACCELERATOR = 120
-#: Seconds per checkpoint or final-model write before one was measured on the pool.
+#: Seconds per checkpoint or final-model write before one was measured on the pool: a
+#: small model's (a Stable-Diffusion-sized checkpoint takes longer until measured).
 CHECKPOINT_SECONDS_CPU = 1.0
-CHECKPOINT_SECONDS_ACCELERATOR = 10.0
+CHECKPOINT_SECONDS_ACCELERATOR = 2.0
 RENDEZVOUS_SECONDS_PER_NODE_DOUBLING = 15
 #: Data-parallel efficiency per doubling of accelerators within a node / of nodes.
 INTRA_NODE_EFFICIENCY = 0.98
