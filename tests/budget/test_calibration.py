@@ -50,6 +50,15 @@ def test_the_window_keeps_the_last_runs_only():
 
 
 # ------------------------------------------------------------------ what a run measures
+CPU_OVERHEAD, GPU_OVERHEAD = throughput.STEP_OVERHEAD_SECONDS_CPU, throughput.STEP_OVERHEAD_SECONDS_ACCELERATOR
+
+
+def rate(step_seconds: float, overhead: float, factor: float = 1.0, efficiency: float = 1.0) -> float:
+    """FLOP/s of a 32-sample step that took `step_seconds`, `overhead` of it not FLOPs."""
+    return 32 * PER_SAMPLE * factor / (step_seconds - overhead) / efficiency
+
+
+# 10,000 samples at 32 a step in 100 s: 0.32 s a step on one process
 TIMING = {"startStep": 0, "startupSeconds": 4.0, "trainingSeconds": 100.0, "trainingSamples": 10_000,
           "checkpointSeconds": 3.0, "writes": 3, "evaluationSeconds": 20.0, "evaluationSamples": 16,
           "inferenceSteps": 50}
@@ -57,18 +66,19 @@ TIMING = {"startStep": 0, "startupSeconds": 4.0, "trainingSeconds": 100.0, "trai
 
 @pytest.mark.parametrize(("timing", "running", "pool", "run", "expected"), [
     pytest.param(TIMING, 130.0, make_pool(cpu=True), make_run(),
-                 {"startup": 7.0, "training": 10_000 * PER_SAMPLE / 100, "checkpoints": 1.0,
+                 {"startup": 7.0, "training": rate(0.32, CPU_OVERHEAD), "checkpoints": 1.0,
                   "evaluation": 16 * 50 * PER_SAMPLE / 3 / 20}, id="every-part"),
     pytest.param({**TIMING, "startStep": 500}, 130.0, make_pool(cpu=True), make_run(),
-                 {"training": 10_000 * PER_SAMPLE / 100, "checkpoints": 1.0,
+                 {"training": rate(0.32, CPU_OVERHEAD), "checkpoints": 1.0,
                   "evaluation": 16 * 50 * PER_SAMPLE / 3 / 20}, id="a-resumed-run-measures-no-start-up"),
     pytest.param(TIMING, 130.0, make_pool(cpu=True), make_run(kind="FineTune", method="lora"),
-                 {"startup": 7.0, "training": 0.7 * 10_000 * PER_SAMPLE / 100, "checkpoints": 1.0,
+                 {"startup": 7.0, "training": rate(0.32, CPU_OVERHEAD, factor=0.7), "checkpoints": 1.0,
                   "evaluation": 16 * 50 * PER_SAMPLE / 3 / 20}, id="lora-in-full-training-units"),
     # 150 s of running, 123 s of parts: 27 s, less the rendezvous of two nodes (15 s)
     pytest.param(TIMING, 150.0, make_pool(per_node=8), make_run(per_node=8, nodes=2),
                  {"startup": 12.0,
-                  "training": 10_000 * PER_SAMPLE / 100 / (16 * 0.98**3 * 0.95),
+                  # 16 processes of 32 a step: 19.5 steps of 5.12 s
+                  "training": rate(5.12, GPU_OVERHEAD, efficiency=0.98**3 * 0.95),
                   "checkpoints": 1.0, "evaluation": 16 * 50 * PER_SAMPLE / 3 / 20},
                  id="per-accelerator-and-one-node-start-up"),
     pytest.param({"trainingSeconds": "x", "writes": 0}, 130.0, make_pool(cpu=True), make_run(), {},
@@ -92,7 +102,8 @@ def test_one_run_calibrates_every_part_and_says_so():
         ("startup", "measured", 1), ("training", "measured", 1), ("evaluation", "measured", 1),
         ("checkpoints", "measured", 1)]
     assert part(e, "startup").seconds == 8.0
-    assert part(e, "training").seconds == pytest.approx(32_000 * PER_SAMPLE / 20e9)
+    # 1,000 steps, each the overhead and 32 samples' FLOPs at 20 GFLOP/s
+    assert part(e, "training").seconds == pytest.approx(1000 * (CPU_OVERHEAD + 32 * PER_SAMPLE / 20e9))
     assert part(e, "evaluation").seconds == pytest.approx(16 * 50 * PER_SAMPLE / 3 / 30e9)
     assert part(e, "checkpoints").seconds == pytest.approx(5 * 0.5)  # 250, 500, 750; 1000; the model
     assert e.basis == ("startup measured (1 run), training measured (1 run), evaluation measured (1 run), "
@@ -106,7 +117,10 @@ def test_a_measurement_transfers_to_a_model_of_another_size():
     ratio = throughput.train_flops_per_sample(WIDE) / PER_SAMPLE
     assert 3 < ratio < 5
     assert part(wide, "training").basis == "measured"
-    assert part(wide, "training").seconds == pytest.approx(ratio * part(small, "training").seconds)
+    # the FLOPs of a step scale with the model, its overhead does not
+    overhead = 1000 * CPU_OVERHEAD
+    assert part(wide, "training").seconds - overhead == pytest.approx(ratio * (part(small, "training").seconds
+                                                                              - overhead))
 
 
 def test_older_measured_samples_per_second_still_count_for_their_model():

@@ -8,10 +8,10 @@ one value per part that transfers to other runs on the same pool:
 * `startupSeconds` — the run's running time minus its training, evaluation and
   checkpoint time: pod start → first step (imports, data and model load) and the exit,
   for one node (the rendezvous of more nodes is added by the estimate);
-* `trainingFlopsPerSecond` — effective training FLOP/s of one accelerator in
-  full-training units: samples × training FLOPs per sample × work factor ÷ seconds ÷
-  (accelerators × scaling efficiency). FLOPs, not samples/s, so that one run calibrates
-  the pool for every model;
+* `trainingFlopsPerSecond` — training FLOP/s of one accelerator in full-training units:
+  FLOPs of a step (batch × accumulation × FLOPs per sample × work factor) ÷ the step's
+  seconds less the per-step overhead (`throughput.STEP_OVERHEAD_SECONDS_*`) ÷ scaling
+  efficiency. FLOPs, not samples/s, so that one run calibrates the pool for every model;
 * `evaluationFlopsPerSecond` — samples × sampling steps × FLOPs of a denoising step ÷
   the evaluation's seconds (held-out loss and FID features ride along);
 * `checkpointSeconds` — seconds per checkpoint or final-model write.
@@ -32,12 +32,13 @@ from ..api import CalibrationPart, CalibrationSample, GenModelSpec, PoolCalibrat
 from . import accrual
 from .throughput import (
     RunSpec,
+    compute_seconds,
     forward_flops_per_sample,
     processes_per_node,
     rendezvous_seconds,
     scaling_efficiency,
-    train_flops_per_sample,
-    work_factor,
+    step_flops,
+    step_overhead_seconds,
 )
 
 #: Runs kept per part; older ones fall out.
@@ -68,8 +69,10 @@ def observe_run(timing: Mapping[str, Any], *, running_seconds: float | None, poo
     if training_seconds and samples:
         accelerators = accrual.accelerators_on(pool_spec, hardware)
         efficiency = scaling_efficiency(hardware.nodes, processes_per_node(pool_spec, hardware.accelerators_per_node))
-        flops = samples * train_flops_per_sample(model) * work_factor(spec, cpu=cpu)
-        out["training"] = flops / training_seconds / (accelerators * efficiency)
+        training = spec.training
+        steps = samples / (training.batch_size * training.gradient_accumulation * accelerators)
+        compute = compute_seconds(training_seconds / steps, step_overhead_seconds(pool_spec))
+        out["training"] = step_flops(spec, model, cpu=cpu) / compute / efficiency
     evaluation_seconds = _number(timing, "evaluationSeconds")
     eval_samples, eval_steps = _number(timing, "evaluationSamples"), _number(timing, "inferenceSteps")
     if evaluation_seconds and eval_samples and eval_steps:

@@ -43,8 +43,8 @@ from .throughput import (
     rendezvous_seconds,
     samples_of,
     scaling_efficiency,
-    train_flops_per_sample,
-    work_factor,
+    step_flops,
+    step_overhead_seconds,
 )
 
 #: A prior part's range: ÷ / × this factor (priors are within 2× by design, docs/estimates.md).
@@ -162,7 +162,7 @@ def estimate_parts(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
     cpu = pool_spec.accelerator.is_cpu
     accelerators = accrual.accelerators_on(pool_spec, hardware)
     per_node = processes_per_node(pool_spec, hardware.accelerators_per_node)
-    parallel = accelerators * scaling_efficiency(hardware.nodes, per_node)
+    efficiency = scaling_efficiency(hardware.nodes, per_node)
     prior_flops, prior_basis = prior_flops_per_second(pool_spec)
     parts = []
 
@@ -170,18 +170,22 @@ def estimate_parts(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
     rendezvous = rendezvous_seconds(hardware.nodes)
     parts.append(_part("startup", basis, runs, startup + rendezvous, low + rendezvous, high + rendezvous))
 
+    # each process: steps × (overhead + a step's FLOPs ÷ FLOP/s); the processes run together
     flops, basis, runs, low, high = _rate(pool, "training", prior_flops)
-    legacy = legacy_measured_flops(pool, model) if basis == "prior" else None
+    legacy = legacy_measured_flops(pool, spec, model) if basis == "prior" else None
     if legacy is not None:
         flops, runs = legacy
         basis, low, high = "measured", flops * (1 - MEASURED_SPREAD), flops * (1 + MEASURED_SPREAD)
-    work = samples_of(spec, accelerators, completed_steps=completed_steps) * train_flops_per_sample(model) \
-        * work_factor(spec, cpu=cpu)
-    speed = flops * parallel
-    parts.append(_part("training", basis, runs, work / speed if speed > 0 else math.inf,
-                       work / (high * parallel) if high > 0 else math.inf,
-                       work / (low * parallel) if low > 0 else math.inf))
-    samples_per_second = speed / (train_flops_per_sample(model) * work_factor(spec, cpu=cpu))
+    steps = max(0, spec.training.steps - completed_steps)
+    work, overhead = step_flops(spec, model, cpu=cpu), step_overhead_seconds(pool_spec)
+
+    def step_seconds(rate: float) -> float:
+        return overhead + work / (rate * efficiency) if rate > 0 else math.inf
+
+    parts.append(_part("training", basis, runs, steps * step_seconds(flops), steps * step_seconds(high),
+                       steps * step_seconds(low)))
+    per_step = spec.training.batch_size * spec.training.gradient_accumulation * accelerators
+    samples_per_second = per_step / step_seconds(flops) if flops > 0 else 0.0
 
     # evaluation runs on the main process only; its prior rate is training's prior
     flops, basis, runs, low, high = _rate(pool, "evaluation", prior_flops)

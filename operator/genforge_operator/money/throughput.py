@@ -85,6 +85,12 @@ STARTUP_SECONDS_ACCELERATOR = 120
 CHECKPOINT_SECONDS_CPU = 1.0
 CHECKPOINT_SECONDS_ACCELERATOR = 2.0
 RENDEZVOUS_SECONDS_PER_NODE_DOUBLING = 15
+#: Seconds a training step costs besides its FLOPs, per trainer process: operator dispatch
+#: (a UNet step is hundreds of small kernels), the optimizer and EMA updates, assembling the
+#: batch. It dominates tiny models on a CPU, so a model with 4× the FLOPs per step takes
+#: less than 4× as long (docs/benchmarks.md measures it on the demo's machine).
+STEP_OVERHEAD_SECONDS_CPU = 0.03
+STEP_OVERHEAD_SECONDS_ACCELERATOR = 0.01
 #: Data-parallel efficiency per doubling of accelerators within a node / of nodes.
 INTRA_NODE_EFFICIENCY = 0.98
 INTER_NODE_EFFICIENCY = 0.95
@@ -252,6 +258,23 @@ def work_factor(spec: RunSpec, *, cpu: bool) -> float:
     return factor
 
 
+def step_flops(spec: RunSpec, model: GenModelSpec, *, cpu: bool) -> float:
+    """FLOPs of one optimizer step of one trainer process, in full-training units."""
+    training = spec.training
+    return training.batch_size * training.gradient_accumulation * train_flops_per_sample(model) \
+        * work_factor(spec, cpu=cpu)
+
+
+def step_overhead_seconds(pool: AcceleratorPoolSpec) -> float:
+    return STEP_OVERHEAD_SECONDS_CPU if pool.accelerator.is_cpu else STEP_OVERHEAD_SECONDS_ACCELERATOR
+
+
+def compute_seconds(step_seconds: float, overhead: float) -> float:
+    """The part of a measured step that was FLOPs: the step less the overhead, at least a
+    quarter of it (a machine much faster than the overhead prior assumes)."""
+    return max(step_seconds - overhead, step_seconds / 4)
+
+
 def scaling_efficiency(nodes: int, per_node: int) -> float:
     return INTRA_NODE_EFFICIENCY ** math.log2(max(1, per_node)) * INTER_NODE_EFFICIENCY ** math.log2(max(1, nodes))
 
@@ -297,13 +320,17 @@ def measured_for(pool: Resource, model: GenModelSpec) -> MeasuredThroughput | No
     return None
 
 
-def legacy_measured_flops(pool: Resource, model: GenModelSpec) -> tuple[float, int] | None:
-    """Effective FLOP/s from the older `status.measured` entry for this model's architecture
-    and resolution (pools measured before `status.calibration` existed), and its runs."""
+def legacy_measured_flops(pool: Resource, spec: RunSpec, model: GenModelSpec) -> tuple[float, int] | None:
+    """FLOP/s from the older `status.measured` entry for this model's architecture and
+    resolution (pools measured before `status.calibration` existed), and its runs."""
     measured = measured_for(pool, model)
     if measured is None or measured.samples_per_second <= 0:
         return None
-    return measured.samples_per_second * train_flops_per_sample(model), measured.runs
+    cpu = pool.spec.accelerator.is_cpu
+    work = step_flops(spec, model, cpu=cpu)
+    efficiency = scaling_efficiency(spec.hardware.nodes, processes_per_node(pool.spec, spec.hardware.accelerators_per_node))
+    step = work / (measured.samples_per_second * train_flops_per_sample(model) * efficiency)
+    return work / (compute_seconds(step, step_overhead_seconds(pool.spec)) * efficiency), measured.runs
 
 
 # ------------------------------------------------------------------ calibration from runs
