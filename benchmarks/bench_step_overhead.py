@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = GenModelSpec(architecture="unet2d-ddpm", resolution=model["resolution"],
                                 config=ModelConfig(block_out_channels=[width, 2 * width], layers_per_block=1))
             flops = batch * throughput.train_flops_per_sample(spec)
-            rows.append((width, batch, flops, timing["trainingSeconds"] / args.steps))
+            rows.append((width, batch, flops, timing["trainingSeconds"] / (args.steps - 1)))  # the first: start-up
             print(f"channels {width}/{2 * width} batch {batch}: {rows[-1][3] * 1000:.1f} ms a step, "
                   f"{flops / 1e9:.2f} GFLOP", file=sys.stderr, flush=True)
     x = np.array([r[2] for r in rows])

@@ -3,10 +3,10 @@
 The operator estimates a run as start-up + training + evaluation + checkpoint writes
 (docs/estimates.md) and calibrates each part per pool from what the trainer measured here:
 
-* ``startupSeconds`` — process start → first training step (imports, data and model load,
-  ``prepare``, rendezvous, resume);
-* ``trainingSeconds`` and ``trainingSamples`` — the loop's time without checkpoint writes,
-  and the samples it processed (all processes);
+* ``startupSeconds`` — process start → the end of the first training step (imports, data
+  and model load, ``prepare``, rendezvous, resume, and the first step's warm-up);
+* ``trainingSeconds`` and ``trainingSamples`` — the loop's time after the first step
+  without checkpoint writes, and the samples it processed (all processes);
 * ``checkpointSeconds`` and ``writes`` — checkpoint and final-model writes;
 * ``evaluationSeconds``, ``evaluationSamples``, ``inferenceSteps`` — the evaluation (held-out
   loss, sampling, FID/KID features);

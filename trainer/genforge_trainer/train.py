@@ -186,8 +186,8 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
     window_steps, window_start = 0, time.perf_counter()
     loss_value = last_loss
     step = start_step
-    timer.training_begins(start_step)
-    loop_start = time.perf_counter()
+    timer.start_step = start_step
+    loop_start, writes_before = time.perf_counter(), 0.0
     while step < total_steps:
         for micro in range(training.gradient_accumulation):
             with accelerator.accumulate(*method.modules.values()):
@@ -206,6 +206,9 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
         step += 1
         window_steps += 1
         bar.update(1)
+        if step == start_step + 1:  # the first step (warm-up) is the end of start-up
+            timer.training_begins(start_step)
+            loop_start, writes_before = time.perf_counter(), timer.seconds["checkpoint"]
 
         if step % training.log_every_steps == 0 or step == total_steps:
             loss_value = float(accelerator.reduce(window_loss, reduction="mean")) / window_steps
@@ -242,8 +245,8 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
         if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0 and step < total_steps:
             save_checkpoint(step, loss_value)
     bar.close()
-    timer.seconds["training"] = time.perf_counter() - loop_start - timer.seconds["checkpoint"]
-    timer.training_samples = (step - start_step) * samples_per_step
+    timer.seconds["training"] = time.perf_counter() - loop_start - (timer.seconds["checkpoint"] - writes_before)
+    timer.training_samples = max(0, step - start_step - 1) * samples_per_step
     if spec.checkpoint.every_steps and (latest is None or latest.step < total_steps):
         save_checkpoint(total_steps, loss_value)  # a retry after a late failure skips training
 

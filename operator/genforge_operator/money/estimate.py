@@ -170,13 +170,14 @@ def estimate_parts(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
     rendezvous = rendezvous_seconds(hardware.nodes)
     parts.append(_part("startup", basis, runs, startup + rendezvous, low + rendezvous, high + rendezvous))
 
-    # each process: steps × (overhead + a step's FLOPs ÷ FLOP/s); the processes run together
+    # each process: steps × (overhead + a step's FLOPs ÷ FLOP/s); the processes run together.
+    # The first step's warm-up is measured as start-up.
     flops, basis, runs, low, high = _rate(pool, "training", prior_flops)
     legacy = legacy_measured_flops(pool, spec, model) if basis == "prior" else None
     if legacy is not None:
         flops, runs = legacy
         basis, low, high = "measured", flops * (1 - MEASURED_SPREAD), flops * (1 + MEASURED_SPREAD)
-    steps = max(0, spec.training.steps - completed_steps)
+    steps = max(0, spec.training.steps - completed_steps - 1)  # the first step ends start-up
     work, overhead = step_flops(spec, model, cpu=cpu), step_overhead_seconds(pool_spec)
 
     def step_seconds(rate: float) -> float:

@@ -45,14 +45,13 @@ from . import accrual
 RunSpec = TrainingRunSpec | FineTuneSpec
 
 # ------------------------------------------------------------------ calibration
-#: Sustained training FLOP/s of the reference CPU node (relativeThroughput 1.0 on a CPU
-#: pool): an 8-vCPU AVX2 x86 node running PyTorch in fp32, ~15 % of its ~640 GFLOP/s peak.
-#: The default tiny model (64 px, channels 32/64/64) then trains at ~17 samples/s.
-REFERENCE_CPU_NODE_FLOPS = 100e9
-#: Sustained training FLOP/s of one vCPU, for cpu pools that give `cpusPerNode`: an AVX2
-#: core's fp32 peak (2 FMA units × 8 lanes × 2 FLOP × ~2.5 GHz = 80 GFLOP/s) at ~15 %
-#: (the same utilisation as REFERENCE_CPU_NODE_FLOPS; docs/benchmarks.md measures it).
-CPU_CORE_FLOPS = 12e9
+#: Training FLOP/s of one vCPU beside the per-step overhead, for cpu pools that give
+#: `cpusPerNode`: an AVX2 core's fp32 peak (2 FMA units × 8 lanes × 2 FLOP × ~2.5 GHz =
+#: 80 GFLOP/s) at ~45 % — fitted with STEP_OVERHEAD_SECONDS_CPU on the demo's machine
+#: (benchmarks/bench_step_overhead.py, docs/benchmarks.md).
+CPU_CORE_FLOPS = 38e9
+#: The reference CPU node (relativeThroughput 1.0 on a cpu pool without `cpusPerNode`): 8 vCPUs.
+REFERENCE_CPU_NODE_FLOPS = 8 * CPU_CORE_FLOPS
 #: Published dense bf16 peak FLOP/s of one accelerator (GPU: NVIDIA datasheets, without
 #: sparsity; TPU: Google Cloud's per-chip figures), by the GKE accelerator label.
 ACCELERATOR_PEAK_FLOPS = {
@@ -89,7 +88,7 @@ RENDEZVOUS_SECONDS_PER_NODE_DOUBLING = 15
 #: (a UNet step is hundreds of small kernels), the optimizer and EMA updates, assembling the
 #: batch. It dominates tiny models on a CPU, so a model with 4× the FLOPs per step takes
 #: less than 4× as long (docs/benchmarks.md measures it on the demo's machine).
-STEP_OVERHEAD_SECONDS_CPU = 0.03
+STEP_OVERHEAD_SECONDS_CPU = 0.075
 STEP_OVERHEAD_SECONDS_ACCELERATOR = 0.01
 #: Data-parallel efficiency per doubling of accelerators within a node / of nodes.
 INTRA_NODE_EFFICIENCY = 0.98
@@ -266,7 +265,9 @@ def step_flops(spec: RunSpec, model: GenModelSpec, *, cpu: bool) -> float:
 
 
 def step_overhead_seconds(pool: AcceleratorPoolSpec) -> float:
-    return STEP_OVERHEAD_SECONDS_CPU if pool.accelerator.is_cpu else STEP_OVERHEAD_SECONDS_ACCELERATOR
+    """The per-step overhead on `pool`: its kind's, ÷ relativeThroughput (a faster pool)."""
+    base = STEP_OVERHEAD_SECONDS_CPU if pool.accelerator.is_cpu else STEP_OVERHEAD_SECONDS_ACCELERATOR
+    return base / pool.relative_throughput
 
 
 def compute_seconds(step_seconds: float, overhead: float) -> float:
