@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import tempfile
 import time
@@ -31,8 +32,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-for package in ("operator", "trainer", "local"):
-    sys.path.insert(0, str(ROOT / package))
+PACKAGES = [str(ROOT / package) for package in ("operator", "trainer", "local")]
+sys.path[:0] = PACKAGES
+# the operator and the trainers run as child processes: they import this checkout too
+os.environ["PYTHONPATH"] = os.pathsep.join(PACKAGES + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
 from genforge_local.control_plane import LocalControlPlane  # noqa: E402
 from genforge_operator.api import parse_resource  # noqa: E402
