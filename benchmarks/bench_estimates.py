@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -103,6 +104,10 @@ def print_table(rows: list[dict]) -> None:
               f"{error:>7} {r['estimatedCost'] or '-':>9} {r['cost'] or '-':>9}  {r['basis']}")
 
 
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-steps", type=int, default=150)
@@ -110,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wide", action="store_true", help="also a model with ~4x the FLOPs per sample")
     parser.add_argument("--timeout", type=float, default=600.0, help="per run")
     args = parser.parse_args(argv)
+    # a `timeout` or kill stops the control plane too (its operator and trainers are children)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     pools = [p for p in example("pools.yaml") if p["metadata"]["name"] == "cpu"]
     model = example("model.yaml")[0]
