@@ -1,13 +1,14 @@
 """`genforge demo`: the whole product on this machine, end to end, on the CPU.
 
 Starts `genforge local` (the emulated API server, the local executor, the real operator),
-applies `examples/` plus one extra TrainingRun with a 20-second time limit (so budget
-enforcement shows), follows every Dataset, TrainingRun and
+applies `examples/`, then — once those have ended — one extra TrainingRun with a 20-second
+time limit (so budget enforcement shows), follows every Dataset, TrainingRun and
 FineTune to its end with live progress bars (phase, step/total, loss, cost against its
 limit), then prints a summary: dataset counts by reason, per-run time,
-accelerator-seconds, cost and limit (and the operator's `/metrics` figure beside it),
-evaluation metrics, the GenModel's versions, the sample image grids and the metrics
-snapshot. Exits 1 when anything ended otherwise than expected (the over-budget run must
+accelerator-seconds, cost and limit (and the operator's `/metrics` figure beside it), the
+estimate beside what the run took (time and cost, with its range and each part's basis),
+evaluation metrics, the GenModel's versions, the pool's calibration, the sample image
+grids and the metrics snapshot. Exits 1 when anything ended otherwise than expected (the over-budget run must
 end `BudgetExceeded`, everything else `Ready`/`Succeeded`). `--keep` leaves the control
 plane running for `kubectl` afterwards.
 
@@ -264,8 +265,54 @@ def sample_statistics_lines(metrics: dict) -> list[str]:
     return lines
 
 
+def estimate_lines(status: Mapping[str, Any]) -> list[str]:
+    """The run's estimate beside what it took (time and cost), and the estimate's basis."""
+    cost, estimate = status.get("cost") or {}, status.get("estimate") or {}
+    seconds = cost.get("estimatedSeconds")
+    if seconds is None:
+        return []
+    span = (f" (range {estimate['minSeconds']:.0f}–{estimate['maxSeconds']:.0f} s)"
+            if "minSeconds" in estimate and "maxSeconds" in estimate else "")
+    line = f"  estimate {seconds:.0f} s{span}, {money(cost.get('estimated'))}"
+    if status.get("phase") in FINAL_PHASES["TrainingRun"]:
+        line += f"; actual {status.get('runningSeconds', 0):.0f} s, {money(cost.get('accrued'))}"
+    if cost.get("estimateError") is not None:
+        line += f"; error {float(cost['estimateError']):+.0%}"
+    lines = [line]
+    if estimate.get("parts"):
+        lines.append("  basis: " + ", ".join(
+            f"{p['part']} {p['seconds']:.0f} s {p['basis']}" + (f" ({p['runs']} run{'s' * (p['runs'] != 1)})"
+                                                                 if p["basis"] == "measured" else "")
+            for p in estimate["parts"]))
+    return lines
+
+
+#: A pool's measured parts, as `genforge demo` shows them: field → (label, scale, unit).
+CALIBRATION_PARTS = {"startupSeconds": ("start-up", 1.0, "s"),
+                     "trainingFlopsPerSecond": ("training", 1e9, "GFLOP/s"),
+                     "evaluationFlopsPerSecond": ("evaluation", 1e9, "GFLOP/s"),
+                     "checkpointSeconds": ("checkpoint write", 1.0, "s")}
+
+
+def pool_lines(pools: list[Body]) -> list[str]:
+    """Each pool's calibration: what runs on it measured, from how many runs."""
+    lines = []
+    for pool in pools:
+        calibration = (pool.get("status") or {}).get("calibration") or {}
+        if not calibration:
+            continue
+        parts = []
+        for field, (label, scale, unit) in CALIBRATION_PARTS.items():
+            part = calibration.get(field)
+            if part:
+                parts.append(f"{label} {part['value'] / scale:.3g} {unit} (median of {part.get('used', 0)} of "
+                             f"{part.get('runs', 0)} runs)")
+        lines.append(f"AcceleratorPool {pool['metadata']['name']}: measured " + "; ".join(parts))
+    return lines
+
+
 def summarize(objects: list[Body], models: list[Body], data_dir: Path, metrics_text: str,
-              elapsed: float) -> tuple[str, bool]:
+              elapsed: float, pools: list[Body] | None = None) -> tuple[str, bool]:
     """The closing report, and whether everything ended as expected."""
     lines: list[str] = []
     ok = True
@@ -291,6 +338,7 @@ def summarize(objects: list[Body], models: list[Body], data_dir: Path, metrics_t
             lines.append(f"  time {status.get('runningSeconds', 0)} s, accelerator-seconds "
                          f"{status.get('acceleratorSeconds', 0)}, cost {money(cost.get('accrued'))}{metric} "
                          f"of limit {money(cost.get('limit'))} on pool {status.get('pool', '-')}")
+            lines.extend(estimate_lines(status))
             if status.get("metrics"):
                 shown = {k: v for k, v in status["metrics"].items() if isinstance(v, (int, float))}
                 lines.append("  metrics: " + ", ".join(f"{k} {v:g}" for k, v in shown.items()))
@@ -311,6 +359,7 @@ def summarize(objects: list[Body], models: list[Body], data_dir: Path, metrics_t
             source = version.get("source") or {}
             lines.append(f"  {version.get('name')}: from {source.get('kind')} {source.get('name')}, "
                          + ", ".join(f"{k} {v:g}" for k, v in shown.items()))
+    lines.extend(pool_lines(pools or []))
     lines.append(f"finished in {elapsed:.0f} s: " + ("everything ended as expected" if ok else "SOMETHING FAILED"))
     return "\n".join(lines), ok
 
@@ -332,9 +381,12 @@ def run_demo(plane: LocalControlPlane, manifests: list[Body], *, out: TextIO = s
     """Apply `manifests` to a started control plane, follow them to the end, summarize."""
     api = plane.api()
     extra = over_budget_run(manifests)
-    applied = manifests + ([extra] if extra else [])
-    for obj in applied:
+    for obj in manifests:
         api.apply(obj)
+    # The over-budget run starts once the others have ended: on a small machine it would
+    # otherwise share the CPU with them and their estimates could not be compared.
+    pending = [extra] if extra else []
+    applied = manifests + pending
     followed = {(o["kind"], o["metadata"]["name"]) for o in applied if o["kind"] in FOLLOWED}
     board = Board(out)
     started = time.monotonic()
@@ -344,7 +396,9 @@ def run_demo(plane: LocalControlPlane, manifests: list[Body], *, out: TextIO = s
         rows = [row_of(o) for o in objects]
         elapsed = time.monotonic() - started
         board.update(rows, elapsed)
-        if rows and len(rows) == len(followed) and all(r.final for r in rows):
+        if pending and rows and len(rows) == len(followed) - len(pending) and all(r.final for r in rows):
+            api.apply(pending.pop())
+        elif rows and len(rows) == len(followed) and all(r.final for r in rows):
             break
         if elapsed > timeout or (stop is not None and stop.is_set()):
             out.write("the demo timed out\n" if elapsed > timeout else "interrupted\n")
@@ -361,7 +415,8 @@ def run_demo(plane: LocalControlPlane, manifests: list[Body], *, out: TextIO = s
         metrics_path.write_text(metrics_text)
     except OSError as e:
         out.write(f"(could not read the operator's metrics at {plane.metrics_url}: {e})\n")
-    summary, ok = summarize(objects, api.items("GenModel"), plane.data_dir, metrics_text, elapsed)
+    summary, ok = summarize(objects, api.items("GenModel"), plane.data_dir, metrics_text, elapsed,
+                            pools=api.items("AcceleratorPool"))
     if metrics_path is not None:
         summary += f"\nmetrics snapshot: {metrics_path}"
     return DemoResult(ok, summary, elapsed, objects, metrics_path)

@@ -109,6 +109,7 @@ class AcceleratorPoolSpec:
     relative_throughput: float = 1.0
     spot: bool = False
     currency: str = "USD"
+    cpus_per_node: int | None = None  # cpu pools: the node's vCPUs, the basis of the prior
 
 
 @dataclass
@@ -120,8 +121,45 @@ class MeasuredThroughput:
 
 
 @dataclass
+class CalibrationSample:
+    """One run's measurement of one part of the estimate."""
+
+    value: float
+    at: str
+    run: str = ""
+
+
+@dataclass
+class CalibrationPart:
+    """A part of the estimate measured on a pool: the median of the recent runs' values
+    after dropping outliers (`used` of `runs` kept), with the kept values' range."""
+
+    value: float
+    runs: int = 0
+    used: int = 0
+    low: float | None = None
+    high: float | None = None
+    updated: str | None = None
+    recent: list[CalibrationSample] = field(default_factory=list)
+
+
+@dataclass
+class PoolCalibration:
+    """The measured parts of the estimate (docs/estimates.md): seconds from pod start to the
+    first step and to exit besides the other parts (`startupSeconds`), effective training and
+    evaluation FLOP/s of one accelerator (`trainingFlopsPerSecond`, `evaluationFlopsPerSecond`),
+    and seconds per checkpoint or model write (`checkpointSeconds`)."""
+
+    startup_seconds: CalibrationPart | None = None
+    training_flops_per_second: CalibrationPart | None = None
+    evaluation_flops_per_second: CalibrationPart | None = None
+    checkpoint_seconds: CalibrationPart | None = None
+
+
+@dataclass
 class AcceleratorPoolStatus:
     measured: list[MeasuredThroughput] = field(default_factory=list)
+    calibration: PoolCalibration | None = None
     observed_generation: int | None = None
     conditions: list[Condition] = field(default_factory=list)
 
@@ -466,6 +504,25 @@ class CostStatus:
 
 
 @dataclass
+class EstimatePartStatus:
+    part: Literal["startup", "training", "evaluation", "checkpoints"]
+    seconds: float
+    basis: Literal["prior", "measured"]
+    runs: int = 0
+
+
+@dataclass
+class EstimateStatus:
+    """The admitted estimate, part by part, with its range (docs/estimates.md)."""
+
+    seconds: float
+    min_seconds: float
+    max_seconds: float
+    basis: str
+    parts: list[EstimatePartStatus] = field(default_factory=list)
+
+
+@dataclass
 class AccrualSegment:
     """One stretch of time during which a run held `accelerators` at `price_per_hour`.
 
@@ -488,6 +545,7 @@ class RunStatus:
     job: str | None = None
     progress: Progress | None = None
     cost: CostStatus | None = None
+    estimate: EstimateStatus | None = None
     accelerator_seconds: float | None = None
     running_seconds: float | None = None
     segments: list[AccrualSegment] = field(default_factory=list)

@@ -29,6 +29,7 @@ default 8080) from a daemon thread; `collect_text()` renders it for tests.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -65,7 +66,7 @@ DATASET_PHASES = tuple(DatasetPhase)
 # Every label name any genforge metric may carry (a test holds the module to it).
 ALLOWED_LABELS = frozenset({
     "namespace", "kind", "name", "pool", "accelerator_type", "phase", "outcome", "action", "reason",
-    "handler", "architecture", "resolution", "threshold", "metric",
+    "handler", "architecture", "resolution", "threshold", "metric", "bound", "part", "basis",
 })
 
 RUN_LABELS = ("namespace", "kind", "name")
@@ -108,6 +109,18 @@ RUN_ESTIMATED_COST = _gauge(
 RUN_ESTIMATED_SECONDS = _gauge(
     "run_estimated_duration_seconds", "The run's duration estimated before launch (status.cost.estimatedSeconds).",
     RUN_LABELS)
+RUN_ESTIMATED_BOUND = _gauge(
+    "run_estimated_duration_bound_seconds",
+    "The low and high ends of the run's estimated duration (status.estimate.minSeconds, maxSeconds).",
+    (*RUN_LABELS, "bound"))
+RUN_ESTIMATED_PART = _gauge(
+    "run_estimated_part_seconds",
+    "Each part of the run's duration estimate (status.estimate.parts): startup, training, evaluation, checkpoints, "
+    "with its basis (prior or measured on the pool).", (*RUN_LABELS, "part", "basis"))
+RUN_ESTIMATE_ERROR = _gauge(
+    "run_estimate_error_ratio",
+    "(actual − estimated) / estimated running seconds of a finished run (status.cost.estimateError), on its pool.",
+    RUN_POOL_LABELS)
 RUN_COST_LIMIT = _gauge(
     "run_cost_limit_dollars", "The run's money limit (spec.budget.maxCost); absent when unlimited.", RUN_LABELS)
 RUN_DURATION_LIMIT = _gauge(
@@ -149,6 +162,13 @@ POOL_THROUGHPUT = _gauge(
     "pool_throughput_samples_per_second",
     "Training throughput measured on the pool per architecture and resolution (status.measured).",
     (*POOL_LABELS, "architecture", "resolution"))
+POOL_CALIBRATION = _gauge(
+    "pool_calibration",
+    "The pool's measured parts of the estimate (status.calibration), by part: startup_seconds, "
+    "training_flops_per_second, evaluation_flops_per_second, checkpoint_seconds.", (*POOL_LABELS, "part"))
+POOL_CALIBRATION_RUNS = _gauge(
+    "pool_calibration_runs", "Runs behind each measured part of the pool's estimate, outliers excluded.",
+    (*POOL_LABELS, "part"))
 
 # Per Budget.
 BUDGET_LIMIT = _gauge("budget_limit_dollars", "The Budget's money cap per period (spec.limit).", BUDGET_LABELS)
@@ -175,8 +195,8 @@ MODEL_VERSIONS = _gauge(
 
 STATUS_GAUGES: tuple[GaugeDef, ...] = (
     RUN_RUNNING_SECONDS, RUN_ACCELERATOR_SECONDS, RUN_COST, RUN_COST_RATE, RUN_ESTIMATED_COST,
-    RUN_ESTIMATED_SECONDS, RUN_COST_LIMIT, RUN_DURATION_LIMIT, RUN_PROGRESS, RUN_ETA, RUN_RESTARTS, RUN_EVALUATION, RUN_PODS_NOT_READY, RUN_PODS_STUCK, RUN_PHASE,
-    POOL_PRICE, POOL_IN_USE, POOL_COST_RATE, POOL_THROUGHPUT,
+    RUN_ESTIMATED_SECONDS, RUN_ESTIMATED_BOUND, RUN_ESTIMATED_PART, RUN_ESTIMATE_ERROR, RUN_COST_LIMIT, RUN_DURATION_LIMIT, RUN_PROGRESS, RUN_ETA, RUN_RESTARTS, RUN_EVALUATION, RUN_PODS_NOT_READY, RUN_PODS_STUCK, RUN_PHASE,
+    POOL_PRICE, POOL_IN_USE, POOL_COST_RATE, POOL_THROUGHPUT, POOL_CALIBRATION, POOL_CALIBRATION_RUNS,
     BUDGET_LIMIT, BUDGET_SPENT, BUDGET_REMAINING, BUDGET_RUNS, BUDGET_WARN,
     DATASET_PHASE, DATASET_KEPT, DATASET_DROPPED, MODEL_VERSIONS,
 )
@@ -476,6 +496,13 @@ class StatusCollector(Collector):
         put(RUN_RUNNING_SECONDS, elapsed)
         put(RUN_ESTIMATED_COST, _money(status.cost.estimated) if status.cost else None)
         put(RUN_ESTIMATED_SECONDS, status.cost.estimated_seconds if status.cost else None)
+        if status.estimate is not None:
+            families[RUN_ESTIMATED_BOUND.name].add_metric([*labels, "min"], status.estimate.min_seconds)
+            families[RUN_ESTIMATED_BOUND.name].add_metric([*labels, "max"], status.estimate.max_seconds)
+            for part in status.estimate.parts:
+                families[RUN_ESTIMATED_PART.name].add_metric([*labels, part.part, part.basis], part.seconds)
+        if status.cost is not None and status.cost.estimate_error is not None and status.pool:
+            families[RUN_ESTIMATE_ERROR.name].add_metric([*labels, status.pool], status.cost.estimate_error)
         limit = status.cost.limit if status.cost and status.cost.limit is not None else spec.budget.max_cost
         put(RUN_COST_LIMIT, _money(limit))
         put(RUN_DURATION_LIMIT, spec.budget.max_duration_seconds)
@@ -504,6 +531,12 @@ class StatusCollector(Collector):
         for measured in pool.status.measured:
             families[POOL_THROUGHPUT.name].add_metric(
                 [*labels, measured.architecture, str(measured.resolution)], measured.samples_per_second)
+        calibration = pool.status.calibration
+        for field in dataclasses.fields(calibration) if calibration is not None else ():
+            part = getattr(calibration, field.name)
+            if part is not None:
+                families[POOL_CALIBRATION.name].add_metric([*labels, field.name], part.value)
+                families[POOL_CALIBRATION_RUNS.name].add_metric([*labels, field.name], part.used)
 
     @staticmethod
     def _budget(families: dict[str, GaugeMetricFamily], budget: Resource) -> None:

@@ -66,7 +66,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     new_version: dict | None = None
-    measure: object | None = None  # pool → its new status.measured (money.Review.measure)
+    measure: object | None = None  # pool → the status fields this run changes (money.Review.measure)
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         self.events.append(Event("Warning" if warning else "Normal", reason, message))
@@ -292,6 +292,7 @@ def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
     if run.spec.budget.max_cost is not None:
         cost["limit"] = money_str(run.spec.budget.max_cost)
     out.status["cost"] = cost
+    out.status["estimate"] = money.estimate_status(estimate)
     out.status["pool"] = pool.name
     if admitted.note:
         out.event(Reason.POOL_CHOSEN, admitted.note)
@@ -315,8 +316,8 @@ def _create_children(out: Outcome, obs: Observed, planned: Planned, estimate) ->
                       f"base version {planned.base.version} is a LoRA adapter: the trainer merges "
                       f"{', '.join(planned.base.through)} into {planned.base.root}'s weights, then fine-tunes")
     _set(out, obs, ConditionType.ADMITTED, ConditionStatus.TRUE, Reason.JOB_CREATED,
-         f"estimated {estimate.duration_seconds}s and {formats.money(estimate.cost)} on pool "
-         f"{planned.placement.pool.name}")
+         f"estimated {estimate.duration_seconds}s ({estimate.min_seconds}–{estimate.max_seconds}s) and "
+         f"{formats.money(estimate.cost)} on pool {planned.placement.pool.name}; basis: {estimate.basis}")
     if run.spec.queue_name:
         _phase(out, obs, RunPhase.WAITING, Reason.AWAITING_KUEUE_ADMISSION, f"Job {job_name} queued in Kueue LocalQueue {run.spec.queue_name}")
     else:
@@ -390,7 +391,7 @@ def _succeeded(out: Outcome, obs: Observed, report: dict, pool: Resource | None)
                               "totalSteps": total, "percent": 100.0, "etaSeconds": 0}
     if report.get("loss") is not None:
         out.status["progress"]["loss"] = report["loss"]
-    review = money.review(run, pool, obs.catalog, out.status, report)
+    review = money.review(run, pool, obs.catalog, out.status, report, obs.now)
     if review.estimate_error is not None:
         out.status.setdefault("cost", {})["estimateError"] = review.estimate_error
     out.measure = review.measure

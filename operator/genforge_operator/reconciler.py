@@ -203,13 +203,14 @@ class Reconciler:
             self.kube.patch_job(namespace, job_name, outcome.job_patch)
         if outcome.delete_job and job_name:
             self.kube.delete_job(namespace, job_name)
+        if outcome.measure is not None and outcome.status.get("pool"):
+            # before the version: a FineTune waiting for it is admitted on the calibrated pool
+            self.record_measurement(outcome.status["pool"], outcome.measure)
         if outcome.new_version is not None:
             # StatusConflict (kopf retries): never Succeeded without its version.
             version = add_version(self.kube, namespace, body, outcome.new_version, on_note=_promotion_event)
             if version:
                 outcome.status["version"] = version
-        if outcome.measure is not None and outcome.status.get("pool"):
-            self.record_measurement(outcome.status["pool"], outcome.measure)
         patch = diff_patch(dict(body.get("status") or {}), outcome.status)
         self.kube.patch_status(kind, namespace, name, patch)
         _count_transition(kind, dict(body.get("status") or {}), outcome.status)
@@ -224,9 +225,8 @@ class Reconciler:
         return made is None or time.monotonic() - made > SERVICE_ACCOUNT_RECHECK_SECONDS
 
     def record_measurement(self, pool_name: str, measure) -> None:
-        """Fold a run's throughput into the pool's status."""
-        self.kube.update_status("AcceleratorPool", None, pool_name,
-                                lambda body: {"measured": measure(parse_resource(body))})
+        """Fold a run's measurements into the pool's status (measured throughput, calibration)."""
+        self.kube.update_status("AcceleratorPool", None, pool_name, lambda body: measure(parse_resource(body)))
 
 
 def _promotion_event(model: dict, condition: dict) -> None:

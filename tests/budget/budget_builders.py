@@ -30,14 +30,18 @@ def seg(start: str, end: str | None = None, *, pool: str = "gpu", accelerators: 
 
 def make_pool(name: str = "gpu", *, type: str = "nvidia-l4", per_node: int = 4, price: str = "0.71",
               relative: float = 1.0, cpu: bool = False, measured: list[dict] | None = None,
-              currency: str | None = None) -> Resource:
+              currency: str | None = None, cpus: int | None = None, calibration: dict | None = None) -> Resource:
     accelerator = {"type": "cpu"} if cpu else {"type": type, "resourceName": "nvidia.com/gpu", "perNode": per_node}
     spec = {"accelerator": accelerator, "pricePerHour": price, "relativeThroughput": relative}
     if currency:
         spec["currency"] = currency
+    if cpus:
+        spec["cpusPerNode"] = cpus
+    status: dict = {"measured": measured or []}
+    if calibration:
+        status["calibration"] = calibration
     return parse_resource({"apiVersion": "genforge.dev/v1alpha1", "kind": "AcceleratorPool",
-                           "metadata": {"name": name}, "spec": spec,
-                           "status": {"measured": measured or []}})
+                           "metadata": {"name": name}, "spec": spec, "status": status})
 
 
 def make_model(architecture: str = "unet2d-ddpm", resolution: int = 64, **config) -> GenModelSpec:
@@ -49,7 +53,8 @@ def make_run(name: str = "run", *, namespace: str = "team-a", labels: dict | Non
              pool: str = "auto", nodes: int = 1, per_node: int = 1, deadline: str | None = None,
              max_cost: str | None = None, max_duration: str | None = None, on_exceeded: str = "Stop",
              phase: str | None = None, segments: list[AccrualSegment] | None = None,
-             estimated: str | None = None, method: str = "lora") -> Resource:
+             estimated: str | None = None, method: str = "lora", evaluation: dict | None = None,
+             checkpoint: dict | None = None) -> Resource:
     training = {"steps": steps, "batchSize": batch, "gradientAccumulation": accumulation,
                 "mixedPrecision": precision}
     hardware = {"pool": pool, "nodes": nodes, "acceleratorsPerNode": per_node}
@@ -61,6 +66,10 @@ def make_run(name: str = "run", *, namespace: str = "team-a", labels: dict | Non
     if max_duration:
         budget["maxDuration"] = max_duration
     spec = {"datasetRef": {"name": "data"}, "training": training, "hardware": hardware, "budget": budget}
+    if evaluation is not None:
+        spec["evaluation"] = evaluation
+    if checkpoint is not None:
+        spec["checkpoint"] = checkpoint
     if kind == "FineTune":
         spec.update(baseModel={"name": "model"}, method=method)
     else:

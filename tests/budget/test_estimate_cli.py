@@ -65,8 +65,10 @@ def estimate(capsys, *args: str) -> tuple[int, str, str]:
 def test_table_compares_every_pool_and_names_the_choice(tmp_path, capsys):
     rc, out, _ = estimate(capsys, *write(tmp_path, POOLS, MODEL, run_yaml()))
     assert rc == 0
-    assert re.search(r"MODE\s+POOL\s+ACCELERATOR\s+COUNT\s+SAMPLES\s+SAMPLES/S\s+DURATION\s+ACCEL-HOURS\s+COST\s+DEADLINE"
-                     r"\s+BUDGET", out)
+    assert re.search(r"MODE\s+POOL\s+ACCELERATOR\s+COUNT\s+SAMPLES\s+SAMPLES/S\s+DURATION\s+RANGE\s+ACCEL-HOURS"
+                     r"\s+COST\s+DEADLINE\s+BUDGET", out)
+    assert re.search(r"^  cpu: startup 30s prior, training .* prior, evaluation 0s prior, checkpoints 5s prior; "
+                     r"prior: the reference 8-vCPU node$", out, re.M)
     assert re.search(r"^walk\s+cpu\s+cpu\s+1\s", out, re.M)
     assert re.search(r"^drive\s+gpu-l4\s+nvidia-l4\s+1\s", out, re.M)
     assert "auto would choose: gpu-l4" in out
@@ -81,8 +83,12 @@ def test_json_is_the_documented_contract(tmp_path, capsys):
     assert (doc["run"], doc["choice"]) == ("shapes-v1", "gpu-l4")
     assert [e["pool"] for e in doc["estimates"]] == ["cpu", "gpu-l4"]
     for e in doc["estimates"]:
-        assert set(e) == {"pool", "accelerators", "durationSeconds", "cost", "meetsDeadline", "withinBudget"}
+        assert set(e) == {"pool", "accelerators", "durationSeconds", "minSeconds", "maxSeconds", "cost", "minCost",
+                          "maxCost", "meetsDeadline", "withinBudget", "parts"}
         assert isinstance(e["cost"], (int, float)) and isinstance(e["durationSeconds"], int)
+        assert e["minSeconds"] <= e["durationSeconds"] <= e["maxSeconds"] and e["minCost"] <= e["cost"] <= e["maxCost"]
+        assert [(p["part"], p["basis"]) for p in e["parts"]] == [
+            ("startup", "prior"), ("training", "prior"), ("evaluation", "prior"), ("checkpoints", "prior")]
         assert isinstance(e["meetsDeadline"], bool) and isinstance(e["withinBudget"], bool)
 
 

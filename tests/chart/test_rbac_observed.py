@@ -132,7 +132,9 @@ def _lifecycle(custom, batch, core, namespace, pool):
              timeout=15, message="resumed")
 
     words = {"outcome": "Succeeded", "step": 20, "artifact": "file:///data/runs/run/model",
-             "metrics": {"loss": 0.1}, "samplesPerSecond": 4.0}
+             "metrics": {"loss": 0.1}, "samplesPerSecond": 4.0,
+             "timing": {"startStep": 0, "trainingSeconds": 100.0, "trainingSamples": 400, "checkpointSeconds": 2.0,
+                        "writes": 2}}
     for name in pods:
         _pod_state(core, namespace, name, started=-150, finished=-1, message=words)
     _finish(batch, namespace, job.metadata.name)
@@ -141,6 +143,9 @@ def _lifecycle(custom, batch, core, namespace, pool):
     wait_for(lambda: _status(custom, namespace, "genmodels", "shapes").get("versions"), message="registered")
     wait_for(lambda: (custom.get_cluster_custom_object(GROUP, VERSION, "acceleratorpools", pool)
                       .get("status") or {}).get("measured"), message="throughput measured")
+    wait_for(lambda: ((custom.get_cluster_custom_object(GROUP, VERSION, "acceleratorpools", pool)
+                       .get("status") or {}).get("calibration") or {}).get("checkpointSeconds"),
+             message="the pool calibrated")
     wait_for(lambda: _status(custom, namespace, "budgets", "team").get("spent") not in (None, "0", 0),
              timeout=15, message="Budget status")
 

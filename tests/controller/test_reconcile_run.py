@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from genforge_operator.config import OperatorConfig
+from genforge_operator.money import throughput
 from genforge_operator.plan import Catalog
 from genforge_operator.reconcile import Observed, reconcile_run
 
@@ -214,8 +215,36 @@ def test_success_records_artifact_metrics_and_registry_version():
     assert out.status["cost"]["estimateError"] == pytest.approx(-0.2)
     assert out.new_version["uri"] == "file:///data/runs/x/model"
     assert out.new_version["source"] == {"kind": "TrainingRun", "name": "run-1"}
-    measured = out.measure(make_pool("cpu"))
-    assert measured[0]["architecture"] == "unet2d-ddpm" and measured[0]["runs"] == 1
+    fields = out.measure(make_pool("cpu"))
+    assert fields["measured"][0]["architecture"] == "unet2d-ddpm" and fields["measured"][0]["runs"] == 1
+    assert "calibration" not in fields  # this trainer reported no timing
+
+
+def test_success_calibrates_the_pool_part_by_part_from_the_trainers_timing():
+    # 20 s of running: 15 s training 100 steps of 8 samples, 1.5 s evaluating 16 images × 50 steps,
+    # 0.5 s for 2 writes; the other 3 s is start-up and exit.
+    timing = {"startStep": 0, "startupSeconds": 0.7, "trainingSeconds": 15.0, "trainingSamples": 800,
+              "checkpointSeconds": 0.5, "writes": 2, "evaluationSeconds": 1.5, "evaluationSamples": 16,
+              "inferenceSteps": 50}
+    words = {"outcome": "Succeeded", "step": 100, "artifact": "file:///data/runs/x/model", "timing": timing}
+    run = make_run(budget={"maxCost": "1000"})
+    observed = observe(run, RUNNING, job(conditions=[("Complete", "")]), [pod(0, 20, exit_code=0, message=words)],
+                       at=22)
+    out = reconcile_run(observed, CONFIG)
+    model = observed.catalog.models["shapes"].spec
+    per_sample = throughput.train_flops_per_sample(model)
+    calibration = out.measure(make_pool("cpu"))["calibration"]
+    assert set(calibration) == {"startupSeconds", "trainingFlopsPerSecond", "evaluationFlopsPerSecond",
+                                "checkpointSeconds"}
+    assert calibration["startupSeconds"]["value"] == pytest.approx(3.0)
+    # 100 steps of 8 in 15 s: 0.15 s a step, less the CPU's per-step overhead
+    compute = 0.15 - throughput.STEP_OVERHEAD_SECONDS_CPU
+    assert calibration["trainingFlopsPerSecond"]["value"] == pytest.approx(8 * per_sample / compute, rel=1e-6)
+    assert calibration["evaluationFlopsPerSecond"]["value"] == pytest.approx(16 * 50 * per_sample / 3 / 1.5,
+                                                                             rel=1e-6)
+    assert calibration["checkpointSeconds"]["value"] == pytest.approx(0.25)
+    assert calibration["checkpointSeconds"]["recent"] == [
+        {"value": 0.25, "at": "2026-11-27T12:00:22Z", "run": "TrainingRun/team-a/run-1"}]
 
 
 def test_failure_carries_the_trainers_report():

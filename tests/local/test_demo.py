@@ -156,6 +156,12 @@ def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
             assert 0 <= status["metrics"]["onDataBackground"] <= 1
     assert "sample statistics (" in result.summary and "on a data background" in result.summary
     assert "GenModel shapes: latest v2" in result.summary
+    # estimate vs actual for every run; after the first, the pool is measured
+    assert result.summary.count("  estimate ") == 3 and "basis: startup" in result.summary
+    assert "AcceleratorPool cpu: measured start-up" in result.summary
+    lora = next(o for o in result.objects if o["kind"] == "FineTune")
+    assert all(p["basis"] == "measured" for p in lora["status"]["estimate"]["parts"])
+    assert lora["status"]["cost"]["estimateError"] is not None
     assert result.metrics_path is not None and "genforge_run_cost_dollars" in result.metrics_path.read_text()
 
 
@@ -171,3 +177,22 @@ def test_board_redraws_in_place_on_a_terminal():
     board.update(rows, 2.0)
     assert out.getvalue().count("\x1b[2F") == 1  # back up over the row and the elapsed line, then redraw
     assert out.getvalue().count("\x1b[2K") == 4
+
+
+def test_summary_shows_estimate_beside_actual_and_the_pools_calibration(tmp_path):
+    run = {"kind": "FineTune", "metadata": {"name": "lora"}, "status": {
+        "phase": "Succeeded", "runningSeconds": 21.0, "pool": "cpu",
+        "cost": {"accrued": "0.000292", "estimated": "0.000278", "estimatedSeconds": 20.0, "estimateError": 0.05,
+                 "limit": "0.5"},
+        "estimate": {"seconds": 20.0, "minSeconds": 17.0, "maxSeconds": 24.0, "basis": "…",
+                     "parts": [{"part": "startup", "seconds": 9.4, "basis": "measured", "runs": 1},
+                               {"part": "training", "seconds": 4.2, "basis": "measured", "runs": 2},
+                               {"part": "checkpoints", "seconds": 0.4, "basis": "prior", "runs": 0}]}}}
+    pool = {"kind": "AcceleratorPool", "metadata": {"name": "cpu"}, "status": {"calibration": {
+        "startupSeconds": {"value": 9.4, "runs": 3, "used": 2},
+        "trainingFlopsPerSecond": {"value": 2.41e10, "runs": 1, "used": 1}}}}
+    text, _ = demo.summarize([run], [], tmp_path, "", 1.0, pools=[pool])
+    assert "  estimate 20 s (range 17–24 s), $0.0003; actual 21 s, $0.0003; error +5%" in text
+    assert "  basis: startup 9 s measured (1 run), training 4 s measured (2 runs), checkpoints 0 s prior" in text
+    assert ("AcceleratorPool cpu: measured start-up 9.4 s (median of 2 of 3 runs); "
+            "training 24.1 GFLOP/s (median of 1 of 1 runs)") in text

@@ -29,10 +29,12 @@ def body(kind: str, name: str, spec: dict, status: dict | None = None, namespace
     return out
 
 
-def pool(name: str = "gpu-l4", *, type: str = "nvidia-l4", price: str = "0.71", measured: list | None = None) -> dict:
+def pool(name: str = "gpu-l4", *, type: str = "nvidia-l4", price: str = "0.71", measured: list | None = None,
+         calibration: dict | None = None) -> dict:
     accelerator = {"type": "cpu"} if type == "cpu" else {"type": type, "resourceName": "nvidia.com/gpu", "perNode": 4}
+    status = {**({"measured": measured} if measured else {}), **({"calibration": calibration} if calibration else {})}
     return body("AcceleratorPool", name, {"accelerator": accelerator, "pricePerHour": price},
-                {"measured": measured} if measured else None, namespace=None)
+                status or None, namespace=None)
 
 
 RUN_SPEC = {

@@ -38,7 +38,14 @@ RUNS = {
     "succeeded-closed": bodies.run("shapes-v0", {
         "phase": "Succeeded", "pool": "gpu-l4",
         "segments": [seg("2026-11-27T11:00:00Z", "2026-11-27T11:30:00Z")],
-        "cost": {"accrued": "0.71", "estimated": "0.60", "estimatedSeconds": 1500.0, "limit": "5"},
+        # ran 1800 s of an estimated 1500 s: estimateError (1800 − 1500) / 1500 = +0.2
+        "cost": {"accrued": "0.71", "estimated": "0.60", "estimatedSeconds": 1500.0, "limit": "5",
+                 "estimateError": 0.2},
+        "estimate": {"seconds": 1500.0, "minSeconds": 1300.0, "maxSeconds": 1800.0,
+                     "basis": "startup measured (2 runs), training measured (2 runs), checkpoints prior",
+                     "parts": [{"part": "startup", "seconds": 100.0, "basis": "measured", "runs": 2},
+                               {"part": "training", "seconds": 1370.0, "basis": "measured", "runs": 2},
+                               {"part": "checkpoints", "seconds": 30.0, "basis": "prior", "runs": 0}]},
         "acceleratorSeconds": 3600.0, "runningSeconds": 1800.0,
         "progress": {"step": 1000, "totalSteps": 1000, "percent": 100.0, "etaSeconds": 0}}),
     # A price change at 11:20: 1200 s × 2 × 0.71/3600 + 1200 s × 2 × 1.42/3600 = 0.473333 + 0.946667.
@@ -73,7 +80,9 @@ POOLS = [
     bodies.pool("gpu-l4", measured=[
         {"architecture": "unet2d-ddpm", "resolution": 64, "samplesPerSecond": 120.5, "runs": 3},
         {"architecture": "stable-diffusion", "resolution": 512, "samplesPerSecond": 8.25, "runs": 1}]),
-    bodies.pool("cpu", type="cpu", price="0.05"),
+    bodies.pool("cpu", type="cpu", price="0.05", calibration={
+        "startupSeconds": {"value": 9.5, "runs": 3, "used": 2, "updated": "2026-11-27T11:30:00Z"},
+        "trainingFlopsPerSecond": {"value": 2.4e10, "runs": 3, "used": 3, "updated": "2026-11-27T11:30:00Z"}}),
     bodies.pool("idle", type="nvidia-a100", price="3.00"),
 ]
 
@@ -360,6 +369,20 @@ def test_series_grow_linearly_with_runs():
     per_run = len(metrics.RUN_PHASES) + 12  # run_pods_stuck (0) counts; not-ready seconds only while not ready
     assert series(1) == per_run
     assert series(40) == 40 * per_run
+
+
+def test_estimate_basis_error_and_pool_calibration_are_exported():
+    samples = samples_of(make_store(*ALL))
+    who = {"namespace": "team-a", "kind": "TrainingRun", "name": "shapes-v0"}
+    assert one(samples, "genforge_run_estimate_error_ratio", **who, pool="gpu-l4") == pytest.approx(0.2)
+    assert one(samples, "genforge_run_estimated_duration_bound_seconds", **who, bound="min") == 1300.0
+    assert one(samples, "genforge_run_estimated_duration_bound_seconds", **who, bound="max") == 1800.0
+    assert one(samples, "genforge_run_estimated_part_seconds", **who, part="training", basis="measured") == 1370.0
+    assert one(samples, "genforge_run_estimated_part_seconds", **who, part="checkpoints", basis="prior") == 30.0
+    cpu = {"pool": "cpu", "accelerator_type": "cpu"}
+    assert one(samples, "genforge_pool_calibration", **cpu, part="training_flops_per_second") == 2.4e10
+    assert one(samples, "genforge_pool_calibration_runs", **cpu, part="startup_seconds") == 2
+    assert one(samples, "genforge_run_estimate_error_ratio", namespace="team-a", name="shapes-v1") is None
 
 
 def test_collector_emits_exactly_the_declared_gauges():

@@ -26,6 +26,8 @@ REQUIRED_PANELS = [
     ("accelerators in use", "genforge_pool_accelerators_in_use"),
     ("reconcile errors", "genforge_reconcile_errors_total"),
     ("sample quality of finished runs", "genforge_run_evaluation"),
+    ("estimate error per pool", "genforge_run_estimate_error_ratio"),
+    ("calibration runs per pool", "genforge_pool_calibration_runs"),
 ]
 
 

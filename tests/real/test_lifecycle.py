@@ -224,10 +224,10 @@ def test_namespace_budget_stops_a_run_and_holds_new_ones(kube_operator, kube_nam
     plane, ns = kube_operator, kube_namespace
     apply(plane, ns, *model_and_dataset(pools["cpu"]))
     wait_phase(plane, ns, "Dataset", DATASET, ("Ready",))
-    # The estimate on the pricey pool is about $31 (mostly the start-up prior): it fits the $40
-    # limit, and the run then spends it at a dollar a second.
+    # The estimate on the pricey pool is about $38 (the start-up prior and 7 checkpoint writes
+    # at the 1 s prior): it fits the $40 limit, and the run then spends it at a dollar a second.
     apply(plane, ns, manifest("Budget", "team", {"limit": "40", "period": "Monthly", "onExhausted": "Stop"}))
-    apply(plane, ns, training_run("spender", pools["pricey"], steps=3000, every=50, evaluation=False,
+    apply(plane, ns, training_run("spender", pools["pricey"], steps=3000, every=500, evaluation=False,
                                   budget={"maxCost": "100", "maxDuration": "30m"}))
     stopped = wait_phase(plane, ns, "TrainingRun", "spender", ("BudgetExceeded", "Succeeded", "Failed"), timeout=180)
     assert stopped["status"]["phase"] == "BudgetExceeded", f"{stopped['status']}\n{diagnose(plane, ns)}"

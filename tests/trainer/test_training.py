@@ -98,6 +98,13 @@ def test_loss_falls_and_run_leaves_model_checkpoints_samples_and_metrics(tmp_pat
     assert {"loss", "fid", "kid"} <= set(metrics) and metrics["heldOut"] == 8
     progress = reporter.snapshot()
     assert progress["step"] == 40 and progress["checkpointStep"] == 40
+    # where the time went: 39 steps of 8 after the first (start-up); checkpoints at 10, 20, 30, 40, the model
+    timing = result["timing"]
+    assert {k: timing[k] for k in ("startStep", "trainingSamples", "writes", "evaluationSamples",
+                                   "inferenceSteps")} == {"startStep": 0, "trainingSamples": 312, "writes": 5,
+                                                          "evaluationSamples": 4, "inferenceSteps": 4}
+    assert all(timing[k] > 0 for k in ("startupSeconds", "trainingSeconds", "checkpointSeconds",
+                                       "evaluationSeconds"))
 
 
 def test_artifact_loads_offline_with_ddpm_pipeline_and_round_trips_exactly(tmp_path):

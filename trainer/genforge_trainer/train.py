@@ -35,6 +35,7 @@ from genforge_trainer.imagedata import load_images, split_held_out
 from genforge_trainer.methods import build_method
 from genforge_trainer.models import load_or_build
 from genforge_trainer.progress import ProgressReporter
+from genforge_trainer.timing import RunTimer
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def _mixed_precision(requested: str) -> str:
 def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
     training = spec.training
     total_steps = training.steps
+    timer = RunTimer()
     reporter.update(phase=spec.command, totalSteps=total_steps)
 
     # ---- accelerator
@@ -151,18 +153,20 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
 
     def save_checkpoint(step: int, loss: float | None) -> None:
         if accelerator.is_main_process:
-            info = checkpoints.save(
-                TrainingState(
-                    step,
-                    method.trainable_state(),
-                    optimizer.state_dict(),
-                    lr_scheduler.state_dict(),
-                    _ema_tensors(ema),
-                    {"loss": loss, "method": method.name},
-                ),
-                to_document(spec),
-                total_steps,
-            )
+            with timer.part("checkpoint"):
+                info = checkpoints.save(
+                    TrainingState(
+                        step,
+                        method.trainable_state(),
+                        optimizer.state_dict(),
+                        lr_scheduler.state_dict(),
+                        _ema_tensors(ema),
+                        {"loss": loss, "method": method.name},
+                    ),
+                    to_document(spec),
+                    total_steps,
+                )
+            timer.writes += 1
             reporter.update(checkpointStep=step, checkpoint=info.uri)
         accelerator.wait_for_everyone()
 
@@ -182,6 +186,8 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
     window_steps, window_start = 0, time.perf_counter()
     loss_value = last_loss
     step = start_step
+    timer.start_step = start_step
+    loop_start, writes_before = time.perf_counter(), 0.0
     while step < total_steps:
         for micro in range(training.gradient_accumulation):
             with accelerator.accumulate(*method.modules.values()):
@@ -200,6 +206,9 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
         step += 1
         window_steps += 1
         bar.update(1)
+        if step == start_step + 1:  # the first step (warm-up) is the end of start-up
+            timer.training_begins(start_step)
+            loop_start, writes_before = time.perf_counter(), timer.seconds["checkpoint"]
 
         if step % training.log_every_steps == 0 or step == total_steps:
             loss_value = float(accelerator.reduce(window_loss, reduction="mean")) / window_steps
@@ -236,6 +245,8 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
         if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0 and step < total_steps:
             save_checkpoint(step, loss_value)
     bar.close()
+    timer.seconds["training"] = time.perf_counter() - loop_start - (timer.seconds["checkpoint"] - writes_before)
+    timer.training_samples = max(0, step - start_step - 1) * samples_per_step
     if spec.checkpoint.every_steps and (latest is None or latest.step < total_steps):
         save_checkpoint(total_steps, loss_value)  # a retry after a late failure skips training
 
@@ -252,7 +263,9 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
         if ema is not None:
             ema.store(params)
             ema.copy_to(params)
-        result.update(method.save_artifacts())
+        with timer.part("checkpoint"):
+            result.update(method.save_artifacts())
+        timer.writes += 1
         if spec.evaluation is not None:
             reporter.update(phase="evaluate")
             evaluation = spec.evaluation or EvaluationSpec()
@@ -261,16 +274,20 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
                 if len(held_out)
                 else train_data.subset(range(min(len(train_data), evaluation.samples)))
             )
-            result.update(
-                evaluate_model(
-                    spec, model, method.evaluation_denoiser(), held, reference=data,
-                    progress=lambda msg: log.info("%s", msg),
+            with timer.part("evaluation"):
+                result.update(
+                    evaluate_model(
+                        spec, model, method.evaluation_denoiser(), held, reference=data,
+                        progress=lambda msg: log.info("%s", msg),
+                    )
                 )
-            )
+            timer.evaluation_samples = evaluation.samples
+            timer.inference_steps = evaluation.inference_steps or spec.model.config.inference_steps
         if ema is not None:
             ema.restore(params)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    result["timing"] = timer.report()
     return result
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from datetime import UTC, datetime
 
@@ -72,8 +73,12 @@ def _json_result(result: dict) -> dict:
         "choice": admission.auto_choice,
         "estimates": [
             {"pool": e.pool, "accelerators": e.accelerators, "durationSeconds": e.duration_seconds,
-             "cost": float(e.cost.quantize(MICRO)), "meetsDeadline": e.meets_deadline,
-             "withinBudget": e.within_budget}
+             "minSeconds": e.min_seconds, "maxSeconds": e.max_seconds,
+             "cost": float(e.cost.quantize(MICRO)), "minCost": float(e.min_cost.quantize(MICRO)),
+             "maxCost": float(e.max_cost.quantize(MICRO)), "meetsDeadline": e.meets_deadline,
+             "withinBudget": e.within_budget,
+             "parts": [{"part": p.name, "seconds": round(p.seconds, 1), "basis": p.basis, "runs": p.runs}
+                       for p in e.parts]}
             for e in admission.estimates
         ],
     }
@@ -93,22 +98,28 @@ def _table(result: dict) -> str:
         + ", ".join(limits),
         "",
     ]
-    header = ["MODE", "POOL", "ACCELERATOR", "COUNT", "SAMPLES", "SAMPLES/S", "DURATION", "ACCEL-HOURS", "COST",
-              "DEADLINE", "BUDGET", "NOTE"]
+    header = ["MODE", "POOL", "ACCELERATOR", "COUNT", "SAMPLES", "SAMPLES/S", "DURATION", "RANGE", "ACCEL-HOURS",
+              "COST", "DEADLINE", "BUDGET", "NOTE"]
     rows = [header]
     for e in admission.estimates:
         rows.append([
             e.mode, e.pool, e.accelerator_type, str(e.accelerators), _count(e.samples),
             f"{e.samples_per_second:,.1f}" + (" measured" if e.throughput_source == "measured" else ""),
-            human_duration(e.duration_seconds), f"{e.accelerator_hours:,.1f}", money(e.cost, e.currency),
+            human_duration(e.duration_seconds),
+            f"{human_duration(e.min_seconds)}–{human_duration(e.max_seconds)}",
+            f"{e.accelerator_hours:,.1f}", money(e.cost, e.currency),
             "yes" if e.meets_deadline else "no", "yes" if e.within_budget else "no", e.note,
         ])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    numeric = {3, 4, 5, 7, 8}
+    numeric = {3, 4, 5, 8, 9}
     for r in rows:
         cells = [c.rjust(widths[i]) if i in numeric and r is not header else c.ljust(widths[i])
                  for i, c in enumerate(r)]
         lines.append("  ".join(cells).rstrip())
+    lines.append("")
+    lines.append("basis (each part's seconds; measured on the pool, or the prior):")
+    for e in admission.estimates:
+        lines.append(f"  {e.pool}: " + ", ".join(_part(p) for p in e.parts) + f"; prior: {e.prior_basis}")
     lines.append("")
     lines.append(f"auto would choose: {admission.auto_choice or 'none'}"
                  + ("" if admission.auto_choice else f" ({admission.auto_reason}: {admission.auto_message})"))
@@ -116,6 +127,11 @@ def _table(result: dict) -> str:
         lines.append(f"the run asks for pool: {spec.hardware.pool}")
     lines.append(f"admission: {admission.decision} ({admission.reason}): {admission.message}")
     return "\n".join(lines)
+
+
+def _part(part) -> str:
+    runs = f" ({part.runs} run{'s' * (part.runs != 1)})" if part.basis == "measured" else ""
+    return f"{part.name} {human_duration(math.ceil(part.seconds))} {part.basis}{runs}"
 
 
 def _count(n: int) -> str:

@@ -4,7 +4,8 @@ A thin façade over the pure money modules, which depend on each other in this o
 (each imports only those before it):
 
 * `accrual` — the one cost model: segments, accrued cost, burn rate;
-* `throughput` — the FLOP model and measured throughput;
+* `throughput` — the FLOP model, priors and the older measured throughput;
+* `calibration` — the parts of the estimate measured by runs on a pool;
 * `estimate` — duration and cost on each pool, and the pool choice;
 * `periods` — Budgets: coverage, spent in the period, status;
 * `admission`, `enforcement` — whether a run may start, whether it must stop.
@@ -29,7 +30,7 @@ from ..formats import parse_timestamp
 from ..observe import PodRun
 from ..plan import Blocked, Catalog, model_name_of
 from ..vocabulary import ConditionStatus, ConditionType, Reason
-from . import accrual, admission, enforcement, estimate, periods, throughput
+from . import accrual, admission, calibration, enforcement, estimate, periods, throughput
 from .estimate import PoolEstimate
 
 #: The Job's activeDeadlineSeconds is the backstop for when the operator is down; it counts
@@ -138,9 +139,11 @@ def admit_run(run: Resource, catalog: Catalog, status: dict, now: datetime) -> A
     deadline = outcome.active_deadline_seconds
     if deadline is not None:
         deadline += BACKSTOP_SLACK_SECONDS
-    note = ""
+    chosen = outcome.estimate
+    note = (f"{outcome.message} (range {formats.human_duration(chosen.min_seconds)}–"
+            f"{formats.human_duration(chosen.max_seconds)}; basis: {chosen.basis})")
     if run.spec.hardware.pool == estimate.AUTO:
-        note = f"{outcome.message}. Alternatives: " + "; ".join(
+        note += ". Alternatives: " + "; ".join(
             f"{e.pool}: {formats.money(e.cost, e.currency)} in {formats.human_duration(e.duration_seconds)} "
             f"({e.note})" for e in outcome.estimates)
     return Admitted(pool=catalog.pools[outcome.pool], estimate=outcome.estimate,
@@ -204,27 +207,49 @@ def active_deadline(run: Resource, catalog: Catalog, status: dict, now: datetime
     return None if deadline is None else deadline + BACKSTOP_SLACK_SECONDS
 
 
+def estimate_status(chosen: PoolEstimate) -> dict:
+    """`status.estimate`: the admitted estimate part by part, with its range and basis."""
+    return {"seconds": float(chosen.duration_seconds), "minSeconds": float(chosen.min_seconds),
+            "maxSeconds": float(chosen.max_seconds), "basis": chosen.basis,
+            "parts": [{"part": p.name, "seconds": round(p.seconds, 1), "basis": p.basis, "runs": p.runs}
+                      for p in chosen.parts]}
+
+
 # ------------------------------------------------------------------ after a run
 @dataclass(frozen=True)
 class Review:
     estimate_error: float | None
-    #: pool (as stored now) → its new status.measured; applied with an optimistic lock
-    measure: Callable[[Resource], list[dict]] | None
+    #: pool (as stored now) → the status fields this run changes (`measured`, `calibration`);
+    #: applied with an optimistic lock
+    measure: Callable[[Resource], dict] | None
 
 
-def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict, report: dict) -> Review:
-    """The estimate's error, and how this run updates the pool's measured throughput."""
+def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict, report: dict,
+           now: datetime) -> Review:
+    """The estimate's error, and how this run calibrates its pool: the trainer's timing of
+    each part (`calibration.observe_run`) and the older per-architecture samples/s."""
     error = estimate.estimate_error((status.get("cost") or {}).get("estimatedSeconds"),
                                     status.get("runningSeconds"))
     model = _model(run, catalog)
     speed = report.get("samplesPerSecond")
-    if pool is None or model is None or not isinstance(speed, (int, float)) or speed <= 0:
+    timing = report.get("timing") if isinstance(report.get("timing"), dict) else {}
+    has_speed = isinstance(speed, (int, float)) and not isinstance(speed, bool) and speed > 0
+    if pool is None or model is None or not (has_speed or timing):
         return Review(estimate_error=error, measure=None)
+    at = formats.timestamp(now)
 
-    def measure(current: Resource) -> list[dict]:
-        return [to_dict(m) for m in throughput.update_measured(
-            current.status.measured, pool=current.spec, spec=run.spec, model=model.spec,
-            samples_per_second=float(speed))]  # all processes together
+    def measure(current: Resource) -> dict:
+        fields: dict = {}
+        if has_speed:
+            fields["measured"] = [to_dict(m) for m in throughput.update_measured(
+                current.status.measured, pool=current.spec, spec=run.spec, model=model.spec,
+                samples_per_second=float(speed))]  # all processes together
+        observed = calibration.observe_run(timing, running_seconds=status.get("runningSeconds"), pool=current,
+                                           spec=run.spec, model=model.spec)
+        if observed:
+            fields["calibration"] = to_dict(calibration.fold_run(current.status.calibration, observed, at=at,
+                                                                 run=f"{run.kind}/{run.namespace}/{run.name}"))
+        return fields
 
     return Review(estimate_error=error, measure=measure)
 

@@ -4,8 +4,12 @@ Throughput comes from `throughput.py`, money from the one cost model (`accrual.p
 Admission (`admission.admit`) and `genforge estimate` (`cli/estimate.py`) both call
 these functions, so the CLI and the operator agree on every number.
 
-* **Duration** = startup (image pull, model load, rendezvous) + samples / throughput,
-  rounded up to whole seconds. **Cost** = `accrual.cost_of(duration, accelerators, price)`.
+* **Duration** = start-up (pod start → first step, and exit; + rendezvous) + training
+  (samples × FLOPs per sample ÷ effective FLOP/s) + evaluation (samples × sampling steps ×
+  FLOPs of a denoising step ÷ effective FLOP/s) + checkpoint writes, rounded up to whole
+  seconds. Each part is `measured` on the pool (`calibration.py`) or a `prior`
+  (`throughput.py`), and carries a range. **Cost** = `accrual.cost_of(duration,
+  accelerators, price)`.
 * **Pool choice** (`choose_pool`): `pool: auto` takes the cheapest pool that fits, meets
   the deadline and is within maxCost and the Budgets' room; a named pool only has to fit
   and be within budget. Every other pool gets a note saying why it was not chosen.
@@ -25,15 +29,29 @@ from ..formats import human_duration, money
 from ..units import CENT
 from ..vocabulary import Reason
 from . import accrual
+from .calibration import measured_part
 from .throughput import (
+    CHECKPOINT_SECONDS_ACCELERATOR,
+    CHECKPOINT_SECONDS_CPU,
     RunSpec,
-    per_accelerator_samples_per_second,
+    checkpoint_writes,
+    evaluation_work,
+    legacy_measured_flops,
+    prior_flops_per_second,
+    prior_startup_seconds,
     processes_per_node,
+    rendezvous_seconds,
     samples_of,
     scaling_efficiency,
-    startup_seconds,
-    work_factor,
+    step_flops,
+    step_overhead_seconds,
 )
+
+#: A prior part's range: ÷ / × this factor (priors are within 2× by design, docs/estimates.md).
+PRIOR_SPREAD = 2.0
+#: A measured part's range is the kept runs' range, widened to at least ± this share
+#: (one run cannot show its own spread).
+MEASURED_SPREAD = 0.15
 
 # Reasons `pool: auto` (or a named pool) gives for its decision.
 
@@ -41,6 +59,22 @@ AUTO = "auto"
 
 
 # ------------------------------------------------------------------ estimates
+@dataclass(frozen=True)
+class Part:
+    """One part of a duration estimate, where its rate came from, and its range."""
+
+    name: Literal["startup", "training", "evaluation", "checkpoints"]
+    seconds: float
+    basis: Literal["measured", "prior"]
+    runs: int = 0  # runs behind a measured part
+    min_seconds: float = 0.0
+    max_seconds: float = 0.0
+
+    def describe(self) -> str:
+        return f"{self.name} {self.basis}" + (f" ({self.runs} run{'s' * (self.runs != 1)})"
+                                              if self.basis == "measured" else "")
+
+
 @dataclass(frozen=True)
 class PoolEstimate:
     """A run on one pool: how long, how much, and (after `choose_pool`) the verdicts."""
@@ -58,6 +92,10 @@ class PoolEstimate:
     duration_seconds: int
     cost: Decimal
     unfit: str | None = None  # why the run cannot be placed on this pool
+    parts: tuple[Part, ...] = ()
+    min_seconds: int = 0
+    max_seconds: int = 0
+    prior_basis: str = ""  # where the pool's prior comes from, in words
     meets_deadline: bool = True
     within_max_cost: bool = True
     within_budget: bool = True  # maxCost and every covering Budget's room
@@ -66,6 +104,19 @@ class PoolEstimate:
     @property
     def seconds(self) -> int:
         return self.duration_seconds
+
+    @property
+    def basis(self) -> str:
+        """Each part's basis, in words: "startup measured (2 runs), training prior, …"."""
+        return ", ".join(p.describe() for p in self.parts if p.seconds > 0 or p.name == "training")
+
+    @property
+    def min_cost(self) -> Decimal:
+        return accrual.cost_of(self.min_seconds, self.accelerators, self.price_per_hour)
+
+    @property
+    def max_cost(self) -> Decimal:
+        return accrual.cost_of(self.max_seconds, self.accelerators, self.price_per_hour)
 
     @property
     def fits(self) -> bool:
@@ -87,28 +138,91 @@ class PoolEstimate:
         return "drive" if self.nodes == 1 else "fly"
 
 
-def estimate_on_pool(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
-                     completed_steps: int = 0) -> PoolEstimate:
-    """Duration and cost of `spec`'s remaining work on `pool`."""
+def _rate(pool: Resource, part: str, prior: float) -> tuple[float, str, int, float, float]:
+    """(rate, basis, runs, low, high) of a part's rate (FLOP/s or seconds) on `pool`."""
+    measured = measured_part(pool, part)
+    if measured is None:
+        return prior, "prior", 0, prior / PRIOR_SPREAD, prior * PRIOR_SPREAD
+    low = min(measured.low or measured.value, measured.value * (1 - MEASURED_SPREAD))
+    high = max(measured.high or measured.value, measured.value * (1 + MEASURED_SPREAD))
+    return measured.value, "measured", measured.used, low, high
+
+
+def _part(name, basis: str, runs: int, seconds: float, fastest: float, slowest: float) -> Part:
+    return Part(name=name, seconds=seconds, basis=basis, runs=runs, min_seconds=fastest, max_seconds=slowest)
+
+
+def estimate_parts(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
+                   completed_steps: int = 0) -> tuple[list[Part], float, str]:
+    """The four parts of `spec`'s remaining work on `pool`, the run's training throughput
+    (samples/s, all accelerators, in the run's own samples; 0 when the pool has none) and
+    where the pool's prior comes from."""
     pool_spec: AcceleratorPoolSpec = pool.spec
     hardware = spec.hardware
     cpu = pool_spec.accelerator.is_cpu
     accelerators = accrual.accelerators_on(pool_spec, hardware)
     per_node = processes_per_node(pool_spec, hardware.accelerators_per_node)
+    efficiency = scaling_efficiency(hardware.nodes, per_node)
+    prior_flops, prior_basis = prior_flops_per_second(pool_spec)
+    parts = []
+
+    startup, basis, runs, low, high = _rate(pool, "startup", prior_startup_seconds(pool_spec))
+    rendezvous = rendezvous_seconds(hardware.nodes)
+    parts.append(_part("startup", basis, runs, startup + rendezvous, low + rendezvous, high + rendezvous))
+
+    # each process: steps × (overhead + a step's FLOPs ÷ FLOP/s); the processes run together.
+    # The first step's warm-up is measured as start-up.
+    flops, basis, runs, low, high = _rate(pool, "training", prior_flops)
+    legacy = legacy_measured_flops(pool, spec, model) if basis == "prior" else None
+    if legacy is not None:
+        flops, runs = legacy
+        basis, low, high = "measured", flops * (1 - MEASURED_SPREAD), flops * (1 + MEASURED_SPREAD)
+    steps = max(0, spec.training.steps - completed_steps - 1)  # the first step ends start-up
+    work, overhead = step_flops(spec, model, cpu=cpu), step_overhead_seconds(pool_spec)
+
+    def step_seconds(rate: float) -> float:
+        return overhead + work / (rate * efficiency) if rate > 0 else math.inf
+
+    parts.append(_part("training", basis, runs, steps * step_seconds(flops), steps * step_seconds(high),
+                       steps * step_seconds(low)))
+    per_step = spec.training.batch_size * spec.training.gradient_accumulation * accelerators
+    samples_per_second = per_step / step_seconds(flops) if flops > 0 else 0.0
+
+    # evaluation runs on the main process only; its prior rate is training's prior
+    flops, basis, runs, low, high = _rate(pool, "evaluation", prior_flops)
+    work = evaluation_work(spec, model)
+    parts.append(_part("evaluation", basis, runs, work / flops if work and flops > 0 else 0.0,
+                       work / high if work and high > 0 else 0.0, work / low if work and low > 0 else 0.0))
+
+    writes = checkpoint_writes(spec, completed_steps=completed_steps)
+    prior = CHECKPOINT_SECONDS_CPU if cpu else CHECKPOINT_SECONDS_ACCELERATOR
+    each, basis, runs, low, high = _rate(pool, "checkpoints", prior)
+    parts.append(_part("checkpoints", basis, runs, writes * each, writes * low, writes * high))
+    return parts, samples_per_second, prior_basis
+
+
+def estimate_on_pool(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
+                     completed_steps: int = 0) -> PoolEstimate:
+    """Duration and cost of `spec`'s remaining work on `pool`, part by part."""
+    pool_spec: AcceleratorPoolSpec = pool.spec
+    hardware = spec.hardware
+    cpu = pool_spec.accelerator.is_cpu
+    accelerators = accrual.accelerators_on(pool_spec, hardware)
     samples = samples_of(spec, accelerators, completed_steps=completed_steps)
-    per_accelerator, source = per_accelerator_samples_per_second(pool, model)
-    factor = work_factor(spec, cpu=cpu)
-    throughput = per_accelerator * accelerators * scaling_efficiency(hardware.nodes, per_node) / factor
+    parts, throughput, prior_basis = estimate_parts(pool, spec, model, completed_steps=completed_steps)
     unfit = accrual.fits_pool(pool_spec, hardware)
-    if throughput <= 0:
+    if throughput <= 0 or not all(math.isfinite(p.seconds) for p in parts):
         unfit, throughput = "has no throughput (relativeThroughput is 0)", math.inf
-    train_seconds = samples / throughput if samples else 0.0
-    duration = math.ceil(startup_seconds(pool_spec, hardware.nodes) + train_seconds)
+        parts = [dataclasses.replace(p, seconds=0.0, min_seconds=0.0, max_seconds=0.0) for p in parts]
+    training = next(p for p in parts if p.name == "training")
+    duration = math.ceil(sum(p.seconds for p in parts))
     return PoolEstimate(
         pool=pool.name, accelerator_type=pool_spec.accelerator.type, cpu=cpu, nodes=hardware.nodes,
         accelerators=accelerators, price_per_hour=pool_spec.price_per_hour, currency=pool_spec.currency,
-        samples=samples, samples_per_second=throughput, throughput_source=source, duration_seconds=duration,
-        cost=accrual.cost_of(duration, accelerators, pool_spec.price_per_hour), unfit=unfit,
+        samples=samples, samples_per_second=throughput, throughput_source=training.basis,
+        duration_seconds=duration, cost=accrual.cost_of(duration, accelerators, pool_spec.price_per_hour),
+        unfit=unfit, parts=tuple(parts), min_seconds=math.floor(sum(p.min_seconds for p in parts)),
+        max_seconds=math.ceil(sum(p.max_seconds for p in parts)), prior_basis=prior_basis,
     )
 
 

@@ -6,10 +6,11 @@ The model (docs/estimates.md has the derivation and a worked example):
   trainer process* (the trainer's contract); a run has one process per accelerator, or
   one per node on CPU pools — the same count the cost model bills. So
   `samples = remaining steps × batchSize × gradientAccumulation × processes`.
-* **Throughput per accelerator** (in "full-training, mixed-precision" samples/s):
-  the mean measured on this pool for the same architecture and resolution
-  (`AcceleratorPool.status.measured`), else the prior
-  `reference device FLOP/s × pool.relativeThroughput / training FLOPs per sample`.
+* **Effective FLOP/s per accelerator** (in full-training, mixed-precision units): measured
+  on the pool by earlier runs (`calibration.py`, `AcceleratorPool.status.calibration`), else
+  the prior `prior_flops_per_second`: a known accelerator's published dense bf16 peak ×
+  `MODEL_FLOPS_UTILISATION`, a cpu pool's `cpusPerNode` × `CPU_CORE_FLOPS`, or the
+  reference device's sustained FLOP/s; × `pool.relativeThroughput` in every case.
   Training FLOPs per sample are counted from the UNet's layers (convolutions, attention,
   transformer blocks) at the model's resolution: forward + backward = 3 × forward, plus
   the frozen VAE and text encoder forward for `stable-diffusion`.
@@ -18,9 +19,9 @@ The model (docs/estimates.md has the derivation and a worked example):
   (`METHOD_FACTORS`).
 * **Scaling.** `accelerators × efficiency`, efficiency = 0.98 per doubling of
   accelerators within a node × 0.95 per doubling of nodes.
-* **Calibration.** After a run, `update_measured` folds the trainer's observed
-  samples/s, normalised to one accelerator in full-training units, into the pool's
-  `status.measured`.
+* **Calibration.** After a run, `calibration.fold_run` records each part the trainer
+  timed (start-up, training FLOP/s, evaluation FLOP/s, checkpoint writes) on the pool;
+  `update_measured` still keeps the older per-architecture `status.measured` samples/s.
 """
 
 from __future__ import annotations
@@ -44,18 +45,51 @@ from . import accrual
 RunSpec = TrainingRunSpec | FineTuneSpec
 
 # ------------------------------------------------------------------ calibration
-#: Sustained training FLOP/s of the reference accelerator (relativeThroughput 1.0): one
-#: NVIDIA L4 in bf16 — 121 TFLOP/s dense peak at ~25 % utilisation, typical for UNets.
-REFERENCE_ACCELERATOR_FLOPS = 30e12
-#: Sustained training FLOP/s of the reference CPU node (relativeThroughput 1.0 on a CPU
-#: pool): an 8-vCPU AVX2 x86 node running PyTorch in fp32, ~15 % of its ~640 GFLOP/s peak.
-#: The default tiny model (64 px, channels 32/64/64) then trains at ~17 samples/s.
-REFERENCE_CPU_NODE_FLOPS = 100e9
+#: Training FLOP/s of one vCPU beside the per-step overhead, for cpu pools that give
+#: `cpusPerNode`: an AVX2 core's fp32 peak (2 FMA units × 8 lanes × 2 FLOP × ~2.5 GHz =
+#: 80 GFLOP/s) at ~45 % — fitted with STEP_OVERHEAD_SECONDS_CPU on the demo's machine
+#: (benchmarks/bench_step_overhead.py, docs/benchmarks.md).
+CPU_CORE_FLOPS = 38e9
+#: The reference CPU node (relativeThroughput 1.0 on a cpu pool without `cpusPerNode`): 8 vCPUs.
+REFERENCE_CPU_NODE_FLOPS = 8 * CPU_CORE_FLOPS
+#: Published dense bf16 peak FLOP/s of one accelerator (GPU: NVIDIA datasheets, without
+#: sparsity; TPU: Google Cloud's per-chip figures), by the GKE accelerator label.
+ACCELERATOR_PEAK_FLOPS = {
+    "nvidia-tesla-t4": 65e12,
+    "nvidia-tesla-v100": 125e12,
+    "nvidia-l4": 121e12,
+    "nvidia-tesla-a100": 312e12,
+    "nvidia-a100-80gb": 312e12,
+    "nvidia-l40s": 362e12,
+    "nvidia-h100-80gb": 989e12,
+    "nvidia-h100-mega-80gb": 989e12,
+    "nvidia-h200-141gb": 989e12,
+    "tpu-v4-podslice": 275e12,
+    "tpu-v5-lite-podslice": 197e12,
+    "tpu-v5p-slice": 459e12,
+    "tpu-v6e-slice": 918e12,
+}
+#: The share of that peak a diffusion UNet's training sustains (model FLOPs utilisation):
+#: ~25 % is typical of convolution-heavy models in bf16 (an L4 at 25 % is the reference).
+MODEL_FLOPS_UTILISATION = 0.25
+#: Sustained training FLOP/s of the reference accelerator (relativeThroughput 1.0 on a type
+#: not in ACCELERATOR_PEAK_FLOPS): one NVIDIA L4 in bf16 at MODEL_FLOPS_UTILISATION.
+REFERENCE_ACCELERATOR_FLOPS = ACCELERATOR_PEAK_FLOPS["nvidia-l4"] * MODEL_FLOPS_UTILISATION
 #: Seconds from Job creation to the first training step: image pull, model and data
 #: load; plus rendezvous per doubling of nodes.
 STARTUP_SECONDS_CPU = 30
 STARTUP_SECONDS_ACCELERATOR = 120
+#: Seconds per checkpoint or final-model write before one was measured on the pool: a
+#: small model's (a Stable-Diffusion-sized checkpoint takes longer until measured).
+CHECKPOINT_SECONDS_CPU = 1.0
+CHECKPOINT_SECONDS_ACCELERATOR = 2.0
 RENDEZVOUS_SECONDS_PER_NODE_DOUBLING = 15
+#: Seconds a training step costs besides its FLOPs, per trainer process: operator dispatch
+#: (a UNet step is hundreds of small kernels), the optimizer and EMA updates, assembling the
+#: batch. It dominates tiny models on a CPU, so a model with 4× the FLOPs per step takes
+#: less than 4× as long (docs/benchmarks.md measures it on the demo's machine).
+STEP_OVERHEAD_SECONDS_CPU = 0.075
+STEP_OVERHEAD_SECONDS_ACCELERATOR = 0.01
 #: Data-parallel efficiency per doubling of accelerators within a node / of nodes.
 INTRA_NODE_EFFICIENCY = 0.98
 INTER_NODE_EFFICIENCY = 0.95
@@ -171,10 +205,32 @@ def train_flops_per_sample(model: GenModelSpec) -> float:
     return 2 * 3 * unet_forward_macs(model.config, model.resolution)
 
 
+def forward_flops_per_sample(model: GenModelSpec) -> float:
+    """FLOPs of one denoising step on one sample at inference (≈ a third of training's)."""
+    return train_flops_per_sample(model) / 3
+
+
 def reference_samples_per_second(model: GenModelSpec, *, cpu: bool) -> float:
     """Prior samples/s of `model` on one reference device (an L4, or an 8-vCPU node)."""
     device = REFERENCE_CPU_NODE_FLOPS if cpu else REFERENCE_ACCELERATOR_FLOPS
     return device / train_flops_per_sample(model)
+
+
+def prior_flops_per_second(pool: AcceleratorPoolSpec) -> tuple[float, str]:
+    """The prior effective training FLOP/s of one accelerator (one node on cpu pools), and
+    where it comes from, in words."""
+    accelerator, relative = pool.accelerator, pool.relative_throughput
+    scale = f" × relativeThroughput {relative:g}" if relative != 1 else ""
+    if accelerator.is_cpu:
+        if pool.cpus_per_node:
+            return (pool.cpus_per_node * CPU_CORE_FLOPS * relative,
+                    f"{pool.cpus_per_node} vCPUs × {CPU_CORE_FLOPS / 1e9:g} GFLOP/s{scale}")
+        return REFERENCE_CPU_NODE_FLOPS * relative, f"the reference 8-vCPU node{scale}"
+    peak = ACCELERATOR_PEAK_FLOPS.get(accelerator.type)
+    if peak is not None:
+        return (peak * MODEL_FLOPS_UTILISATION * relative,
+                f"{accelerator.type} {peak / 1e12:g} TFLOP/s peak × {MODEL_FLOPS_UTILISATION:.0%}{scale}")
+    return REFERENCE_ACCELERATOR_FLOPS * relative, f"the reference L4{scale}"
 
 
 # ------------------------------------------------------------------ work and scaling
@@ -201,13 +257,60 @@ def work_factor(spec: RunSpec, *, cpu: bool) -> float:
     return factor
 
 
+def step_flops(spec: RunSpec, model: GenModelSpec, *, cpu: bool) -> float:
+    """FLOPs of one optimizer step of one trainer process, in full-training units."""
+    training = spec.training
+    return training.batch_size * training.gradient_accumulation * train_flops_per_sample(model) \
+        * work_factor(spec, cpu=cpu)
+
+
+def step_overhead_seconds(pool: AcceleratorPoolSpec) -> float:
+    """The per-step overhead on `pool`: its kind's, ÷ relativeThroughput (a faster pool)."""
+    base = STEP_OVERHEAD_SECONDS_CPU if pool.accelerator.is_cpu else STEP_OVERHEAD_SECONDS_ACCELERATOR
+    return base / pool.relative_throughput
+
+
+def compute_seconds(step_seconds: float, overhead: float) -> float:
+    """The part of a measured step that was FLOPs: the step less the overhead, at least a
+    quarter of it (a machine much faster than the overhead prior assumes)."""
+    return max(step_seconds - overhead, step_seconds / 4)
+
+
 def scaling_efficiency(nodes: int, per_node: int) -> float:
     return INTRA_NODE_EFFICIENCY ** math.log2(max(1, per_node)) * INTER_NODE_EFFICIENCY ** math.log2(max(1, nodes))
 
 
+def prior_startup_seconds(pool: AcceleratorPoolSpec) -> float:
+    """Start-up of a one-node run before any was measured on the pool."""
+    return STARTUP_SECONDS_CPU if pool.accelerator.is_cpu else STARTUP_SECONDS_ACCELERATOR
+
+
+def rendezvous_seconds(nodes: int) -> float:
+    """What start-up adds for `nodes` nodes over one (the rendezvous)."""
+    return RENDEZVOUS_SECONDS_PER_NODE_DOUBLING * math.log2(max(1, nodes))
+
+
 def startup_seconds(pool: AcceleratorPoolSpec, nodes: int) -> float:
-    base = STARTUP_SECONDS_CPU if pool.accelerator.is_cpu else STARTUP_SECONDS_ACCELERATOR
-    return base + RENDEZVOUS_SECONDS_PER_NODE_DOUBLING * math.log2(max(1, nodes))
+    return prior_startup_seconds(pool) + rendezvous_seconds(nodes)
+
+
+def checkpoint_writes(spec: RunSpec, *, completed_steps: int = 0) -> int:
+    """Checkpoint and model writes the trainer makes for the steps still to do: one every
+    `checkpoint.everySteps` before the last step, one at the last step, the final model."""
+    every, steps = spec.checkpoint.every_steps, spec.training.steps
+    if not every:
+        return 1
+    periodic = (steps - 1) // every - completed_steps // every if steps > completed_steps else 0
+    return max(0, periodic) + 2
+
+
+def evaluation_work(spec: RunSpec, model: GenModelSpec) -> float:
+    """FLOPs of the evaluation after training: samples × sampling steps × a denoising step."""
+    evaluation = spec.evaluation
+    if evaluation is None:
+        return 0.0
+    steps = evaluation.inference_steps or model.config.inference_steps
+    return evaluation.samples * steps * forward_flops_per_sample(model)
 
 
 def measured_for(pool: Resource, model: GenModelSpec) -> MeasuredThroughput | None:
@@ -218,13 +321,17 @@ def measured_for(pool: Resource, model: GenModelSpec) -> MeasuredThroughput | No
     return None
 
 
-def per_accelerator_samples_per_second(pool: Resource, model: GenModelSpec) -> tuple[float, str]:
-    """(samples/s of one accelerator in full-training units, "measured" or "prior")."""
+def legacy_measured_flops(pool: Resource, spec: RunSpec, model: GenModelSpec) -> tuple[float, int] | None:
+    """FLOP/s from the older `status.measured` entry for this model's architecture and
+    resolution (pools measured before `status.calibration` existed), and its runs."""
     measured = measured_for(pool, model)
-    if measured is not None and measured.samples_per_second > 0:
-        return measured.samples_per_second, "measured"
-    prior = reference_samples_per_second(model, cpu=pool.spec.accelerator.is_cpu)
-    return prior * pool.spec.relative_throughput, "prior"
+    if measured is None or measured.samples_per_second <= 0:
+        return None
+    cpu = pool.spec.accelerator.is_cpu
+    work = step_flops(spec, model, cpu=cpu)
+    efficiency = scaling_efficiency(spec.hardware.nodes, processes_per_node(pool.spec, spec.hardware.accelerators_per_node))
+    step = work / (measured.samples_per_second * train_flops_per_sample(model) * efficiency)
+    return work / (compute_seconds(step, step_overhead_seconds(pool.spec)) * efficiency), measured.runs
 
 
 # ------------------------------------------------------------------ calibration from runs

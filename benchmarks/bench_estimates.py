@@ -1,0 +1,158 @@
+"""Estimate vs actual on `genforge local` with real trainer processes, one run at a time.
+
+    python benchmarks/bench_estimates.py [--base-steps 150] [--scales 0.3 3] [--wide]
+
+Starts the local control plane (the emulated API server, the real operator, trainer Jobs
+as local processes), applies the examples' Dataset, GenModel `shapes` and `cpu` pool
+(its prior from `cpusPerNode`), then runs TrainingRuns one after another and prints, for
+each, the estimate the operator admitted it with (seconds, range, basis, cost) beside what
+it took (status.runningSeconds, accrued cost) and the error (status.cost.estimateError):
+
+1. `base` — `--base-steps` steps of the example run: estimated from the pool's prior
+   (the "before any run" figure), and the run that calibrates the pool;
+2. the same model with each of `--scales` × the steps (estimated from what `base` measured);
+3. `--wide`: a GenModel with channels 32/64 instead of 16/32 (≈4× the FLOPs per sample),
+   `--base-steps` steps on the same pool, estimated from the small model's measurement.
+
+The runs keep the example's evaluation (64 images × 25 steps) and checkpoints. Each run's
+figures come from the run's own status; nothing here is timed by the benchmark itself.
+Keep one invocation under ten minutes on a shared machine (split the scales over several).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = [str(ROOT / package) for package in ("operator", "trainer", "local")]
+sys.path[:0] = PACKAGES
+# the operator and the trainers run as child processes: they import this checkout too
+os.environ["PYTHONPATH"] = os.pathsep.join(PACKAGES + [p for p in [os.environ.get("PYTHONPATH")] if p])
+
+from genforge_local.control_plane import LocalControlPlane  # noqa: E402
+from genforge_operator.api import parse_resource  # noqa: E402
+from genforge_operator.money import throughput  # noqa: E402
+
+FINAL = {"Succeeded", "Failed", "BudgetExceeded"}
+
+
+def example(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((ROOT / "examples" / name).read_text()) if d]
+
+
+def wide_model(model: dict) -> dict:
+    wide = copy.deepcopy(model)
+    wide["metadata"] = {"name": "shapes-wide"}
+    wide["spec"]["config"]["blockOutChannels"] = [32, 64]
+    return wide
+
+
+def training_run(base: dict, name: str, steps: int, model: str = "shapes") -> dict:
+    run = copy.deepcopy(base)
+    run["metadata"] = {"name": name}
+    run["spec"]["modelRef"] = {"name": model}
+    training = run["spec"]["training"]
+    training["steps"] = steps
+    training["lrWarmupSteps"] = min(int(training.get("lrWarmupSteps", 0)), steps)
+    run["spec"]["checkpoint"]["everySteps"] = max(1, min(int(run["spec"]["checkpoint"]["everySteps"]), steps))
+    return run
+
+
+def wait_final(api, kind: str, name: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        obj = next((o for o in api.items(kind) if o["metadata"]["name"] == name), None)
+        if obj and (obj.get("status") or {}).get("phase") in FINAL | {"Ready"}:
+            time.sleep(2.0)  # the operator's last status round (pool calibration, error)
+            return next(o for o in api.items(kind) if o["metadata"]["name"] == name)
+        time.sleep(0.5)
+    raise TimeoutError(f"{kind} {name} did not finish in {timeout:.0f} s")
+
+
+def flops_ratio(small: dict, wide: dict) -> float:
+    def spec(body):
+        return parse_resource({**body, "apiVersion": "genforge.dev/v1alpha1"}).spec
+    return throughput.train_flops_per_sample(spec(wide)) / throughput.train_flops_per_sample(spec(small))
+
+
+def row(label: str, run: dict) -> dict:
+    status = run.get("status") or {}
+    cost, estimate = status.get("cost") or {}, status.get("estimate") or {}
+    return {"run": label, "steps": run["spec"]["training"]["steps"], "phase": status.get("phase"),
+            "estimate": cost.get("estimatedSeconds"), "min": estimate.get("minSeconds"),
+            "max": estimate.get("maxSeconds"), "basis": estimate.get("basis", ""),
+            "actual": status.get("runningSeconds"), "error": cost.get("estimateError"),
+            "estimatedCost": cost.get("estimated"), "cost": cost.get("accrued")}
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'run':<22} {'steps':>6} {'estimate s':>10} {'range s':>12} {'actual s':>9} {'error':>7} "
+          f"{'est. $':>9} {'actual $':>9}  basis")
+    for r in rows:
+        span = f"{r['min']:.0f}–{r['max']:.0f}" if r["min"] is not None else "-"
+        error = f"{r['error']:+.1%}" if r["error"] is not None else "-"
+        print(f"{r['run']:<22} {r['steps']:>6} {r['estimate'] or 0:>10.0f} {span:>12} {r['actual'] or 0:>9.0f} "
+              f"{error:>7} {r['estimatedCost'] or '-':>9} {r['cost'] or '-':>9}  {r['basis']}")
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-steps", type=int, default=150)
+    parser.add_argument("--scales", type=float, nargs="*", default=[0.3, 3.0])
+    parser.add_argument("--wide", action="store_true", help="also a model with ~4x the FLOPs per sample")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per run")
+    args = parser.parse_args(argv)
+    # a `timeout` or kill stops the control plane too (its operator and trainers are children)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    pools = [p for p in example("pools.yaml") if p["metadata"]["name"] == "cpu"]
+    model = example("model.yaml")[0]
+    run_example = example("trainingrun.yaml")[0]
+    wide = wide_model(model)
+    data = Path(tempfile.mkdtemp(prefix="genforge-bench-estimates-"))
+    plane = LocalControlPlane(data)
+    rows = []
+    try:
+        plane.start()
+        api = plane.api()
+        for obj in [*pools, model, wide, *example("dataset.yaml")]:
+            api.apply(obj)
+        wait_final(api, "Dataset", "shapes", args.timeout)
+        plan = [("base", args.base_steps, "shapes")]
+        plan += [(f"x{scale:g}", max(1, round(args.base_steps * scale)), "shapes") for scale in args.scales]
+        if args.wide:
+            plan.append((f"wide (x{flops_ratio(model, wide):.1f} FLOPs)", args.base_steps, "shapes-wide"))
+        for i, (label, steps, model_name) in enumerate(plan):
+            name = f"bench-{i}"
+            api.apply(training_run(run_example, name, steps, model_name))
+            rows.append(row(label, wait_final(api, "TrainingRun", name, args.timeout)))
+            print(f"{label}: {rows[-1]}", file=sys.stderr, flush=True)
+        pool = next(p for p in api.items("AcceleratorPool") if p["metadata"]["name"] == "cpu")
+    finally:
+        plane.stop()
+    print(f"genforge local, pool cpu (cpusPerNode {pools[0]['spec'].get('cpusPerNode')}), "
+          f"example run at batch {run_example['spec']['training']['batchSize']}, one run at a time")
+    print_table(rows)
+    calibration = (pool.get("status") or {}).get("calibration") or {}
+    for field, part in calibration.items():
+        print(f"pool cpu {field}: {part['value']:.4g} (median of {part['used']} of {part['runs']} runs, "
+              f"kept {part['low']:.4g}–{part['high']:.4g})")
+    print(f"data and logs: {data}")
+    return 0 if all(r["phase"] == "Succeeded" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""What runs on a pool measured, kept robustly in `AcceleratorPool.status.calibration`. Pure.
+
+A run's duration is estimated as four parts (docs/estimates.md): start-up, training,
+evaluation and checkpoint writes. At the end of a successful run the trainer reports
+how long each took (its termination message's `timing`); `observe_run` turns that into
+one value per part that transfers to other runs on the same pool:
+
+* `startupSeconds` — the run's running time minus its training, evaluation and
+  checkpoint time: pod start → first step (imports, data and model load) and the exit,
+  for one node (the rendezvous of more nodes is added by the estimate);
+* `trainingFlopsPerSecond` — training FLOP/s of one accelerator in full-training units:
+  FLOPs of a step (batch × accumulation × FLOPs per sample × work factor) ÷ the step's
+  seconds less the per-step overhead (`throughput.STEP_OVERHEAD_SECONDS_*`) ÷ scaling
+  efficiency. FLOPs, not samples/s, so that one run calibrates the pool for every model;
+* `evaluationFlopsPerSecond` — samples × sampling steps × FLOPs of a denoising step ÷
+  the evaluation's seconds (held-out loss and FID features ride along);
+* `checkpointSeconds` — seconds per checkpoint or final-model write.
+
+`fold_run` adds the values to each part's recent window (`WINDOW` runs) and keeps the
+median of the values within ×`OUTLIER_FACTOR` of the window's median, with the counts,
+the kept range and the date.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..api import CalibrationPart, CalibrationSample, GenModelSpec, PoolCalibration, Resource
+from . import accrual
+from .throughput import (
+    RunSpec,
+    compute_seconds,
+    forward_flops_per_sample,
+    processes_per_node,
+    rendezvous_seconds,
+    scaling_efficiency,
+    step_flops,
+    step_overhead_seconds,
+)
+
+#: Runs kept per part; older ones fall out.
+WINDOW = 9
+#: Values beyond ×2 / ÷2 of the window's median are outliers (a run on a busy node, a
+#: cold image cache) and are not used.
+OUTLIER_FACTOR = 2.0
+#: The fields of `PoolCalibration`, by the estimate part they calibrate.
+FIELDS = {"startup": "startup_seconds", "training": "training_flops_per_second",
+          "evaluation": "evaluation_flops_per_second", "checkpoints": "checkpoint_seconds"}
+
+
+def _number(timing: Mapping[str, Any], key: str) -> float | None:
+    value = timing.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return None
+    return float(value)
+
+
+def observe_run(timing: Mapping[str, Any], *, running_seconds: float | None, pool: Resource, spec: RunSpec,
+                model: GenModelSpec) -> dict[str, float]:
+    """One value per part this run measured (part → value); parts it did not measure are absent."""
+    out: dict[str, float] = {}
+    pool_spec, hardware = pool.spec, spec.hardware
+    cpu = pool_spec.accelerator.is_cpu
+    training_seconds = _number(timing, "trainingSeconds")
+    samples = _number(timing, "trainingSamples")
+    if training_seconds and samples:
+        accelerators = accrual.accelerators_on(pool_spec, hardware)
+        efficiency = scaling_efficiency(hardware.nodes, processes_per_node(pool_spec, hardware.accelerators_per_node))
+        training = spec.training
+        steps = samples / (training.batch_size * training.gradient_accumulation * accelerators)
+        compute = compute_seconds(training_seconds / steps, step_overhead_seconds(pool_spec))
+        out["training"] = step_flops(spec, model, cpu=cpu) / compute / efficiency
+    evaluation_seconds = _number(timing, "evaluationSeconds")
+    eval_samples, eval_steps = _number(timing, "evaluationSamples"), _number(timing, "inferenceSteps")
+    if evaluation_seconds and eval_samples and eval_steps:
+        out["evaluation"] = eval_samples * eval_steps * forward_flops_per_sample(model) / evaluation_seconds
+    checkpoint_seconds, writes = _number(timing, "checkpointSeconds"), _number(timing, "writes")
+    if checkpoint_seconds is not None and writes:
+        out["checkpoints"] = checkpoint_seconds / writes
+    trainer_startup = _number(timing, "startupSeconds")
+    fresh = timing.get("startStep") == 0
+    if fresh and running_seconds and training_seconds is not None:
+        rest = running_seconds - training_seconds - (evaluation_seconds or 0.0) - (checkpoint_seconds or 0.0)
+        startup = max(rest, trainer_startup or 0.0) - rendezvous_seconds(hardware.nodes)
+        out["startup"] = max(0.0, startup)
+    return out
+
+
+def robust(values: Sequence[float]) -> tuple[float, list[float]]:
+    """(median of the kept values, the kept values): values beyond ×OUTLIER_FACTOR of the
+    median of all are dropped."""
+    middle = statistics.median(values)
+    kept = [v for v in values if middle / OUTLIER_FACTOR <= v <= middle * OUTLIER_FACTOR] or list(values)
+    return statistics.median(kept), kept
+
+
+def summarise(recent: Sequence[CalibrationSample]) -> CalibrationPart:
+    value, kept = robust([s.value for s in recent])
+    return CalibrationPart(value=round(value, 6), runs=len(recent), used=len(kept), low=round(min(kept), 6),
+                           high=round(max(kept), 6), updated=max(s.at for s in recent), recent=list(recent))
+
+
+def fold_run(calibration: PoolCalibration | None, observed: Mapping[str, float], *, at: str,
+             run: str) -> PoolCalibration:
+    """The pool's calibration after a run observed `observed` (part → value) at `at`."""
+    calibration = calibration or PoolCalibration()
+    changes = {}
+    for part, value in observed.items():
+        name = FIELDS[part]
+        current: CalibrationPart | None = getattr(calibration, name)
+        recent = [*(current.recent if current else []), CalibrationSample(round(value, 6), at, run)][-WINDOW:]
+        changes[name] = summarise(recent)
+    return dataclasses.replace(calibration, **changes)
+
+
+def measured_part(pool: Resource, part: str) -> CalibrationPart | None:
+    """The pool's measurement of `part`, if any run measured it."""
+    calibration = pool.status.calibration if pool.status else None
+    if calibration is None:
+        return None
+    measured = getattr(calibration, FIELDS[part])
+    return measured if measured is not None and measured.value > 0 and measured.used > 0 else None
