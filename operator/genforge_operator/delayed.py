@@ -39,6 +39,7 @@ class DelayedCalls:
         self._running: set[Hashable] = set()
         self._again: set[Hashable] = set()  # became due while running: once more afterwards
         self._order = itertools.count()
+        self._closed = False
         threading.Thread(target=self._timer, name=f"{name}-timer", daemon=True).start()
         for i in range(workers):
             threading.Thread(target=self._worker, name=f"{name}-{i}", daemon=True).start()
@@ -49,6 +50,8 @@ class DelayedCalls:
         due = time.monotonic() + max(0.0, delay)
         context = contextvars.copy_context()  # kopf's event-posting settings live in context variables
         with self._lock:
+            if self._closed:
+                return
             self._calls[key] = lambda: context.run(fn, *args)
             if key in self._queued or (key in self._due and self._due[key] <= due):
                 return
@@ -58,6 +61,17 @@ class DelayedCalls:
                 return
             self._due[key] = due
             heapq.heappush(self._heap, (due, next(self._order), key))
+            self._lock.notify_all()
+
+    def close(self) -> None:
+        """Drop what is pending and let the threads end (calls running now finish)."""
+        with self._lock:
+            self._closed = True
+            self._heap.clear()
+            self._due.clear()
+            self._queue.clear()
+            self._queued.clear()
+            self._again.clear()
             self._lock.notify_all()
 
     def due_in(self, key: Hashable) -> float | None:
@@ -83,7 +97,7 @@ class DelayedCalls:
 
     def _timer(self) -> None:
         with self._lock:
-            while True:
+            while not self._closed:
                 now = time.monotonic()
                 while self._heap and self._heap[0][0] <= now:
                     due, _, key = heapq.heappop(self._heap)
@@ -95,8 +109,10 @@ class DelayedCalls:
     def _worker(self) -> None:
         while True:
             with self._lock:
-                while not self._queue:
+                while not self._queue and not self._closed:
                     self._lock.wait()
+                if self._closed:
+                    return
                 key = self._queue.popleft()
                 self._queued.discard(key)
                 self._running.add(key)

@@ -48,11 +48,25 @@ def reconciler() -> Reconciler:
     return _RECONCILER
 
 
+def _forget_reconciler() -> None:
+    """Drop the reconciler and its pending re-checks (they hold the indexes of a kopf run
+    that has ended; an operator restarted in the same process starts clean)."""
+    global _RECONCILER
+    if _RECONCILER is not None:
+        _RECONCILER.close()
+    _RECONCILER = None
+
+
+@kopf.on.cleanup()
+def cleanup(**_):
+    _forget_reconciler()
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_):
     global CONFIG, _RECONCILER
     CONFIG = OperatorConfig.from_env()  # `genforge operator` may have set peering since import
-    _RECONCILER = None  # a (re)start talks to the API server it is configured for now
+    _forget_reconciler()  # a (re)start talks to the API server it is configured for now
     # kopf's bookkeeping (handler progress, last-handled spec) goes to annotations under
     # our own prefix, not to `status`: the CRDs' status schemas stay strict (no
     # preserve-unknown-fields), so anything kopf wrote to status would be pruned.

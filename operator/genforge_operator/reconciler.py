@@ -110,6 +110,10 @@ class Reconciler:
                 self.recheck_soon(self.tick_period(), kind, namespace, name, idx)
                 raise
 
+    def close(self) -> None:
+        """Stop the re-check queue (tests and a stopping operator)."""
+        self._rechecks.close()
+
     def tick_period(self) -> float:
         """Seconds between two periodic re-checks of one unfinished object at the present load.
 

@@ -7,11 +7,26 @@ import contextvars
 import threading
 import time
 
+import pytest
 from harness import wait_for
 
 from genforge_operator.delayed import DelayedCalls
 
 KEY = ("TrainingRun", "team-a", "run-1")
+MADE: list[DelayedCalls] = []
+
+
+@pytest.fixture(autouse=True)
+def no_threads_left():
+    yield
+    while MADE:
+        MADE.pop().close()
+
+
+def queue(workers: int) -> DelayedCalls:
+    calls = DelayedCalls(workers=workers)
+    MADE.append(calls)
+    return calls
 
 
 class Recorder:
@@ -28,7 +43,7 @@ class Recorder:
 
 
 def test_a_burst_of_requests_is_one_call():
-    calls, rec = DelayedCalls(workers=2), Recorder()
+    calls, rec = queue(2), Recorder()
     for i in range(50):
         calls.schedule(KEY, 0.2, rec, f"event-{i}")
     wait_for(lambda: rec.calls, timeout=5, message="the call ran")
@@ -38,7 +53,7 @@ def test_a_burst_of_requests_is_one_call():
 
 
 def test_a_sooner_request_replaces_a_later_one_and_a_later_one_is_ignored():
-    calls, rec = DelayedCalls(workers=2), Recorder()
+    calls, rec = queue(2), Recorder()
     start = time.monotonic()
     calls.schedule(KEY, 5.0, rec, "late")
     calls.schedule(KEY, 0.1, rec, "soon")
@@ -51,7 +66,7 @@ def test_a_sooner_request_replaces_a_later_one_and_a_later_one_is_ignored():
 
 def test_a_request_while_the_call_runs_runs_once_more_afterwards():
     hold = threading.Event()
-    calls, rec = DelayedCalls(workers=4), Recorder(hold)
+    calls, rec = queue(4), Recorder(hold)
     calls.schedule(KEY, 0, rec, "first")
     assert rec.started.wait(5)
     for i in range(5):  # while it runs: not in parallel, once afterwards
@@ -65,7 +80,7 @@ def test_a_request_while_the_call_runs_runs_once_more_afterwards():
 
 
 def test_different_objects_run_in_parallel_and_a_failure_does_not_stop_the_queue():
-    calls = DelayedCalls(workers=2)
+    calls = queue(2)
     seen: list[str] = []
     variable = contextvars.ContextVar("variable", default="unset")
 
@@ -77,3 +92,12 @@ def test_different_objects_run_in_parallel_and_a_failure_does_not_stop_the_queue
     calls.schedule(KEY, 0.05, lambda: seen.append(variable.get()))
     wait_for(lambda: seen, timeout=5, message="the second call ran")
     assert seen == ["the caller's"]  # context variables travel with the call (kopf's posting settings)
+
+
+def test_a_closed_queue_calls_nothing_more():
+    calls, rec = queue(2), Recorder()
+    calls.schedule(KEY, 0.2, rec, "never")
+    calls.close()
+    calls.schedule(KEY, 0, rec, "after close")
+    time.sleep(0.5)
+    assert rec.calls == [] and calls.pending() == 0

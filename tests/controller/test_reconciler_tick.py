@@ -45,9 +45,15 @@ def dataset(name: str) -> dict:
             "spec": {"source": {"uri": "synthetic://shapes?count=8&size=32"}}, "status": {}}
 
 
+MADE: list[Reconciler] = []
+
+
 @pytest.fixture(autouse=True)
-def no_events(monkeypatch):
+def no_events_and_no_threads_left(monkeypatch):
     monkeypatch.setattr(kopf, "event", lambda *args, **kwargs: None)
+    yield
+    while MADE:  # their re-check queues must not call into later tests
+        MADE.pop().close()
 
 
 def reconciled(names, **config) -> tuple[Reconciler, FakeKube, dict]:
@@ -55,6 +61,7 @@ def reconciled(names, **config) -> tuple[Reconciler, FakeKube, dict]:
     for name in names:
         kube.objects[name] = dataset(name)
     rec = Reconciler(kube, OperatorConfig(**config))
+    MADE.append(rec)
     idx = {name: {} for name in INDEXES}
     for name in names:
         rec.reconcile("Dataset", NS, name, idx)
@@ -98,6 +105,7 @@ def test_a_failing_reconcile_is_retried_later():
         raise RuntimeError("API server unreachable")
 
     kube.get = broken
+    rec._rechecks.close()
     rec._rechecks = type(rec._rechecks)(workers=1)  # nothing pending
     with pytest.raises(RuntimeError):
         rec.reconcile("Dataset", NS, "d0", idx)
