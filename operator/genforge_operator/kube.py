@@ -95,14 +95,6 @@ def service_account_dir(config: OperatorConfig | None = None) -> str:
     return mapped.get(SERVICE_ACCOUNT_DIR) or SERVICE_ACCOUNT_DIR
 
 
-def _body(response) -> bytes:
-    """The raw body of a `_preload_content=False` call, its connection back in the pool."""
-    try:
-        return response.data
-    finally:
-        response.release_conn()
-
-
 def load_cluster_config(config: OperatorConfig | None = None) -> None:
     """The kubernetes client's default configuration: in-cluster (the pod's ServiceAccount), else kubeconfig."""
     folder = service_account_dir(config)
@@ -221,7 +213,7 @@ class Kube:
     # ---------------------------------------------------------------- children
     def get_job(self, namespace: str, name: str) -> dict | None:
         try:
-            return json.loads(_body(self.batch.read_namespaced_job(name, namespace, _preload_content=False)))
+            return self.api_client.sanitize_for_serialization(self.batch.read_namespaced_job(name, namespace))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -256,16 +248,16 @@ class Kube:
         """Create a child; one that already exists (a restart, a race) is fine."""
         kind, namespace = obj["kind"], obj["metadata"]["namespace"]
         try:
-            # The created object is not read back: no model objects to build (they cost
-            # milliseconds of CPU each, for thousands of runs).
+            # Not `_preload_content=False` to skip building model objects: with it this client
+            # returns the raw response without raising on an error status (a 5xx create would pass).
             if kind == "Job":
-                _body(self.batch.create_namespaced_job(namespace, obj, _preload_content=False))
+                self.batch.create_namespaced_job(namespace, obj)
             elif kind == "ConfigMap":
-                _body(self.core.create_namespaced_config_map(namespace, obj, _preload_content=False))
+                self.core.create_namespaced_config_map(namespace, obj)
             elif kind == "Service":
-                _body(self.core.create_namespaced_service(namespace, obj, _preload_content=False))
+                self.core.create_namespaced_service(namespace, obj)
             elif kind == "ServiceAccount":
-                _body(self.core.create_namespaced_service_account(namespace, obj, _preload_content=False))
+                self.core.create_namespaced_service_account(namespace, obj)
             else:  # pragma: no cover - the builders make nothing else
                 raise ValueError(f"unexpected child kind {kind}")
         except ApiException as exc:
@@ -275,8 +267,7 @@ class Kube:
 
     def patch_job(self, namespace: str, name: str, patch: dict) -> None:
         try:
-            _body(self.batch.patch_namespaced_job(name, namespace, patch, _content_type=MERGE_PATCH,
-                                                  _preload_content=False))
+            self.batch.patch_namespaced_job(name, namespace, patch, _content_type=MERGE_PATCH)
         except ApiException as exc:
             if exc.status == 404:
                 return

@@ -30,7 +30,7 @@ from .reconciler import (
     update_budget,
     waits_for_dataset,
 )
-from .vocabulary import DatasetPhase
+from .vocabulary import FINAL_PHASES, DatasetPhase
 
 log = logging.getLogger("genforge")
 CONFIG = OperatorConfig.from_env()
@@ -191,8 +191,17 @@ def _register_owned(kind: str, plural: str) -> None:
     def _changed(namespace, name, logger, **kwargs):
         reconciler().reconcile(kind, namespace, name, _indexes(kwargs), logger)
 
-    # No kopf timer: each reconcile of an unfinished object schedules its next re-check
-    # (Reconciler.tick_period), as a controller's "requeue after" would.
+    # Each reconcile of an unfinished object schedules its next re-check (Reconciler.tick_period),
+    # as a controller's "requeue after" would; kopf's timer is only the safety net for an
+    # object with none pending (one whose reconcile never completed, e.g. under API faults).
+    def _active(status, **_):
+        return (status or {}).get("phase") not in FINAL_PHASES
+
+    @kopf.timer(GROUP, VERSION, plural, interval=CONFIG.enforcement_interval, initial_delay=1.0,
+                when=_active, id=f"{plural}-tick")
+    def _tick(namespace, name, logger, **kwargs):
+        if not reconciler().recheck_pending(kind, namespace, name):
+            reconciler().reconcile(kind, namespace, name, _indexes(kwargs), logger)
 
 
 for _kind, _plural in OWNED_PLURALS.items():

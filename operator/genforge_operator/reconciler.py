@@ -110,6 +110,9 @@ class Reconciler:
                 self.recheck_soon(self.tick_period(), kind, namespace, name, idx)
                 raise
 
+    def recheck_pending(self, kind: str, namespace: str, name: str) -> bool:
+        return self._rechecks.due_in((kind, namespace, name)) is not None
+
     def close(self) -> None:
         """Stop the re-check queue (tests and a stopping operator)."""
         self._rechecks.close()
