@@ -135,6 +135,11 @@ RECIPES: dict[str, dict] = {
         "model": {"predictionType": "v_prediction", "rescaleBetasZeroSnr": True, "timestepSpacing": "trailing"},
         "training": {"ema": True, "emaDecay": 0.999, "snrGamma": 5.0, "steps": 6000},
     },
+    # Issue 21, part 2: one change each to the shipped recipe (v-small-g20, what examples/ say).
+    "ex-x0": {"base": "examples", "model": {"predictionType": "sample"}},  # x0 prediction, same min-SNR-γ 20
+    "ex-b64": {"base": "examples", "training": {"batchSize": 64, "steps": 1400}},  # more samples/s, fewer updates
+    "ex-lr1e-2": {"base": "examples", "training": {"learningRate": 1.0e-2}},
+    "ex-g50": {"base": "examples", "training": {"snrGamma": 50.0}},  # more weight on the low-noise steps
     "eps-minsnr-ema": {
         "model": {"predictionType": "epsilon", "rescaleBetasZeroSnr": None, "timestepSpacing": None},
         "training": {"ema": True, "emaDecay": 0.999, "snrGamma": 5.0},

@@ -296,7 +296,7 @@ class ModelConfig:
     dropout: float = 0.0
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     inference_steps: int = 50
     rescale_betas_zero_snr: bool = False
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"

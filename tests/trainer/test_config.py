@@ -111,7 +111,7 @@ REJECTED = [
     (
         "zero-terminal-snr-with-epsilon",
         {"model": {"config": {"rescaleBetasZeroSnr": True}}},
-        "model.config.rescaleBetasZeroSnr: needs predictionType v_prediction",
+        "model.config.rescaleBetasZeroSnr: needs predictionType v_prediction or sample",
     ),
     (
         "bad-timestep-spacing",

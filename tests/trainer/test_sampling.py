@@ -28,7 +28,7 @@ SIZE = 8
 
 
 class Oracle(nn.Module):
-    """Predicts the exact noise/velocity that turns ``targets[label]`` into ``x`` at ``t``."""
+    """Predicts the exact noise/velocity/image that turns ``targets[label]`` into ``x`` at ``t``."""
 
     def __init__(self, targets: torch.Tensor, scheduler) -> None:
         super().__init__()
@@ -42,6 +42,8 @@ class Oracle(nn.Module):
         eps = (x - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
         if self.scheduler.config.prediction_type == "v_prediction":
             return SimpleNamespace(sample=alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0)
+        if self.scheduler.config.prediction_type == "sample":
+            return SimpleNamespace(sample=x0)
         return SimpleNamespace(sample=eps)
 
 
@@ -62,7 +64,7 @@ def oracle_model(prediction_type: str, beta_schedule: str, labels: list[str]) ->
 
 @pytest.mark.parametrize("steps", [1, 7, 50])
 @pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_a_perfect_denoiser_samples_its_image_exactly(prediction_type, beta_schedule, steps):
     model = oracle_model(prediction_type, beta_schedule, [])
     images = model.sample(3, steps=steps, generator=torch.Generator().manual_seed(1))
@@ -82,7 +84,7 @@ def test_class_labels_reach_the_denoiser_in_order():
         assert (image - targets(3)[labels.index(label)]).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_sampler_matches_diffusers_ddim_pipeline(prediction_type):
     """Same weights, same noise: our grid sampler and ``DDIMPipeline`` give the same images."""
     from diffusers import DDIMPipeline, DDIMScheduler

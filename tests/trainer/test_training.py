@@ -372,7 +372,7 @@ def test_compile_is_automatic_only_for_long_cuda_runs(requested, steps, device, 
 # --------------------------------------------------------------------------- recipe knobs (issue 21)
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 def test_min_snr_weights_follow_the_paper(prediction):
     from diffusers import DDPMScheduler
 
@@ -382,13 +382,12 @@ def test_min_snr_weights_follow_the_paper(prediction):
     t = torch.tensor([0, 100, 500, 999])
     alpha_bar = scheduler.alphas_cumprod[t].double()
     snr = alpha_bar / (1 - alpha_bar)
-    expected = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64))
-    expected = expected / (snr + 1 if prediction == "v_prediction" else snr)
-    assert torch.allclose(snr_weights(scheduler, t, 5.0).double(), expected, rtol=1e-4)
-    # Low noise (high SNR) is weighted down, high noise keeps full weight (epsilon) —
-    # the point of the method.
-    weights = snr_weights(scheduler, t, 5.0)
-    assert weights[0] < 0.01 and (prediction == "v_prediction" or weights[-1] == pytest.approx(1.0))
+    # The squared error of an epsilon, v or x0 prediction is SNR, SNR + 1 or 1 times the
+    # image's; whatever the model predicts, the image's error ends up weighted by
+    # min(SNR, γ): the many easy low-noise steps count no more than a step at SNR γ.
+    image_error_factor = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction]
+    weights = snr_weights(scheduler, t, 5.0).double()
+    assert torch.allclose(weights * image_error_factor, torch.clamp(snr, max=5.0), rtol=1e-4)
 
 
 def test_a_zero_terminal_snr_v_prediction_run_with_min_snr_and_ema_trains_and_reports_statistics(

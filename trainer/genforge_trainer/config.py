@@ -130,14 +130,17 @@ class ModelConfig:
     dropout: float = 0.0
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    #: What the denoiser predicts: the noise (``epsilon``), the velocity ``α·ε − σ·x0``
+    #: (``v_prediction``) or the clean image itself (``sample``, x0).
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     #: Denoising steps when sampling (evaluation, sample grids, DreamBooth class images);
     #: sampling uses DDIM on the trained DDPM noise schedule.
     inference_steps: int = 50
     #: Rescale the betas to zero terminal SNR (Lin et al., "Common Diffusion Noise Schedules
     #: and Sample Steps are Flawed"): the last training step is pure noise, as sampling's
     #: first step is, so the model cannot lean on image statistics (a mean colour) that
-    #: leak through training's last step and are absent when sampling. Needs v_prediction.
+    #: leak through training's last step and are absent when sampling. Needs v_prediction
+    #: or sample.
     rescale_betas_zero_snr: bool = False
     #: Where sampling's timesteps fall: ``leading`` (diffusers' default), ``trailing``
     #: (starts at the last training step — with zero terminal SNR), ``linspace``.
@@ -180,9 +183,10 @@ class ModelConfig:
         )
         _check(
             errors,
-            not self.rescale_betas_zero_snr or self.prediction_type == "v_prediction",
+            not self.rescale_betas_zero_snr or self.prediction_type != "epsilon",
             f"{path}.rescaleBetasZeroSnr",
-            "needs predictionType v_prediction (at zero SNR an epsilon prediction says nothing about the image)",
+            "needs predictionType v_prediction or sample (at zero SNR an epsilon prediction says nothing "
+            "about the image)",
         )
 
     @property
@@ -291,7 +295,8 @@ class TrainingSpec:
     #: so a short run's average follows its recent weights, not its random initial ones.
     ema_decay: float = 0.999
     #: Min-SNR-γ loss weighting (Hang et al., 2023): each timestep's loss weighted by
-    #: ``min(SNR, γ) / SNR`` (epsilon) or ``min(SNR, γ) / (SNR + 1)`` (v-prediction), so the
+    #: ``min(SNR, γ) / SNR`` (epsilon), ``min(SNR, γ) / (SNR + 1)`` (v-prediction) or
+    #: ``min(SNR, γ)`` (sample) — the same weighting of the image's error — so the
     #: many easy low-noise steps stop dominating; 5 is the paper's value. Null: unweighted.
     snr_gamma: float | None = None
     weight_decay: float = 0.0

@@ -103,13 +103,16 @@ def per_sample_denoising_loss(
 def snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-γ weights (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting
     Strategy", 2023) of ``timesteps``: ``min(SNR, γ) / SNR`` for an epsilon target,
-    ``min(SNR, γ) / (SNR + 1)`` for a v target (the same weighting of the x0 error)."""
+    ``min(SNR, γ) / (SNR + 1)`` for a v target and ``min(SNR, γ)`` for an x0 (``sample``)
+    target — the same weighting of the x0 error for all three."""
     from diffusers.training_utils import compute_snr
 
     snr = compute_snr(scheduler, timesteps).float()
     clipped = torch.clamp(snr, max=gamma)
     if scheduler.config.prediction_type == "v_prediction":
         return clipped / (snr + 1)
+    if scheduler.config.prediction_type == "sample":
+        return clipped
     return clipped / snr.clamp(min=1e-8)
 
 

@@ -161,6 +161,8 @@ class DiffusionModel:
             return noise
         if kind == "v_prediction":
             return self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        if kind == "sample":
+            return latents
         raise ConfigError(f"unsupported prediction type {kind!r}")
 
     # ------------------------------------------------------------------ sampling
