@@ -229,6 +229,13 @@ class Reconciler:
         self._unfinished.discard(key)
         self._looked.pop(key, None)
 
+    def _remember_created_job(self, namespace: str, job: dict) -> None:
+        now = time.monotonic()
+        if len(self._created_jobs) >= 1000:  # runs deleted before their next reconcile
+            for key in [k for k, (_, when) in self._created_jobs.items() if now - when > CREATED_JOB_MEMO_SECONDS]:
+                del self._created_jobs[key]
+        self._created_jobs[(namespace, job["metadata"]["name"])] = (job, now)
+
     def _just_created_job(self, namespace: str, name: str) -> dict | None:
         """The Job this process created a moment ago, as the API server answered the create,
         while the Job index has not caught up (it does within a second, unless the watch
@@ -267,7 +274,7 @@ class Reconciler:
         for obj in outcome.create:
             created = self.kube.create(obj)
             if created and obj["kind"] == "Job":
-                self._created_jobs[(namespace, obj["metadata"]["name"])] = (created, time.monotonic())
+                self._remember_created_job(namespace, created)
         job_name = outcome.status.get("job")
         if outcome.job_patch and job_name:
             self.kube.patch_job(namespace, job_name, outcome.job_patch)

@@ -156,19 +156,36 @@ class JobKube(FakeKube):
 
 
 def test_a_job_this_process_just_created_is_not_read_back(monkeypatch):
+    """The reconcile after the one that created a run's Job uses the create's answer while
+    the Job index has not caught up (at load its watch lags seconds behind); it reads the Job
+    back only once that answer is too old to stand for it."""
     from genforge_operator import reconciler as module
+    from genforge_operator.reconcile import Outcome
 
     kube = JobKube()
+    answer = {"kind": "Job", "metadata": {"name": "d0-job", "namespace": NS, "uid": "job-uid"}, "spec": {}}
+    kube.create = lambda obj: answer if obj["kind"] == "Job" else None
+    kube.objects["d0"] = dataset("d0")
+    seen: list = []
+
+    def decide(observed, config):
+        seen.append(observed.job)
+        if observed.body_status.get("job"):
+            return Outcome(status={"job": "d0-job"})
+        return Outcome(status={"job": "d0-job"}, create=[{"kind": "Job", "metadata": {"name": "d0-job", "namespace": NS}}])
+
+    monkeypatch.setattr(module, "reconcile_dataset", decide)
     rec = Reconciler(kube, OperatorConfig())
     MADE.append(rec)
-    answer = {"kind": "Job", "metadata": {"name": "r-abc", "namespace": NS, "uid": "job-uid"}, "spec": {}}
-    rec._created_jobs[(NS, "r-abc")] = (answer, module.time.monotonic())
-    assert rec._just_created_job(NS, "r-abc") is answer
-    assert rec._just_created_job(NS, "other") is None
+    idx = {name: {} for name in INDEXES}
+    rec.reconcile("Dataset", NS, "d0", idx)  # creates the Job
+    rec.reconcile("Dataset", NS, "d0", idx)  # the index has no Job yet
+    assert seen == [None, answer] and kube.job_reads == 0
     later = module.time.monotonic() + module.CREATED_JOB_MEMO_SECONDS + 1
     monkeypatch.setattr(module.time, "monotonic", lambda: later)
-    assert rec._just_created_job(NS, "r-abc") is None  # too old to stand for the Job now
-    assert (NS, "r-abc") not in rec._created_jobs
+    rec.reconcile("Dataset", NS, "d0", idx)  # too old to stand for the Job now: read it
+    assert kube.job_reads == 1 and seen[-1] is None
+    assert (NS, "d0-job") not in rec._created_jobs
 
 
 def test_job_and_pod_events_settle_longer_at_load():
