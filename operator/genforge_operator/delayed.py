@@ -30,7 +30,12 @@ log = logging.getLogger("genforge")
 
 class DelayedCalls:
     def __init__(self, workers: int, name: str = "genforge-recheck"):
-        self._lock = threading.Condition()
+        self._mutex = threading.Lock()
+        # Two conditions on one lock: a new item wakes one worker, a sooner due time the timer
+        # thread — not every thread on every call (at load that herd was a tenth of the
+        # operator's time, all of it waiting for this lock).
+        self._lock = threading.Condition(self._mutex)  # the timer waits on this one
+        self._work = threading.Condition(self._mutex)  # the workers on this one
         self._heap: list[tuple[float, int, Hashable]] = []
         self._due: dict[Hashable, float] = {}  # keys waiting in the heap -> their due time
         self._calls: dict[Hashable, Callable[[], Any]] = {}  # the latest call asked for each key
@@ -60,8 +65,10 @@ class DelayedCalls:
                 self._enqueue(key)
                 return
             self._due[key] = due
+            sooner = not self._heap or due < self._heap[0][0]
             heapq.heappush(self._heap, (due, next(self._order), key))
-            self._lock.notify_all()
+            if sooner:
+                self._lock.notify()
 
     def close(self) -> None:
         """Drop what is pending and let the threads end (calls running now finish)."""
@@ -73,6 +80,7 @@ class DelayedCalls:
             self._queued.clear()
             self._again.clear()
             self._lock.notify_all()
+            self._work.notify_all()
 
     def due_in(self, key: Hashable) -> float | None:
         """Seconds until `key`'s call is due (0 when queued or running), None when none is pending."""
@@ -93,7 +101,7 @@ class DelayedCalls:
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.append(key)
-            self._lock.notify_all()
+            self._work.notify()
 
     def _timer(self) -> None:
         with self._lock:
@@ -110,7 +118,7 @@ class DelayedCalls:
         while True:
             with self._lock:
                 while not self._queue and not self._closed:
-                    self._lock.wait()
+                    self._work.wait()
                 if self._closed:
                     return
                 key = self._queue.popleft()

@@ -244,14 +244,13 @@ class Kube:
             raise self._retry(exc, f"list pods {selector}") from exc
         return self.api_client.sanitize_for_serialization(pods).get("items") or []
 
-    def create(self, obj: dict) -> None:
-        """Create a child; one that already exists (a restart, a race) is fine."""
+    def create(self, obj: dict) -> dict | None:
+        """Create a child; one that already exists (a restart, a race) is fine. Returns the
+        created Job as the API server answered (None for other kinds and when it existed)."""
         kind, namespace = obj["kind"], obj["metadata"]["namespace"]
         try:
-            # Not `_preload_content=False` to skip building model objects: with it this client
-            # returns the raw response without raising on an error status (a 5xx create would pass).
             if kind == "Job":
-                self.batch.create_namespaced_job(namespace, obj)
+                return self.api_client.sanitize_for_serialization(self.batch.create_namespaced_job(namespace, obj))
             elif kind == "ConfigMap":
                 self.core.create_namespaced_config_map(namespace, obj)
             elif kind == "Service":
@@ -262,7 +261,7 @@ class Kube:
                 raise ValueError(f"unexpected child kind {kind}")
         except ApiException as exc:
             if exc.status == 409:
-                return
+                return None
             raise self._retry(exc, f"create {kind} {namespace}/{obj['metadata']['name']}") from exc
 
     def patch_job(self, namespace: str, name: str, patch: dict) -> None:

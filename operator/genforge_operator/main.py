@@ -193,15 +193,19 @@ def _register_owned(kind: str, plural: str) -> None:
 
     # Each reconcile of an unfinished object schedules its next re-check (Reconciler.tick_period),
     # as a controller's "requeue after" would; kopf's timer is only the safety net for an
-    # object with none pending (one whose reconcile never completed, e.g. under API faults).
+    # object with none pending that nobody looked at for a while (Reconciler.overlooked: one
+    # whose reconcile never completed, e.g. under API faults).
     def _active(status, **_):
         return (status or {}).get("phase") not in FINAL_PHASES
 
     @kopf.timer(GROUP, VERSION, plural, interval=CONFIG.enforcement_interval, initial_delay=1.0,
                 when=_active, id=f"{plural}-tick")
-    def _tick(namespace, name, logger, **kwargs):
-        if not reconciler().recheck_pending(kind, namespace, name):
-            reconciler().reconcile(kind, namespace, name, _indexes(kwargs), logger)
+    async def _tick(namespace, name, meta, **kwargs):
+        # Async and only a request: a thousand runs make 200 of these a second, and none may
+        # take one of kopf's handler threads or look at an object the operator is looking
+        # after anyway (a new run whose create handler waits for a free thread included).
+        if reconciler().overlooked(kind, namespace, name, meta.get("creationTimestamp")):
+            reconciler().recheck_soon(0.0, kind, namespace, name, _indexes(kwargs))
 
 
 for _kind, _plural in OWNED_PLURALS.items():
@@ -219,7 +223,8 @@ for _plural in RUN_PLURALS.values():
 
 
 #: A pod's status often changes several times within a second or two (scheduled,
-#: started, ready); the run is reconciled once they settle.
+#: started, ready); the run is reconciled once they settle (longer at load:
+#: Reconciler.settle_seconds).
 CHILD_SETTLE_SECONDS = 1.0
 
 
@@ -230,7 +235,7 @@ async def child_changed(labels, logger, **kwargs):
     idx = _indexes(kwargs)
     owner = owner_of(labels, idx)
     if owner:
-        reconciler().recheck_soon(CHILD_SETTLE_SECONDS, *owner, idx)
+        reconciler().recheck_soon(reconciler().settle_seconds(CHILD_SETTLE_SECONDS), *owner, idx)
 
 
 @kopf.on.field(GROUP, VERSION, "datasets", field="status.phase")

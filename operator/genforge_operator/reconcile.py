@@ -531,7 +531,10 @@ def _running(out: Outcome, obs: Observed, job: JobState, pool: Resource | None,
 
     _set(out, obs, ConditionType.WITHIN_BUDGET, ConditionStatus.TRUE, Reason.WITHIN_BUDGET, verdict.message)
     _follow_limits_with_the_backstop(out, obs, job, pool)
-    out.requeue_after = verdict.requeue_after
+    # Only the moment a limit comes due: the periodic look (cost accrues, progress moves) is
+    # the Reconciler's, every enforcement interval, stretched at load (Reconciler.tick_period);
+    # the verdict's own requeue is capped at the interval and would undo that stretch.
+    out.requeue_after = verdict.seconds_to_limit  # None: no limit in sight (> REACHED_WITHIN_SECONDS here)
     if _pods_not_running(out, obs, config):
         return out
     ready = cond.get_condition(out.status.get("conditions") or [], ConditionType.READY) or {}

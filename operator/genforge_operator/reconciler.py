@@ -45,6 +45,13 @@ log = logging.getLogger("genforge")
 RUN_KINDS = ("TrainingRun", "FineTune")
 #: kopf index name → the kind it holds (the indexes `main.py` registers).
 SERVICE_ACCOUNT_RECHECK_SECONDS = 60.0
+#: kopf's timer re-checks an unfinished object nobody looked at for this long (at least:
+#: `Reconciler.safety_net_seconds` stretches it with the load).
+SAFETY_NET_SECONDS = 15.0
+#: The longest a run's Job and pod events are left to settle at load (`settle_seconds`).
+MAX_SETTLE_SECONDS = 5.0
+#: A Job's create answer stands for the Job for this long while the Job index catches up.
+CREATED_JOB_MEMO_SECONDS = 30.0
 
 #: The indexes of the kinds that own Jobs, by plural: uid -> (kind, namespace, name).
 UID_INDEXES = {"trainingruns": "trainingrun_uid_index", "finetunes": "finetune_uid_index",
@@ -74,6 +81,11 @@ class Reconciler:
         self._service_accounts: dict[str, float] = {}  # namespace -> when its trainer account was ensured
         #: The objects not yet finished, each with a re-check pending (`tick_period`).
         self._unfinished: set[tuple[str, str, str]] = set()
+        #: When each unfinished object was last looked at (wall clock): `overlooked`.
+        self._looked: dict[tuple[str, str, str], float] = {}
+        #: Jobs this process created, until the Job index has them (namespace, name) ->
+        #: (the API server's answer, when): the next reconcile need not read them back.
+        self._created_jobs: dict[tuple[str, str], tuple[dict, float]] = {}
 
     @contextlib.contextmanager
     def _exclusive(self, key: tuple[str, str, str]) -> Iterator[None]:
@@ -113,6 +125,35 @@ class Reconciler:
     def recheck_pending(self, kind: str, namespace: str, name: str) -> bool:
         return self._rechecks.due_in((kind, namespace, name)) is not None
 
+    def overlooked(self, kind: str, namespace: str, name: str, created: str | None = None) -> bool:
+        """True for an object with no re-check pending that nobody has looked at for
+        `safety_net_seconds` (since it was created, when never): what kopf's timer re-checks.
+
+        Neither a run whose re-check is pending nor a new one whose create handler is
+        still waiting for a free thread: the safety net must not double the work at load.
+        """
+        key = (kind, namespace, name)
+        if self._rechecks.due_in(key) is not None:
+            return False
+        last = self._looked.get(key)
+        if last is None and created:
+            try:
+                last = formats.parse_timestamp(created).timestamp()
+            except (ValueError, AttributeError):
+                last = None
+        return last is None or time.time() - last >= self.safety_net_seconds()
+
+    def settle_seconds(self, quiet: float) -> float:
+        """How long to let a run's Job and pod events settle before one reconcile: `quiet`
+        seconds, up to `MAX_SETTLE_SECONDS` as the re-check period stretches with the load
+        (a thousand Jobs starting: fewer, later looks at each run, and the new runs that
+        wait for their Job are not kept waiting by them)."""
+        return min(MAX_SETTLE_SECONDS, max(quiet, self.tick_period() / 10))
+
+    def safety_net_seconds(self) -> float:
+        """How long an unfinished object may go unlooked-at before kopf's timer re-checks it."""
+        return max(SAFETY_NET_SECONDS, 2 * self.tick_period())
+
     def close(self) -> None:
         """Stop the re-check queue (tests and a stopping operator)."""
         self._rechecks.close()
@@ -135,9 +176,10 @@ class Reconciler:
         # (a run deleted and created again under its name simply waits its turn).
         key = (kind, namespace, name)
         with self._exclusive(key):
+            self._looked[key] = time.time()
             body = self.kube.get(kind, namespace, name)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-                self._unfinished.discard(key)
+                self._forget(key)
                 return None
             uid = body["metadata"]["uid"]
             try:
@@ -153,7 +195,9 @@ class Reconciler:
             pods = values(idx["pod_index"], uid)
             job_name = (body.get("status") or {}).get("job")
             if job is None and job_name:  # the index may not have caught up with our own create
-                job = self.kube.get_job(namespace, job_name)
+                job = self._just_created_job(namespace, job_name) or self.kube.get_job(namespace, job_name)
+            elif job_name:
+                self._created_jobs.pop((namespace, job_name), None)
             catalog = self.catalog(namespace, idx)
             progress = None
             if kind in RUN_KINDS and job is not None and (body.get("status") or {}).get("phase") == RunPhase.RUNNING:
@@ -172,7 +216,7 @@ class Reconciler:
             outcome = decide(observed, self.config)
             self.apply(kind, body, outcome)
             if (outcome.status.get("phase") or observed.body_status.get("phase")) in FINAL_PHASES:
-                self._unfinished.discard(key)
+                self._forget(key)
                 return None
             self._unfinished.add(key)
             period = self.tick_period()
@@ -180,6 +224,30 @@ class Reconciler:
             self.recheck_soon(requeue if requeue is not None and requeue < period else period,
                               kind, namespace, name, idx)
             return requeue
+
+    def _forget(self, key: tuple[str, str, str]) -> None:
+        self._unfinished.discard(key)
+        self._looked.pop(key, None)
+
+    def _remember_created_job(self, namespace: str, job: dict) -> None:
+        now = time.monotonic()
+        if len(self._created_jobs) >= 1000:  # runs deleted before their next reconcile
+            for key in [k for k, (_, when) in self._created_jobs.items() if now - when > CREATED_JOB_MEMO_SECONDS]:
+                del self._created_jobs[key]
+        self._created_jobs[(namespace, job["metadata"]["name"])] = (job, now)
+
+    def _just_created_job(self, namespace: str, name: str) -> dict | None:
+        """The Job this process created a moment ago, as the API server answered the create,
+        while the Job index has not caught up (it does within a second, unless the watch
+        lags at load); None when none or too old to stand for the Job as it is now."""
+        entry = self._created_jobs.get((namespace, name))
+        if entry is None:
+            return None
+        job, when = entry
+        if time.monotonic() - when > CREATED_JOB_MEMO_SECONDS:
+            self._created_jobs.pop((namespace, name), None)
+            return None
+        return job
 
     def recheck_soon(self, delay: float, kind: str, namespace: str, name: str, idx: dict) -> None:
         """Reconcile the object again in `delay` seconds (one pending re-check per object; a
@@ -204,7 +272,9 @@ class Reconciler:
             self.kube.create(build_trainer_service_account(namespace, self.config))
             self._service_accounts[namespace] = time.monotonic()
         for obj in outcome.create:
-            self.kube.create(obj)
+            created = self.kube.create(obj)
+            if created and obj["kind"] == "Job":
+                self._remember_created_job(namespace, created)
         job_name = outcome.status.get("job")
         if outcome.job_patch and job_name:
             self.kube.patch_job(namespace, job_name, outcome.job_patch)

@@ -115,7 +115,8 @@ def test_running_run_accrues_from_pod_time_and_shows_progress():
     assert out.status["progress"] == {"step": 40, "totalSteps": 100, "percent": 40.0, "loss": 0.5,
                                       "samplesPerSecond": 12.0, "etaSeconds": 6}
     assert out.job_patch is None and out.status["phase"] == "Running"
-    assert 0 < out.requeue_after <= 5
+    # the nearest limit's moment (maxDuration); the periodic look is the Reconciler's (tick_period)
+    assert out.requeue_after == pytest.approx(997)
 
 
 def test_reaching_max_cost_stops_the_run_gracefully():

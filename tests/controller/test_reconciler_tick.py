@@ -110,3 +110,92 @@ def test_a_failing_reconcile_is_retried_later():
     with pytest.raises(RuntimeError):
         rec.reconcile("Dataset", NS, "d0", idx)
     assert due_in(rec, "d0") is not None
+
+
+def test_the_timer_safety_net_skips_objects_looked_after_and_takes_the_overlooked(monkeypatch):
+    """kopf's per-object timer re-checks only an object with no re-check pending that nobody
+    looked at for `safety_net_seconds` (a new one: since it was created) — never one whose
+    create handler is merely waiting for a thread, never one with a re-check pending."""
+    from genforge_operator import reconciler as module
+
+    rec, kube, idx = reconciled(["d0"], enforcement_interval=5.0, max_ticks_per_second=1.0)
+    assert rec.safety_net_seconds() == module.SAFETY_NET_SECONDS  # one object: 2 × 5 s < 15 s
+    assert not rec.overlooked("Dataset", NS, "d0")  # its re-check is pending
+    rec._rechecks.close()
+    rec._rechecks = type(rec._rechecks)(workers=1)  # the re-check lost
+    assert not rec.overlooked("Dataset", NS, "d0")  # but it was looked at just now
+    now = module.time.time()
+    monkeypatch.setattr(module.time, "time", lambda: now + module.SAFETY_NET_SECONDS + 1)
+    assert rec.overlooked("Dataset", NS, "d0")
+
+    # never reconciled: counted from its creation
+    created = module.formats.timestamp(module.datetime.fromtimestamp(now, module.UTC))
+    assert rec.overlooked("Dataset", NS, "new", created)  # 16 s after it was created
+    monkeypatch.setattr(module.time, "time", lambda: now + 3)
+    assert not rec.overlooked("Dataset", NS, "new", created)  # its create handler may still come
+    assert rec.overlooked("Dataset", NS, "new", None)  # no creation time: look
+
+
+def test_the_safety_net_waits_longer_when_many_objects_are_unfinished():
+    names = [f"d{i}" for i in range(40)]
+    rec, _, _ = reconciled(names, enforcement_interval=5.0, max_ticks_per_second=2.0)
+    assert rec.safety_net_seconds() == 40.0  # twice the 20 s period of 40 objects at 2 a second
+
+
+class JobKube(FakeKube):
+    """A run's reconcile reads its Job back only when neither the Job index nor this
+    process's own create answer has it."""
+
+    def __init__(self):
+        super().__init__()
+        self.job_reads = 0
+
+    def get_job(self, namespace, name):
+        self.job_reads += 1
+        return None
+
+
+def test_a_job_this_process_just_created_is_not_read_back(monkeypatch):
+    """The reconcile after the one that created a run's Job uses the create's answer while
+    the Job index has not caught up (at load its watch lags seconds behind); it reads the Job
+    back only once that answer is too old to stand for it."""
+    from genforge_operator import reconciler as module
+    from genforge_operator.reconcile import Outcome
+
+    kube = JobKube()
+    answer = {"kind": "Job", "metadata": {"name": "d0-job", "namespace": NS, "uid": "job-uid"}, "spec": {}}
+    kube.create = lambda obj: answer if obj["kind"] == "Job" else None
+    kube.objects["d0"] = dataset("d0")
+    seen: list = []
+
+    def decide(observed, config):
+        seen.append(observed.job)
+        if observed.body_status.get("job"):
+            return Outcome(status={"job": "d0-job"})
+        return Outcome(status={"job": "d0-job"}, create=[{"kind": "Job", "metadata": {"name": "d0-job", "namespace": NS}}])
+
+    monkeypatch.setattr(module, "reconcile_dataset", decide)
+    rec = Reconciler(kube, OperatorConfig())
+    MADE.append(rec)
+    idx = {name: {} for name in INDEXES}
+    rec.reconcile("Dataset", NS, "d0", idx)  # creates the Job
+    rec.reconcile("Dataset", NS, "d0", idx)  # the index has no Job yet
+    assert seen == [None, answer] and kube.job_reads == 0
+    later = module.time.monotonic() + module.CREATED_JOB_MEMO_SECONDS + 1
+    monkeypatch.setattr(module.time, "monotonic", lambda: later)
+    rec.reconcile("Dataset", NS, "d0", idx)  # too old to stand for the Job now: read it
+    assert kube.job_reads == 1 and seen[-1] is None
+    assert (NS, "d0-job") not in rec._created_jobs
+
+
+def test_job_and_pod_events_settle_longer_at_load():
+    from genforge_operator import reconciler as module
+
+    rec, _, _ = reconciled(["d0"], enforcement_interval=5.0, max_ticks_per_second=20.0)
+    assert rec.settle_seconds(1.0) == 1.0  # one object: the quiet second
+    names = [f"d{i}" for i in range(300)]
+    busy, _, _ = reconciled(names, enforcement_interval=5.0, max_ticks_per_second=20.0)
+    assert busy.settle_seconds(1.0) == 1.5  # 300 objects: 15 s period / 10
+    many = [f"d{i}" for i in range(2000)]
+    crowded, _, _ = reconciled(many, enforcement_interval=5.0, max_ticks_per_second=20.0)
+    assert crowded.settle_seconds(1.0) == module.MAX_SETTLE_SECONDS
