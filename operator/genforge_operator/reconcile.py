@@ -292,7 +292,8 @@ def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
     if run.spec.budget.max_cost is not None:
         cost["limit"] = money_str(run.spec.budget.max_cost)
     out.status["cost"] = cost
-    out.status["estimate"] = money.estimate_status(estimate)
+    out.status["estimate"] = money.estimate_status(
+        estimate, from_step=int((out.status.get("progress") or {}).get("step") or 0))
     out.status["pool"] = pool.name
     if admitted.note:
         out.event(Reason.POOL_CHOSEN, admitted.note)
@@ -329,7 +330,35 @@ def _create_children(out: Outcome, obs: Observed, planned: Planned, estimate) ->
     return out
 
 
+#: Phases of a run that ended (for now) before its last step: their estimate error is
+#: measured against the estimate pro-rated to the steps done.
+STOPPED_EARLY = (RunPhase.FAILED, RunPhase.BUDGET_EXCEEDED, RunPhase.SUSPENDED)
+
+
 def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
+    out = _reconcile_run(obs, config)
+    _estimate_error_of_stopped_run(out, obs.resource)
+    return out
+
+
+def _estimate_error_of_stopped_run(out: Outcome, run: Resource) -> None:
+    """`status.cost.estimateError` for a run that stopped early (Failed, BudgetExceeded,
+    Suspended): actual running seconds against the estimate pro-rated to the steps it completed
+    (`money.estimate.prorated_seconds`); a Succeeded run's is set in `_succeeded`. A run running
+    again has none until it ends."""
+    phase, cost = out.status.get("phase"), out.status.get("cost")
+    if not isinstance(cost, dict) or phase == RunPhase.SUCCEEDED:
+        return
+    error = None
+    if phase in STOPPED_EARLY:
+        error = money.estimate.finished_estimate_error(out.status, total_steps=run.spec.training.steps, complete=False)
+    if error is None:
+        cost.pop("estimateError", None)
+    else:
+        cost["estimateError"] = error
+
+
+def _reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
     run = obs.resource
     out = _start(obs)
     phase = out.status.get("phase")

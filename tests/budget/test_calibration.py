@@ -170,3 +170,18 @@ def test_the_range_contains_the_estimate_and_is_narrower_once_measured(pool):
 def test_checkpoint_writes(steps, every, completed, writes):
     run = make_run(steps=steps, checkpoint={"everySteps": every})
     assert throughput.checkpoint_writes(run.spec, completed_steps=completed) == writes
+
+
+# ------------------------------------------------------------------ one run, folded once
+def test_a_run_is_folded_into_the_pool_once_by_its_uid():
+    """The pool is written before the run's version and status: a reconcile retried after a
+    conflict there measures the same run again, and must not count it twice."""
+    once = calibration.fold_run(None, {"startup": 10.0, "training": 1e10}, at=AT, run="TrainingRun/a/r", uid="u-1")
+    again = calibration.fold_run(once, {"startup": 10.0, "training": 1e10}, at=AT, run="TrainingRun/a/r", uid="u-1")
+    assert again == once and again.startup_seconds.runs == 1
+    assert calibration.folded(again, "u-1") and not calibration.folded(again, "u-2")
+    # the same name, created again (another uid), is another run
+    other = calibration.fold_run(again, {"startup": 12.0}, at=AT, run="TrainingRun/a/r", uid="u-2")
+    assert other.startup_seconds.runs == 2 and other.training_flops_per_second.runs == 1
+    # samples without a uid (written before uids were kept) never match
+    assert not calibration.folded(calibration.fold_run(None, {"startup": 1.0}, at=AT, run="r"), "")

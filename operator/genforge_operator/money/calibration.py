@@ -103,15 +103,30 @@ def summarise(recent: Sequence[CalibrationSample]) -> CalibrationPart:
                            high=round(max(kept), 6), updated=max(s.at for s in recent), recent=list(recent))
 
 
+def folded(calibration: PoolCalibration | None, uid: str) -> bool:
+    """Whether the run with `uid` is already in the pool's calibration."""
+    if calibration is None or not uid:
+        return False
+    parts = (getattr(calibration, name) for name in FIELDS.values())
+    return any(sample.uid == uid for part in parts if part for sample in part.recent)
+
+
 def fold_run(calibration: PoolCalibration | None, observed: Mapping[str, float], *, at: str,
-             run: str) -> PoolCalibration:
-    """The pool's calibration after a run observed `observed` (part → value) at `at`."""
+             run: str, uid: str = "") -> PoolCalibration:
+    """The pool's calibration after a run observed `observed` (part → value) at `at`.
+
+    Idempotent per run: a run whose `uid` is already folded in changes nothing (the pool is
+    written before the run's model version and status, and a reconcile retried after a
+    conflict there measures the same run again)."""
     calibration = calibration or PoolCalibration()
+    if folded(calibration, uid):
+        return calibration
     changes = {}
     for part, value in observed.items():
         name = FIELDS[part]
         current: CalibrationPart | None = getattr(calibration, name)
-        recent = [*(current.recent if current else []), CalibrationSample(round(value, 6), at, run)][-WINDOW:]
+        sample = CalibrationSample(round(value, 6), at, run, uid)
+        recent = [*(current.recent if current else []), sample][-WINDOW:]
         changes[name] = summarise(recent)
     return dataclasses.replace(calibration, **changes)
 

@@ -367,3 +367,32 @@ def estimate_error(estimated_seconds: float | None, actual_seconds: float | None
     if not estimated_seconds or actual_seconds is None:
         return None
     return round((actual_seconds - estimated_seconds) / estimated_seconds, 4)
+
+
+def prorated_seconds(estimate: dict, *, completed_steps: int, total_steps: int) -> float | None:
+    """The admitted estimate (`status.estimate`) of a run that stopped early, pro-rated to the
+    steps it completed: start-up in full, training and checkpoint writes × the share of the
+    estimated steps done (those after `fromStep`, where the estimate began), no evaluation
+    (a run stopped early does not evaluate). None without the estimate's parts."""
+    parts = {p.get("part"): float(p.get("seconds") or 0.0) for p in estimate.get("parts") or []}
+    if not parts:
+        return None
+    start = int(estimate.get("fromStep") or 0)
+    remaining = total_steps - start
+    share = min(1.0, max(0.0, (completed_steps - start) / remaining)) if remaining > 0 else 1.0
+    return parts.get("startup", 0.0) + share * (parts.get("training", 0.0) + parts.get("checkpoints", 0.0))
+
+
+def finished_estimate_error(status: dict, *, total_steps: int, complete: bool) -> float | None:
+    """`status.cost.estimateError` of a finished run: against the whole estimate when it
+    completed its steps (`complete`), else against the estimate pro-rated to the steps it
+    did (`prorated_seconds`). None for a run that never ran or was never estimated."""
+    cost = status.get("cost") or {}
+    actual = status.get("runningSeconds")
+    if not cost.get("estimatedSeconds") or not actual:
+        return None
+    if complete:
+        return estimate_error(cost["estimatedSeconds"], actual)
+    completed = int((status.get("progress") or {}).get("step") or 0)
+    expected = prorated_seconds(status.get("estimate") or {}, completed_steps=completed, total_steps=total_steps)
+    return estimate_error(expected, actual) if expected else None
