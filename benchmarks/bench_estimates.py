@@ -1,6 +1,6 @@
 """Estimate vs actual on `genforge local` with real trainer processes, one run at a time.
 
-    python benchmarks/bench_estimates.py [--base-steps 150] [--scales 0.3 3] [--wide]
+    python benchmarks/bench_estimates.py [--base-steps 150] [--scales 0.3 3] [--wide] [--widths 24x48 32x64]
 
 Starts the local control plane (the emulated API server, the real operator, trainer Jobs
 as local processes), applies the examples' Dataset, GenModel `shapes` and `cpu` pool
@@ -12,7 +12,8 @@ it took (status.runningSeconds, accrued cost) and the error (status.cost.estimat
    (the "before any run" figure), and the run that calibrates the pool;
 2. the same model with each of `--scales` × the steps (estimated from what `base` measured);
 3. `--wide`: a GenModel with channels 32/64 instead of 16/32 (≈4× the FLOPs per sample),
-   `--base-steps` steps on the same pool, estimated from the small model's measurement.
+   `--base-steps` steps on the same pool, estimated from the small model's measurement;
+   `--widths 24x48 32x64`: one such model per channel pair.
 
 The runs keep the example's evaluation (64 images × 25 steps) and checkpoints. Each run's
 figures come from the run's own status; nothing here is timed by the benchmark itself.
@@ -52,11 +53,16 @@ def example(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((ROOT / "examples" / name).read_text()) if d]
 
 
-def wide_model(model: dict) -> dict:
+def wide_model(model: dict, channels: tuple[int, int] = (32, 64)) -> dict:
     wide = copy.deepcopy(model)
-    wide["metadata"] = {"name": "shapes-wide"}
-    wide["spec"]["config"]["blockOutChannels"] = [32, 64]
+    wide["metadata"] = {"name": "shapes-wide" if channels == (32, 64) else f"shapes-{channels[0]}x{channels[1]}"}
+    wide["spec"]["config"]["blockOutChannels"] = list(channels)
     return wide
+
+
+def channels(text: str) -> tuple[int, int]:
+    low, high = text.lower().split("x")
+    return int(low), int(high)
 
 
 def training_run(base: dict, name: str, steps: int, model: str = "shapes") -> dict:
@@ -136,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-steps", type=int, default=150)
     parser.add_argument("--scales", type=float, nargs="*", default=[0.3, 3.0])
     parser.add_argument("--wide", action="store_true", help="also a model with ~4x the FLOPs per sample")
+    parser.add_argument("--widths", type=channels, nargs="*", default=[], metavar="WxW",
+                        help="also models with these channels, e.g. 24x48 (2.2x the FLOPs) 32x64 (3.8x)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per run")
     args = parser.parse_args(argv)
     # a `timeout` or kill stops the control plane too (its operator and trainers are children)
@@ -144,21 +152,23 @@ def main(argv: list[str] | None = None) -> int:
     pools = [p for p in example("pools.yaml") if p["metadata"]["name"] == "cpu"]
     model = example("model.yaml")[0]
     run_example = example("trainingrun.yaml")[0]
-    wide = wide_model(model)
+    widths = list(dict.fromkeys([*args.widths, *([(32, 64)] if args.wide else [])]))
+    others = [wide_model(model, c) for c in widths]
     data = Path(tempfile.mkdtemp(prefix="genforge-bench-estimates-"))
     plane = LocalControlPlane(data)
     rows = []
     try:
         plane.start()
         api = plane.api()
-        for obj in [*pools, model, wide, *example("dataset.yaml")]:
+        for obj in [*pools, model, *others, *example("dataset.yaml")]:
             api.apply(obj)
         wait_final(api, "Dataset", "shapes", args.timeout)
         plan = [("base", args.base_steps, "shapes")]
         plan += [(f"x{scale:g}", max(1, round(args.base_steps * scale)), "shapes") for scale in args.scales]
-        if args.wide:
-            plan.append((f"wide (x{flops_ratio(model, wide):.1f} FLOPs)", args.base_steps, "shapes-wide"))
-        models = {"shapes": model, "shapes-wide": wide}
+        for other in others:
+            plan.append((f"{other['metadata']['name']} (x{flops_ratio(model, other):.1f} FLOPs)", args.base_steps,
+                         other["metadata"]["name"]))
+        models = {m["metadata"]["name"]: m for m in [model, *others]}
         pool_after_base = None
         for i, (label, steps, model_name) in enumerate(plan):
             name = f"bench-{i}"
