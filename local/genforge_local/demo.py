@@ -411,7 +411,7 @@ class DemoResult:
 
 def run_demo(plane: LocalControlPlane, manifests: list[Body], *, out: TextIO = sys.stdout,
              timeout: float = DEFAULT_TIMEOUT, stop: threading.Event | None = None,
-             calibrate: bool = True) -> DemoResult:
+             calibrate: bool = True, calibration_steps: int = DEMO_CALIBRATION_STEPS) -> DemoResult:
     """Apply `manifests` to a started control plane, follow them to the end, summarize.
 
     In stages, each once everything before it has ended: with `calibrate`, the pools (asking
@@ -421,7 +421,7 @@ def run_demo(plane: LocalControlPlane, manifests: list[Body], *, out: TextIO = s
     """
     api = plane.api()
     extra = over_budget_run(manifests)
-    first, rest = calibrate_first(manifests) if calibrate else ([], manifests)
+    first, rest = calibrate_first(manifests, steps=calibration_steps) if calibrate else ([], manifests)
     stages = [stage for stage in (first, rest, [extra] if extra else []) if stage]
     expected = calibration_names(first)
     followed = expected | {(o["kind"], o["metadata"]["name"]) for o in manifests + [extra] if o

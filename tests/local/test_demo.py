@@ -140,7 +140,7 @@ def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
 
     out = io.StringIO()
     with LocalControlPlane(tmp_path / "data") as plane:
-        result = demo.run_demo(plane, demo.shrink(manifests, 10), out=out, timeout=600)
+        result = demo.run_demo(plane, demo.shrink(manifests, 10), out=out, timeout=600, calibration_steps=20)
         assert result.ok, out.getvalue() + "\n" + result.summary
         # --feedback: rate through the review page, its button creates the FineTune, the operator runs it.
         # 8 samples per label, the model's 25 sampling steps: the shrunk (220-step) model draws
