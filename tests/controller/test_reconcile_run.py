@@ -283,6 +283,17 @@ def test_a_run_that_stops_early_gets_an_estimate_error_against_the_pro_rated_est
     assert out.status["cost"]["estimateError"] == pytest.approx(error, abs=1e-3)
 
 
+def test_a_stopped_trainers_last_step_counts_for_the_pro_rated_estimate():
+    """The progress polled while it ran lags; the trainer's last words say where it stopped."""
+    status = {**RUNNING, "phase": "BudgetExceeded", "estimate": ESTIMATED, "progress": {"step": 20, "totalSteps": 100},
+              "cost": {**RUNNING["cost"], "estimatedSeconds": 100.0}}
+    stopped = pod(0, 40, exit_code=143, message={"outcome": "Stopped", "step": 25, "reason": "Terminated"})
+    out = reconcile_run(observe(make_run(budget={"maxCost": "5"}), status, job(suspend=True, active=0), [stopped],
+                                at=45), CONFIG)
+    assert out.status["phase"] == "BudgetExceeded" and out.status["progress"]["step"] == 25
+    assert out.status["cost"]["estimateError"] == pytest.approx((40 - 31) / 31, abs=1e-3)
+
+
 def test_a_run_refused_before_it_ran_has_no_estimate_error():
     out = reconcile_run(observe(make_run(budget={"maxCost": "0.000001"})), CONFIG)
     assert out.status["phase"] == "Failed" and "estimateError" not in out.status.get("cost", {})
