@@ -35,6 +35,7 @@ from .throughput import (
     CHECKPOINT_SECONDS_CPU,
     RunSpec,
     checkpoint_writes,
+    evaluation_calls,
     evaluation_work,
     legacy_measured_flops,
     prior_flops_per_second,
@@ -42,6 +43,7 @@ from .throughput import (
     processes_per_node,
     rendezvous_seconds,
     samples_of,
+    sampling_overhead_seconds,
     scaling_efficiency,
     step_flops,
     step_overhead_seconds,
@@ -189,10 +191,16 @@ def estimate_parts(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
     samples_per_second = per_step / step_seconds(flops) if flops > 0 else 0.0
 
     # evaluation runs on the main process only; its prior rate is training's prior
+    # denoising calls × (overhead + a call's FLOPs ÷ FLOP/s), like training's steps
     flops, basis, runs, low, high = _rate(pool, "evaluation", prior_flops)
     work = evaluation_work(spec, model)
-    parts.append(_part("evaluation", basis, runs, work / flops if work and flops > 0 else 0.0,
-                       work / high if work and high > 0 else 0.0, work / low if work and low > 0 else 0.0))
+    calls = evaluation_calls(spec, model) * sampling_overhead_seconds(pool_spec)
+
+    def evaluation_seconds(rate: float) -> float:
+        return calls + work / rate if work and rate > 0 else 0.0
+
+    parts.append(_part("evaluation", basis, runs, evaluation_seconds(flops), evaluation_seconds(high),
+                       evaluation_seconds(low)))
 
     writes = checkpoint_writes(spec, completed_steps=completed_steps)
     prior = CHECKPOINT_SECONDS_CPU if cpu else CHECKPOINT_SECONDS_ACCELERATOR
