@@ -139,7 +139,7 @@ def test_older_measured_samples_per_second_still_count_for_their_model():
 
 # ------------------------------------------------------------------ priors and ranges
 @pytest.mark.parametrize(("pool", "flops", "words"), [
-    pytest.param(make_pool(cpu=True, cpus=2), 2 * throughput.CPU_CORE_FLOPS, "2 vCPUs × 38 GFLOP/s",
+    pytest.param(make_pool(cpu=True, cpus=2), 2 * throughput.CPU_CORE_FLOPS, "2 vCPUs × 52 GFLOP/s",
                  id="cpu-from-its-node-size"),
     pytest.param(make_pool(cpu=True), throughput.REFERENCE_CPU_NODE_FLOPS, "the reference 8-vCPU node",
                  id="cpu-without-a-size"),
@@ -163,7 +163,8 @@ def test_the_range_contains_the_estimate_and_is_narrower_once_measured(pool):
     assert e.min_seconds <= e.duration_seconds <= e.max_seconds
     assert e.min_cost <= e.cost <= e.max_cost
     spread = e.max_seconds / e.min_seconds
-    assert spread > 3.5 if pool is not CALIBRATED else spread < 1.4
+    # a prior part ranges ×½–×2 in its rate (the per-step overhead is not ranged): over 3×
+    assert spread > 3.0 if pool is not CALIBRATED else spread < 1.4
 
 
 @pytest.mark.parametrize(("steps", "every", "completed", "writes"), [
