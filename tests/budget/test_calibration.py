@@ -139,7 +139,7 @@ def test_older_measured_samples_per_second_still_count_for_their_model():
 
 # ------------------------------------------------------------------ priors and ranges
 @pytest.mark.parametrize(("pool", "flops", "words"), [
-    pytest.param(make_pool(cpu=True, cpus=2), 2 * throughput.CPU_CORE_FLOPS, "2 vCPUs × 52 GFLOP/s",
+    pytest.param(make_pool(cpu=True, cpus=2), 2 * throughput.CPU_CORE_FLOPS, "2 vCPUs × 38 GFLOP/s",
                  id="cpu-from-its-node-size"),
     pytest.param(make_pool(cpu=True), throughput.REFERENCE_CPU_NODE_FLOPS, "the reference 8-vCPU node",
                  id="cpu-without-a-size"),

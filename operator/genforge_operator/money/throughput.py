@@ -47,10 +47,10 @@ RunSpec = TrainingRunSpec | FineTuneSpec
 # ------------------------------------------------------------------ calibration
 #: Training FLOP/s of one vCPU beside the per-step overhead, for cpu pools that give
 #: `cpusPerNode`: an AVX2 core's fp32 peak (2 FMA units × 8 lanes × 2 FLOP × ~2.5 GHz =
-#: 80 GFLOP/s) at ~65 % — fitted with STEP_OVERHEAD_SECONDS_CPU on the demo's machine, on
-#: trainers running as runs do (local processes beside the operator, reporting progress:
-#: benchmarks/bench_estimates.py --widths, docs/benchmarks.md).
-CPU_CORE_FLOPS = 52e9
+#: 80 GFLOP/s) at ~45 % — fitted with STEP_OVERHEAD_SECONDS_CPU on the demo's machine
+#: (benchmarks/bench_step_overhead.py in-process, and trainers running as runs do:
+#: bench_estimates.py --widths; docs/benchmarks.md).
+CPU_CORE_FLOPS = 38e9
 #: The reference CPU node (relativeThroughput 1.0 on a cpu pool without `cpusPerNode`): 8 vCPUs.
 REFERENCE_CPU_NODE_FLOPS = 8 * CPU_CORE_FLOPS
 #: Published dense bf16 peak FLOP/s of one accelerator (GPU: NVIDIA datasheets, without
@@ -89,8 +89,10 @@ RENDEZVOUS_SECONDS_PER_NODE_DOUBLING = 15
 #: (a UNet step is hundreds of small kernels), the optimizer and EMA updates, assembling the
 #: batch, the progress report. It dominates tiny models on a CPU, so a model with 4× the
 #: FLOPs per step takes less than 4× as long (docs/benchmarks.md measures it on the demo's
-#: machine: 75 ms for the trainer alone in-process, 120 ms as a run beside the operator).
-STEP_OVERHEAD_SECONDS_CPU = 0.12
+#: machine, in-process and as runs beside the operator). A prior larger than a pool's real
+#: overhead biases even the same model's estimate (`compute_seconds` keeps a quarter of a
+#: step as FLOPs), so it errs low.
+STEP_OVERHEAD_SECONDS_CPU = 0.075
 STEP_OVERHEAD_SECONDS_ACCELERATOR = 0.01
 #: The trainer samples evaluation images in batches of this many (`genforge_trainer.models`).
 SAMPLING_BATCH = 32
