@@ -40,6 +40,7 @@ from typing import Any, TextIO
 import yaml
 
 from genforge_operator.bundled import examples_dir
+from genforge_operator.money.estimate import prorated_seconds
 from genforge_operator.naming import calibration_name
 
 from .control_plane import DATA_MOUNT, LocalControlPlane, describe
@@ -307,6 +308,13 @@ def estimate_lines(status: Mapping[str, Any]) -> list[str]:
     span = (f" (range {estimate['minSeconds']:.0f}–{estimate['maxSeconds']:.0f} s)"
             if "minSeconds" in estimate and "maxSeconds" in estimate else "")
     line = f"  estimate {seconds:.0f} s{span}, {money(cost.get('estimated'))}"
+    progress = status.get("progress") or {}
+    if status.get("phase") in ("Failed", "BudgetExceeded") and progress.get("totalSteps"):
+        # a run that stopped early is compared with its estimate for the steps it did
+        done, total = int(progress.get("step") or 0), int(progress["totalSteps"])
+        prorated = prorated_seconds(estimate, completed_steps=done, total_steps=total)
+        if prorated:
+            line += f"; for the {done} of {total} steps done {prorated:.0f} s"
     if status.get("phase") in FINAL_PHASES["TrainingRun"]:
         line += f"; actual {status.get('runningSeconds', 0):.0f} s, {money(cost.get('accrued'))}"
     if cost.get("estimateError") is not None:

@@ -197,6 +197,18 @@ def test_board_redraws_in_place_on_a_terminal():
     assert out.getvalue().count("\x1b[2K") == 4
 
 
+def test_a_stopped_run_shows_the_estimate_for_the_steps_it_did(tmp_path):
+    run = {"kind": "TrainingRun", "metadata": {"name": "over"}, "status": {
+        "phase": "BudgetExceeded", "runningSeconds": 21.0, "progress": {"step": 120, "totalSteps": 2200},
+        "cost": {"accrued": "0.0003", "estimated": "0.005", "estimatedSeconds": 364.0, "estimateError": -0.1},
+        "estimate": {"seconds": 364.0, "minSeconds": 340.0, "maxSeconds": 380.0, "basis": "…", "fromStep": 0,
+                     "parts": [{"part": "startup", "seconds": 12.0, "basis": "measured", "runs": 1},
+                               {"part": "training", "seconds": 330.0, "basis": "measured", "runs": 1},
+                               {"part": "evaluation", "seconds": 3.0, "basis": "measured", "runs": 1}]}}}
+    text, _ = demo.summarize([run], [], tmp_path, "", 1.0)
+    assert "for the 120 of 2200 steps done 30 s; actual 21 s" in text and "error -10%" in text
+
+
 def test_summary_shows_estimate_beside_actual_and_the_pools_calibration(tmp_path):
     run = {"kind": "FineTune", "metadata": {"name": "lora"}, "status": {
         "phase": "Succeeded", "runningSeconds": 21.0, "pool": "cpu",
