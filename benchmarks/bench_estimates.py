@@ -1,6 +1,6 @@
 """Estimate vs actual on `genforge local` with real trainer processes, one run at a time.
 
-    python benchmarks/bench_estimates.py [--base-steps 150] [--scales 0.3 3] [--wide]
+    python benchmarks/bench_estimates.py [--base-steps 150] [--scales 0.3 3] [--wide] [--widths 24x48 32x64]
 
 Starts the local control plane (the emulated API server, the real operator, trainer Jobs
 as local processes), applies the examples' Dataset, GenModel `shapes` and `cpu` pool
@@ -12,10 +12,14 @@ it took (status.runningSeconds, accrued cost) and the error (status.cost.estimat
    (the "before any run" figure), and the run that calibrates the pool;
 2. the same model with each of `--scales` × the steps (estimated from what `base` measured);
 3. `--wide`: a GenModel with channels 32/64 instead of 16/32 (≈4× the FLOPs per sample),
-   `--base-steps` steps on the same pool, estimated from the small model's measurement.
+   `--base-steps` steps on the same pool, estimated from the small model's measurement;
+   `--widths 24x48 32x64`: one such model per channel pair.
 
 The runs keep the example's evaluation (64 images × 25 steps) and checkpoints. Each run's
 figures come from the run's own status; nothing here is timed by the benchmark itself.
+The operator estimates each run from every run before it; the `1-run est.` column is the
+estimate from the pool as `base` alone left it (`estimate.estimate_on_pool`, the code
+admission runs), so the "after one run" targets are read there for every row.
 Keep one invocation under ten minutes on a shared machine (split the scales over several).
 """
 
@@ -40,7 +44,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(PACKAGES + [p for p in [os.environ.ge
 
 from genforge_local.control_plane import LocalControlPlane  # noqa: E402
 from genforge_operator.api import parse_resource  # noqa: E402
-from genforge_operator.money import throughput  # noqa: E402
+from genforge_operator.money import estimate, throughput  # noqa: E402
 
 FINAL = {"Succeeded", "Failed", "BudgetExceeded"}
 
@@ -49,11 +53,16 @@ def example(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((ROOT / "examples" / name).read_text()) if d]
 
 
-def wide_model(model: dict) -> dict:
+def wide_model(model: dict, channels: tuple[int, int] = (32, 64)) -> dict:
     wide = copy.deepcopy(model)
-    wide["metadata"] = {"name": "shapes-wide"}
-    wide["spec"]["config"]["blockOutChannels"] = [32, 64]
+    wide["metadata"] = {"name": "shapes-wide" if channels == (32, 64) else f"shapes-{channels[0]}x{channels[1]}"}
+    wide["spec"]["config"]["blockOutChannels"] = list(channels)
     return wide
+
+
+def channels(text: str) -> tuple[int, int]:
+    low, high = text.lower().split("x")
+    return int(low), int(high)
 
 
 def training_run(base: dict, name: str, steps: int, model: str = "shapes") -> dict:
@@ -84,24 +93,44 @@ def flops_ratio(small: dict, wide: dict) -> float:
     return throughput.train_flops_per_sample(spec(wide)) / throughput.train_flops_per_sample(spec(small))
 
 
-def row(label: str, run: dict) -> dict:
+def after_one_run(pool_after_base: dict | None, run: dict, models: dict[str, dict]) -> float | None:
+    """The run's estimate from the pool as `base` alone left it (one run measured): what a
+    user would have been told had this run come second. The operator's own estimate (the
+    `estimate` column) uses every run before it."""
+    if pool_after_base is None:
+        return None
+    def parsed(body):
+        return parse_resource({**body, "apiVersion": "genforge.dev/v1alpha1"})
+    model = models[run["spec"]["modelRef"]["name"]]
+    return float(estimate.estimate_on_pool(parsed(pool_after_base), parsed(run).spec, parsed(model).spec)
+                 .duration_seconds)
+
+
+def row(label: str, run: dict, one_run: float | None = None) -> dict:
     status = run.get("status") or {}
-    cost, estimate = status.get("cost") or {}, status.get("estimate") or {}
+    cost, estimate_ = status.get("cost") or {}, status.get("estimate") or {}
+    actual = status.get("runningSeconds")
     return {"run": label, "steps": run["spec"]["training"]["steps"], "phase": status.get("phase"),
-            "estimate": cost.get("estimatedSeconds"), "min": estimate.get("minSeconds"),
-            "max": estimate.get("maxSeconds"), "basis": estimate.get("basis", ""),
-            "actual": status.get("runningSeconds"), "error": cost.get("estimateError"),
-            "estimatedCost": cost.get("estimated"), "cost": cost.get("accrued")}
+            "estimate": cost.get("estimatedSeconds"), "min": estimate_.get("minSeconds"),
+            "max": estimate_.get("maxSeconds"), "basis": estimate_.get("basis", ""),
+            "actual": actual, "error": cost.get("estimateError"),
+            "estimatedCost": cost.get("estimated"), "cost": cost.get("accrued"),
+            "oneRun": one_run, "oneRunError": (actual - one_run) / one_run if one_run and actual else None,
+            "parts": {p["part"]: p["seconds"] for p in estimate_.get("parts") or []}}
 
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'run':<22} {'steps':>6} {'estimate s':>10} {'range s':>12} {'actual s':>9} {'error':>7} "
-          f"{'est. $':>9} {'actual $':>9}  basis")
+          f"{'1-run est.':>10} {'1-run err':>9} {'est. $':>9} {'actual $':>9}  basis")
     for r in rows:
         span = f"{r['min']:.0f}–{r['max']:.0f}" if r["min"] is not None else "-"
         error = f"{r['error']:+.1%}" if r["error"] is not None else "-"
+        one = f"{r['oneRun']:.0f}" if r["oneRun"] is not None else "-"
+        one_error = f"{r['oneRunError']:+.1%}" if r["oneRunError"] is not None else "-"
         print(f"{r['run']:<22} {r['steps']:>6} {r['estimate'] or 0:>10.0f} {span:>12} {r['actual'] or 0:>9.0f} "
-              f"{error:>7} {r['estimatedCost'] or '-':>9} {r['cost'] or '-':>9}  {r['basis']}")
+              f"{error:>7} {one:>10} {one_error:>9} {r['estimatedCost'] or '-':>9} {r['cost'] or '-':>9}  {r['basis']}")
+    print("estimate parts (s): " + "; ".join(
+        f"{r['run']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items()) for r in rows))
 
 
 def _interrupt(*_) -> None:
@@ -113,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-steps", type=int, default=150)
     parser.add_argument("--scales", type=float, nargs="*", default=[0.3, 3.0])
     parser.add_argument("--wide", action="store_true", help="also a model with ~4x the FLOPs per sample")
+    parser.add_argument("--widths", type=channels, nargs="*", default=[], metavar="WxW",
+                        help="also models with these channels, e.g. 24x48 (2.2x the FLOPs) 32x64 (3.8x)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per run")
     args = parser.parse_args(argv)
     # a `timeout` or kill stops the control plane too (its operator and trainers are children)
@@ -121,25 +152,32 @@ def main(argv: list[str] | None = None) -> int:
     pools = [p for p in example("pools.yaml") if p["metadata"]["name"] == "cpu"]
     model = example("model.yaml")[0]
     run_example = example("trainingrun.yaml")[0]
-    wide = wide_model(model)
+    widths = list(dict.fromkeys([*args.widths, *([(32, 64)] if args.wide else [])]))
+    others = [wide_model(model, c) for c in widths]
     data = Path(tempfile.mkdtemp(prefix="genforge-bench-estimates-"))
     plane = LocalControlPlane(data)
     rows = []
     try:
         plane.start()
         api = plane.api()
-        for obj in [*pools, model, wide, *example("dataset.yaml")]:
+        for obj in [*pools, model, *others, *example("dataset.yaml")]:
             api.apply(obj)
         wait_final(api, "Dataset", "shapes", args.timeout)
         plan = [("base", args.base_steps, "shapes")]
         plan += [(f"x{scale:g}", max(1, round(args.base_steps * scale)), "shapes") for scale in args.scales]
-        if args.wide:
-            plan.append((f"wide (x{flops_ratio(model, wide):.1f} FLOPs)", args.base_steps, "shapes-wide"))
+        for other in others:
+            plan.append((f"{other['metadata']['name']} (x{flops_ratio(model, other):.1f} FLOPs)", args.base_steps,
+                         other["metadata"]["name"]))
+        models = {m["metadata"]["name"]: m for m in [model, *others]}
+        pool_after_base = None
         for i, (label, steps, model_name) in enumerate(plan):
             name = f"bench-{i}"
             api.apply(training_run(run_example, name, steps, model_name))
-            rows.append(row(label, wait_final(api, "TrainingRun", name, args.timeout)))
+            finished = wait_final(api, "TrainingRun", name, args.timeout)
+            rows.append(row(label, finished, after_one_run(pool_after_base, finished, models)))
             print(f"{label}: {rows[-1]}", file=sys.stderr, flush=True)
+            if i == 0:
+                pool_after_base = next(p for p in api.items("AcceleratorPool") if p["metadata"]["name"] == "cpu")
         pool = next(p for p in api.items("AcceleratorPool") if p["metadata"]["name"] == "cpu")
     finally:
         plane.stop()

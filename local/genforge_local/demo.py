@@ -1,8 +1,10 @@
 """`genforge demo`: the whole product on this machine, end to end, on the CPU.
 
 Starts `genforge local` (the emulated API server, the local executor, the real operator),
-applies `examples/`, then — once those have ended — one extra TrainingRun with a 20-second
-time limit (so budget enforcement shows), follows every Dataset, TrainingRun and
+first applies the pools — the one the runs use asks for a calibration run
+(`spec.calibration`), so every run of the demo is estimated from measured parts — and the
+Budgets, then, once the calibration run has ended, `examples/`, then — once those have
+ended — one extra TrainingRun with a 20-second time limit (so budget enforcement shows), follows every Dataset, TrainingRun and
 FineTune to its end with live progress bars (phase, step/total, loss, cost against its
 limit), then prints a summary: dataset counts by reason, per-run time,
 accelerator-seconds, cost and limit (and the operator's `/metrics` figure beside it), the
@@ -38,6 +40,8 @@ from typing import Any, TextIO
 import yaml
 
 from genforge_operator.bundled import examples_dir
+from genforge_operator.money.estimate import prorated_seconds
+from genforge_operator.naming import calibration_name
 
 from .control_plane import DATA_MOUNT, LocalControlPlane, describe
 
@@ -80,6 +84,36 @@ def over_budget_run(manifests: list[Body]) -> Body | None:
     run["spec"]["budget"] = {**run["spec"].get("budget", {}), "maxDuration": f"{OVER_BUDGET_SECONDS}s",
                              "onExceeded": "Stop"}
     return run
+
+
+#: The demo's calibration run: steps of the reference model (spec.calibration.steps). More than
+#: the CRD's default 50 — the demo's first run is 2,200 steps, and a longer calibration measures
+#: the step time more exactly — and still under a minute on two cores.
+DEMO_CALIBRATION_STEPS = 150
+
+
+def calibrate_first(manifests: list[Body], namespace: str = "default",
+                    steps: int = DEMO_CALIBRATION_STEPS) -> tuple[list[Body], list[Body]]:
+    """(what to apply first, the rest): the pools the runs name ask for a calibration run
+    (`spec.calibration`, billed in `namespace`), and go first with the Budgets, so that every
+    run of the demo is estimated from the pool's measurement, not its prior."""
+    named = {(m["spec"].get("hardware") or {}).get("pool") for m in manifests if m["kind"] in ("TrainingRun", "FineTune")}
+    first, rest = [], []
+    for m in copy.deepcopy(manifests):
+        if m["kind"] == "AcceleratorPool" and m["metadata"]["name"] in named:
+            m["spec"]["calibration"] = {"enabled": True, "namespace": namespace, "steps": steps}
+        (first if m["kind"] in ("AcceleratorPool", "Budget") else rest).append(m)
+    return first, rest
+
+
+def calibration_names(first: list[Body]) -> set[tuple[str, str]]:
+    """The (kind, name) of the calibration runs and their Datasets that `first` asks for."""
+    names = set()
+    for m in first:
+        if m["kind"] == "AcceleratorPool" and (m["spec"].get("calibration") or {}).get("enabled"):
+            name = calibration_name(m["metadata"]["name"])
+            names |= {("Dataset", name), ("TrainingRun", name)}
+    return names
 
 
 def shrink(manifests: list[Body], factor: int) -> list[Body]:
@@ -274,6 +308,13 @@ def estimate_lines(status: Mapping[str, Any]) -> list[str]:
     span = (f" (range {estimate['minSeconds']:.0f}–{estimate['maxSeconds']:.0f} s)"
             if "minSeconds" in estimate and "maxSeconds" in estimate else "")
     line = f"  estimate {seconds:.0f} s{span}, {money(cost.get('estimated'))}"
+    progress = status.get("progress") or {}
+    if status.get("phase") in ("Failed", "BudgetExceeded") and progress.get("totalSteps"):
+        # a run that stopped early is compared with its estimate for the steps it did
+        done, total = int(progress.get("step") or 0), int(progress["totalSteps"])
+        prorated = prorated_seconds(estimate, completed_steps=done, total_steps=total)
+        if prorated:
+            line += f"; for the {done} of {total} steps done {prorated:.0f} s"
     if status.get("phase") in FINAL_PHASES["TrainingRun"]:
         line += f"; actual {status.get('runningSeconds', 0):.0f} s, {money(cost.get('accrued'))}"
     if cost.get("estimateError") is not None:
@@ -377,28 +418,41 @@ class DemoResult:
 
 
 def run_demo(plane: LocalControlPlane, manifests: list[Body], *, out: TextIO = sys.stdout,
-             timeout: float = DEFAULT_TIMEOUT, stop: threading.Event | None = None) -> DemoResult:
-    """Apply `manifests` to a started control plane, follow them to the end, summarize."""
+             timeout: float = DEFAULT_TIMEOUT, stop: threading.Event | None = None,
+             calibrate: bool = True, calibration_steps: int = DEMO_CALIBRATION_STEPS) -> DemoResult:
+    """Apply `manifests` to a started control plane, follow them to the end, summarize.
+
+    In stages, each once everything before it has ended: with `calibrate`, the pools (asking
+    for a calibration run) and Budgets, followed by the calibration run; then the manifests;
+    then the over-budget run. One run at a time on a small machine: runs that shared the CPU
+    would take longer than estimated, and the pool's calibration would measure a busy CPU.
+    """
     api = plane.api()
     extra = over_budget_run(manifests)
-    for obj in manifests:
-        api.apply(obj)
-    # The over-budget run starts once the others have ended: on a small machine it would
-    # otherwise share the CPU with them and their estimates could not be compared.
-    pending = [extra] if extra else []
-    applied = manifests + pending
-    followed = {(o["kind"], o["metadata"]["name"]) for o in applied if o["kind"] in FOLLOWED}
+    first, rest = calibrate_first(manifests, steps=calibration_steps) if calibrate else ([], manifests)
+    stages = [stage for stage in (first, rest, [extra] if extra else []) if stage]
+    expected = calibration_names(first)
+    followed = expected | {(o["kind"], o["metadata"]["name"]) for o in manifests + [extra] if o
+                           and o["kind"] in FOLLOWED}
     board = Board(out)
     started = time.monotonic()
     objects: list[Body] = []
+    for obj in stages.pop(0):
+        api.apply(obj)
+    applied = {(o["kind"], o["metadata"]["name"]) for o in first or rest} | expected
     while True:
         objects = [o for kind in FOLLOWED for o in api.items(kind) if (kind, o["metadata"]["name"]) in followed]
         rows = [row_of(o) for o in objects]
         elapsed = time.monotonic() - started
         board.update(rows, elapsed)
-        if pending and rows and len(rows) == len(followed) - len(pending) and all(r.final for r in rows):
-            api.apply(pending.pop())
-        elif rows and len(rows) == len(followed) and all(r.final for r in rows):
+        present = {(r.kind, r.name) for r in rows}
+        stage_done = (applied & followed) <= present and all(r.final for r in rows)
+        if stages and stage_done:
+            time.sleep(1.5)  # the pool's calibration is written with the run's last status
+            for obj in stages.pop(0):
+                api.apply(obj)
+                applied.add((obj["kind"], obj["metadata"]["name"]))
+        elif stage_done and rows:
             break
         if elapsed > timeout or (stop is not None and stop.is_set()):
             out.write("the demo timed out\n" if elapsed > timeout else "interrupted\n")
@@ -456,7 +510,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         plane.start()
         print(f"API server {plane.url}, operator metrics {plane.metrics_url}; applying "
-              f"{len(manifests)} manifests + 1 run with a {OVER_BUDGET_SECONDS}-second time limit\n", flush=True)
+              f"the pools and Budgets (the runs' pool calibrates first: a {DEMO_CALIBRATION_STEPS}-step "
+              f"calibration run), then {len(manifests)} manifests + 1 run with a {OVER_BUDGET_SECONDS}-second "
+              "time limit\n", flush=True)
         result = run_demo(plane, manifests, timeout=args.timeout, stop=stop)
         print("\n" + result.summary, flush=True)
         if getattr(args, "feedback", False) and result.ok and not stop.is_set():

@@ -100,6 +100,15 @@ class Toleration:
 
 
 @dataclass
+class PoolCalibrationRequest:
+    """`spec.calibration`: a short calibration run on demand while the pool is unmeasured."""
+
+    enabled: bool = False
+    namespace: str | None = None  # where the run is created and billed; required when enabled
+    steps: int = 50
+
+
+@dataclass
 class AcceleratorPoolSpec:
     price_per_hour: Money
     accelerator: AcceleratorSpec = field(default_factory=AcceleratorSpec)
@@ -110,6 +119,7 @@ class AcceleratorPoolSpec:
     spot: bool = False
     currency: str = "USD"
     cpus_per_node: int | None = None  # cpu pools: the node's vCPUs, the basis of the prior
+    calibration: PoolCalibrationRequest | None = None
 
 
 @dataclass
@@ -127,6 +137,7 @@ class CalibrationSample:
     value: float
     at: str
     run: str = ""
+    uid: str = ""  # the run's uid: a run is folded in once (a retried reconcile does not count it twice)
 
 
 @dataclass
@@ -157,9 +168,19 @@ class PoolCalibration:
 
 
 @dataclass
+class CalibrationRunRef:
+    """The calibration run a pool asked for, and its phase when the pool last looked."""
+
+    namespace: str
+    name: str
+    phase: str | None = None
+
+
+@dataclass
 class AcceleratorPoolStatus:
     measured: list[MeasuredThroughput] = field(default_factory=list)
     calibration: PoolCalibration | None = None
+    calibration_run: CalibrationRunRef | None = None
     observed_generation: int | None = None
     conditions: list[Condition] = field(default_factory=list)
 
@@ -520,6 +541,7 @@ class EstimateStatus:
     max_seconds: float
     basis: str
     parts: list[EstimatePartStatus] = field(default_factory=list)
+    from_step: int | None = None  # steps done when it was made (a resumed run's estimate is of the rest)
 
 
 @dataclass

@@ -264,6 +264,21 @@ class Kube:
                 return None
             raise self._retry(exc, f"create {kind} {namespace}/{obj['metadata']['name']}") from exc
 
+    def create_custom(self, obj: dict) -> bool:
+        """Create a genforge object (a pool's calibration run and its model and data); one that
+        already exists is fine. False: its namespace does not exist."""
+        k = KINDS[obj["kind"]]
+        namespace = obj["metadata"]["namespace"]
+        try:
+            self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, k.plural, obj)
+        except ApiException as exc:
+            if exc.status == 409:
+                return True
+            if exc.status == 404:
+                return False
+            raise self._retry(exc, f"create {obj['kind']} {namespace}/{obj['metadata']['name']}") from exc
+        return True
+
     def patch_job(self, namespace: str, name: str, patch: dict) -> None:
         try:
             self.batch.patch_namespaced_job(name, namespace, patch, _content_type=MERGE_PATCH)

@@ -16,7 +16,8 @@ from . import kube, metrics
 from .api import GROUP, VERSION
 from .config import OperatorConfig
 from .kube import Kube
-from .naming import LABEL_MANAGED_BY, LABEL_UID, MANAGER
+from .money import calibration_run
+from .naming import LABEL_CALIBRATION_FOR, LABEL_MANAGED_BY, LABEL_UID, MANAGER
 from .observe import job_view, pod_view
 from .reconciler import (
     UID_INDEXES,
@@ -246,6 +247,26 @@ def dataset_phase_changed(namespace, name, new, logger, **kwargs):
     idx = _indexes(kwargs)
     for owner in unfinished_runs(namespace, idx, waits_for_dataset(name)):
         reconciler().reconcile(*owner, idx, logger)
+
+
+@kopf.on.event(GROUP, VERSION, "acceleratorpools")
+def pool_changed(body, name, type, **_):
+    """A pool that asks for a calibration run (spec.calibration) gets one, and its status says
+    where it stands. Event handlers keep no state on the pool (no annotations to patch)."""
+    if type == "DELETED":
+        return
+    pool = parsed(body)
+    if pool is not None and calibration_run.needs_look(pool):
+        reconciler().reconcile_pool(name)
+
+
+@kopf.on.event(GROUP, VERSION, "trainingruns", labels={LABEL_CALIBRATION_FOR: kopf.PRESENT})
+def calibration_run_changed(annotations, type, **_):
+    """A calibration run moved: its pool's Calibrated condition follows (and, once it is gone,
+    a pool still unmeasured creates another)."""
+    pool = calibration_run.pool_of(dict(annotations or {}))
+    if pool:
+        reconciler().reconcile_pool(pool)
 
 
 @kopf.on.field(GROUP, VERSION, "genmodels", field="status.latest")

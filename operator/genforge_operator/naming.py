@@ -25,6 +25,8 @@ LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 #: Kueue reads a Job's WorkloadPriorityClass from this label; a run's own label is copied to its Job.
 LABEL_KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
 MANAGER = "genforge"
+#: On the GenModel, Dataset and TrainingRun of a pool's calibration run: the pool's name.
+LABEL_CALIBRATION_FOR = f"{GROUP}/calibration-for"
 
 KIND_PREFIX = {"Dataset": "gf-ds", "TrainingRun": "gf-tr", "FineTune": "gf-ft"}
 
@@ -77,3 +79,14 @@ def owner_labels(kind: str, name: str, uid: str) -> dict[str, str]:
 
 def owner_selector(uid: str) -> str:
     return f"{LABEL_MANAGED_BY}={MANAGER},{LABEL_UID}={uid}"
+
+
+def calibration_name(pool: str) -> str:
+    """The name of a pool's calibration run and of its GenModel and Dataset (one per pool:
+    a second create of it is a no-op, never a second run)."""
+    full = f"calibrate-{pool}"
+    label = re.sub(r"[^a-z0-9-]", "-", full)
+    if label == full:
+        return fit(full)
+    suffix = _digest(full)  # the dots of `a.b` became dashes: `a.b` and `a-b` keep names of their own
+    return f"{label[: DNS_LABEL_MAX - len(suffix) - 1].rstrip('-')}-{suffix}"

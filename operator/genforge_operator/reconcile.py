@@ -292,7 +292,8 @@ def _start_run(out: Outcome, obs: Observed, config: OperatorConfig) -> Outcome:
     if run.spec.budget.max_cost is not None:
         cost["limit"] = money_str(run.spec.budget.max_cost)
     out.status["cost"] = cost
-    out.status["estimate"] = money.estimate_status(estimate)
+    out.status["estimate"] = money.estimate_status(
+        estimate, from_step=int((out.status.get("progress") or {}).get("step") or 0))
     out.status["pool"] = pool.name
     if admitted.note:
         out.event(Reason.POOL_CHOSEN, admitted.note)
@@ -329,7 +330,41 @@ def _create_children(out: Outcome, obs: Observed, planned: Planned, estimate) ->
     return out
 
 
+#: Phases of a run that ended (for now) before its last step: their estimate error is
+#: measured against the estimate pro-rated to the steps done.
+STOPPED_EARLY = (RunPhase.FAILED, RunPhase.BUDGET_EXCEEDED, RunPhase.SUSPENDED)
+
+
 def reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
+    out = _reconcile_run(obs, config)
+    _estimate_error_of_stopped_run(out, obs.resource, trainer_report(obs.pod_runs) if obs.job is not None else {})
+    return out
+
+
+def _estimate_error_of_stopped_run(out: Outcome, run: Resource, report: dict) -> None:
+    """`status.cost.estimateError` for a run that stopped early (Failed, BudgetExceeded,
+    Suspended): actual running seconds against the estimate pro-rated to the steps it completed
+    (`money.estimate.prorated_seconds`); a Succeeded run's is set in `_succeeded`. A run running
+    again has none until it ends. The step a stopped trainer reported last (its termination
+    message) is newer than the progress polled while it ran, so status.progress shows it."""
+    phase, cost = out.status.get("phase"), out.status.get("cost")
+    if not isinstance(cost, dict) or phase == RunPhase.SUCCEEDED:
+        return
+    error = None
+    if phase in STOPPED_EARLY:
+        step, progress = report.get("step"), out.status.get("progress") or {}
+        if isinstance(step, int) and not isinstance(step, bool) and step > int(progress.get("step") or 0):
+            total = run.spec.training.steps
+            out.status["progress"] = {**progress, "step": step, "totalSteps": total,
+                                      "percent": round(100.0 * step / total, 1) if total else 0.0}
+        error = money.estimate.finished_estimate_error(out.status, total_steps=run.spec.training.steps, complete=False)
+    if error is None:
+        cost.pop("estimateError", None)
+    else:
+        cost["estimateError"] = error
+
+
+def _reconcile_run(obs: Observed, config: OperatorConfig) -> Outcome:
     run = obs.resource
     out = _start(obs)
     phase = out.status.get("phase")

@@ -27,7 +27,8 @@ from .config import OperatorConfig
 from .delayed import DelayedCalls
 from .kube import Kube, diff_patch
 from .model_versions import add_version
-from .naming import LABEL_UID, owner_selector
+from .money import calibration_run
+from .naming import LABEL_UID, calibration_name, owner_selector
 from .observe import pod_run, rank_zero
 from .plan import Catalog
 from .reconcile import Observed, Outcome, final_status, reconcile_dataset, reconcile_run
@@ -300,6 +301,32 @@ class Reconciler:
         one is back within that)."""
         made = self._service_accounts.get(namespace)
         return made is None or time.monotonic() - made > SERVICE_ACCOUNT_RECHECK_SECONDS
+
+    def reconcile_pool(self, name: str) -> None:
+        """A pool's calibration run on demand (`spec.calibration`): create it while the pool is
+        unmeasured, and say in the pool's status where it stands (`calibration_run.decide`)."""
+        key = ("AcceleratorPool", "", name)
+        with self._exclusive(key):
+            body = self.kube.get("AcceleratorPool", None, name)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            pool = parsed(body)
+            if pool is None:
+                return
+            request, ref = pool.spec.calibration, pool.status.calibration_run
+            namespace = request.namespace if request and request.enabled and request.namespace else None
+            where = (namespace, calibration_name(name)) if namespace else (ref.namespace, ref.name) if ref else None
+            run_body = self.kube.get("TrainingRun", *where) if where else None
+            run = parsed(run_body) if run_body else None
+            now = datetime.now(UTC)
+            decision = calibration_run.decide(pool, run, now)
+            if decision.create and not all(self.kube.create_custom(obj) for obj in decision.create):
+                decision = calibration_run.decide(pool, run, now, namespace_exists=False)
+            current = dict(body.get("status") or {})
+            patch = diff_patch(current, {**current, **decision.status})
+            self.kube.patch_status("AcceleratorPool", None, name, patch)
+            for type_, reason, message in decision.events:
+                kopf.event(body, type=type_, reason=reason, message=message[:1024])
 
     def record_measurement(self, pool_name: str, measure) -> None:
         """Fold a run's measurements into the pool's status (measured throughput, calibration)."""

@@ -727,6 +727,22 @@ def _iter_rules(schema: dict, path: str) -> Iterator[Rule]:
         yield from _iter_rules(schema["items"], f"{path}[]")
 
 
+#: Property names that are CEL keywords: a rule reads them as `self.__namespace__`
+#: (Kubernetes' escaping of CRD property names in CEL).
+CEL_RESERVED = frozenset({"true", "false", "null", "in", "as", "break", "const", "continue", "else", "for",
+                          "function", "if", "import", "let", "loop", "package", "namespace", "return", "var",
+                          "void", "while"})
+
+
+def _escaped(value: Any) -> Any:
+    """`value` with every object property named like a CEL keyword renamed `__name__`."""
+    if isinstance(value, dict):
+        return {(f"__{k}__" if k in CEL_RESERVED else k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
 @functools.lru_cache(maxsize=512)
 def _program(expression: str):
     import cel  # the `common-expression-language` package; imported lazily (a dev/local dependency)
@@ -752,6 +768,7 @@ def evaluate_rule(
     """Evaluate one CEL expression with `self` (and `oldSelf`) bound, Kubernetes-style."""
     import cel
 
+    self_value, old_value = _escaped(self_value), _escaped(old_value)
     variables = {"self": self_value}
     if optional_old_self:
         variables["oldSelf"] = (

@@ -55,6 +55,7 @@ class ConditionType(StrEnum):
     QUEUED = "Queued"                     # runs under Kueue
     EXHAUSTED = "Exhausted"               # Budget
     PROMOTED = "Promoted"                 # GenModel: which version is promoted and why
+    CALIBRATED = "Calibrated"             # AcceleratorPool: measured, or its calibration run's state
 
 
 class ConditionStatus(StrEnum):
@@ -106,6 +107,13 @@ class Reason(StrEnum):
     BUDGET_RAISED = "BudgetRaised"
     BUDGET_WARNING = "BudgetWarning"
     PERIOD_ROLLED_OVER = "PeriodRolledOver"
+    # pool calibration (AcceleratorPool spec.calibration)
+    MEASURED = "Measured"
+    CALIBRATION_RUN_CREATED = "CalibrationRunCreated"
+    CALIBRATION_RUNNING = "CalibrationRunning"
+    CALIBRATION_RUN_FAILED = "CalibrationRunFailed"
+    CALIBRATION_NOT_MEASURED = "CalibrationNotMeasured"
+    CALIBRATION_NAMESPACE_NOT_FOUND = "CalibrationNamespaceNotFound"
     # model versions
     PROMOTED = "Promoted"
     KEPT = "Kept"

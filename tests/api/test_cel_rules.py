@@ -17,7 +17,8 @@ fails if a rule has no rejected case here, or never holds on an allowed one):
   items, which reports the offending index); label-selector expressions: `values` non-empty
   exactly for In/NotIn.
 - AcceleratorPool: accelerator type cpu ⇔ no resourceName; `tpu` only with, and required
-  for, resourceName google.com/tpu; tolerations: no value with Exists, empty key only with
+  for, resourceName google.com/tpu; `calibration.enabled` needs `calibration.namespace`
+  (a CEL keyword: the rule reads `self.__namespace__`, Kubernetes' escaping); tolerations: no value with Exists, empty key only with
   Exists, tolerationSeconds only with NoExecute.
 - GenModel: stable-diffusion needs `base`, and a resolution divisible by 8; unet2d-ddpm's
   resolution divisible by 2^(levels-1) (message from messageExpression); `normNumGroups`
@@ -78,6 +79,9 @@ ALLOWED = [
     ("pool-gpu", "AcceleratorPool", GPU),
     ("pool-tpu", "AcceleratorPool", {**TPU, "spec.tpu": {"topology": "2x4"}}),
     ("toleration-exists-without-key", "AcceleratorPool", toleration(operator="Exists")),
+    ("pool-calibration-enabled-with-namespace", "AcceleratorPool",
+     {"spec.calibration": {"enabled": True, "namespace": "team-a", "steps": 40}}),
+    ("pool-calibration-off-without-namespace", "AcceleratorPool", {"spec.calibration": {"steps": 40}}),
     ("toleration-noexecute-seconds", "AcceleratorPool", toleration(key="spot", operator="Equal", value="true",
                                                                    effect="NoExecute", tolerationSeconds=30)),
     ("model-unet", "GenModel", {}),
@@ -143,6 +147,8 @@ REJECTED = [
      "spec.tpu", "tpu is only valid for TPU pools"),
     ("pool-tpu-without-topology", "AcceleratorPool", TPU,
      "spec.tpu", "a TPU pool needs tpu.topology"),
+    ("pool-calibration-enabled-without-namespace", "AcceleratorPool", {"spec.calibration": {"enabled": True}},
+     "spec.calibration.namespace", "calibration.namespace is required when calibration.enabled is true"),
     ("toleration-exists-with-value", "AcceleratorPool", toleration(key="a", operator="Exists", value="b"),
      "spec.tolerations[0].value", "value must be empty when operator is Exists"),
     ("toleration-empty-key-equal", "AcceleratorPool", toleration(operator="Equal", value="b"),

@@ -29,6 +29,8 @@ OPERATOR_NAMESPACED = (
     grant(GENFORGE, NAMESPACED_KINDS, ["get", "list", "watch", "patch"])
     # status: phase, conditions, cost, registry versions, Budget spending.
     | grant(GENFORGE, [f"{k}/status" for k in NAMESPACED_KINDS], ["patch"])
+    # a pool's calibration run (AcceleratorPool spec.calibration): its GenModel, Dataset and run.
+    | grant(GENFORGE, ["datasets", "genmodels", "trainingruns"], ["create"])
     # ownerReferences with blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
     | grant(GENFORGE, ["datasets/finalizers", "finetunes/finalizers", "trainingruns/finalizers"], ["update"])
     | grant("batch", ["jobs"], ["get", "list", "watch", "create", "patch", "delete"])

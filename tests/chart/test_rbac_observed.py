@@ -3,7 +3,7 @@
 The real kopf operator runs against the emulated API server through a whole lifecycle —
 a Dataset prepared (and prepared again after a spec change), a two-node run that is
 stopped at its budget, resumed, finished and registered, a FineTune of the new version,
-the run deleted — and the
+a pool's calibration run, the run deleted — and the
 emulator's request log says which (verb, resource) it used. Every one must be granted by
 the chart's ClusterRole; every grant must be used or have a reason it cannot be seen here.
 """
@@ -155,6 +155,24 @@ def _lifecycle(custom, batch, core, namespace, pool):
         "training": {"steps": 20, "batchSize": 4}, "hardware": {"pool": pool},
         "budget": {"maxCost": "1000", "maxDuration": "1h"}})
     wait_for(lambda: _job(batch, namespace, "FineTune"), message="the FineTune's Job")
+
+    # A pool that asks for a calibration run: its GenModel, Dataset and TrainingRun are created.
+    unmeasured = f"{pool}-new"
+    custom.create_cluster_custom_object(GROUP, VERSION, "acceleratorpools", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "AcceleratorPool", "metadata": {"name": unmeasured},
+        "spec": {"accelerator": {"type": "cpu"}, "pricePerHour": "1",
+                 "calibration": {"enabled": True, "namespace": namespace}}})
+    try:
+        wait_for(lambda: any(r["metadata"]["name"] == f"calibrate-{unmeasured}" for r in
+                             custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns")["items"]),
+                 timeout=15, message="the calibration run created")
+        wait_for(lambda: any(c.get("type") == "Calibrated" for c in (custom.get_cluster_custom_object(
+            GROUP, VERSION, "acceleratorpools", unmeasured).get("status") or {}).get("conditions") or []),
+            timeout=15, message="the pool's Calibrated condition")
+    finally:
+        custom.delete_cluster_custom_object(GROUP, VERSION, "acceleratorpools", unmeasured)
+    for plural in ("trainingruns", "datasets", "genmodels"):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, f"calibrate-{unmeasured}")
 
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "run")
     wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns")["items"],

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from genforge_operator.api import parse_resource
 from genforge_operator.config import OperatorConfig
 from genforge_operator.money import throughput
 from genforge_operator.plan import Catalog
@@ -241,11 +242,70 @@ def test_success_calibrates_the_pool_part_by_part_from_the_trainers_timing():
     # 100 steps of 8 in 15 s: 0.15 s a step, less the CPU's per-step overhead
     compute = 0.15 - throughput.STEP_OVERHEAD_SECONDS_CPU
     assert calibration["trainingFlopsPerSecond"]["value"] == pytest.approx(8 * per_sample / compute, rel=1e-6)
-    assert calibration["evaluationFlopsPerSecond"]["value"] == pytest.approx(16 * 50 * per_sample / 3 / 1.5,
+    # 1.5 s for 50 denoising calls, less their overhead (at least a quarter of it is FLOPs)
+    evaluating = throughput.compute_seconds(1.5, 50 * throughput.SAMPLING_CALL_OVERHEAD_SECONDS_CPU)
+    assert calibration["evaluationFlopsPerSecond"]["value"] == pytest.approx(16 * 50 * per_sample / 3 / evaluating,
                                                                              rel=1e-6)
     assert calibration["checkpointSeconds"]["value"] == pytest.approx(0.25)
     assert calibration["checkpointSeconds"]["recent"] == [
-        {"value": 0.25, "at": "2026-11-27T12:00:22Z", "run": "TrainingRun/team-a/run-1"}]
+        {"value": 0.25, "at": "2026-11-27T12:00:22Z", "run": "TrainingRun/team-a/run-1", "uid": run.uid}]
+    # the same run measured again (a reconcile retried after a conflict on its version) adds nothing
+    pool = make_pool("cpu")
+    pool.status.calibration = parse_resource({"kind": "AcceleratorPool", "metadata": {"name": "cpu"}, "spec": {
+        "pricePerHour": "1"}, "status": {"calibration": calibration}}).status.calibration
+    assert out.measure(pool) is None
+
+
+ESTIMATED = {"seconds": 100.0, "minSeconds": 80.0, "maxSeconds": 120.0, "basis": "…", "fromStep": 0,
+             "parts": [{"part": "startup", "seconds": 10.0, "basis": "measured", "runs": 1},
+                       {"part": "training", "seconds": 80.0, "basis": "measured", "runs": 1},
+                       {"part": "evaluation", "seconds": 6.0, "basis": "measured", "runs": 1},
+                       {"part": "checkpoints", "seconds": 4.0, "basis": "measured", "runs": 1}]}
+
+
+@pytest.mark.parametrize(("case", "status", "job_obj", "pods", "at", "phase", "error"), [
+    # stopped by maxCost at step 25 of 100 after 40 s: 10 + (80 + 4) × 25 % = 31 s estimated
+    pytest.param("budget", {**RUNNING, "estimate": ESTIMATED, "progress": {"step": 25, "totalSteps": 100}},
+                 job(), [pod(0)], 40, "BudgetExceeded", (40 - 31) / 31, id="budget-exceeded-pro-rated"),
+    # failed at step 50 after 46 s: 10 + 84 × 50 % = 52 s estimated
+    pytest.param("failed", {**RUNNING, "estimate": ESTIMATED, "progress": {"step": 50, "totalSteps": 100}},
+                 job(conditions=[("Failed", "BackoffLimitExceeded")]),
+                 [pod(0, 46, exit_code=1, message={"outcome": "Failed", "reason": "DataError", "message": "x"})],
+                 47, "Failed", (46 - 52) / 52, id="failed-pro-rated"),
+    # resumed from step 50 (the estimate was of steps 50..100), stopped at 75: 10 + 84 × 50 %
+    pytest.param("resumed", {**RUNNING, "estimate": {**ESTIMATED, "fromStep": 50},
+                             "progress": {"step": 75, "totalSteps": 100}},
+                 job(), [pod(0)], 40, "BudgetExceeded", (40 - 52) / 52, id="resumed-run-pro-rated-from-its-step"),
+])
+def test_a_run_that_stops_early_gets_an_estimate_error_against_the_pro_rated_estimate(
+        case, status, job_obj, pods, at, phase, error):
+    budget = {"maxCost": "5"} if case != "failed" else {"maxCost": "1000"}
+    status = {**status, "cost": {**status["cost"], "estimatedSeconds": 100.0}}
+    out = reconcile_run(observe(make_run(budget=budget), status, job_obj, pods, at=at), CONFIG)
+    assert out.status["phase"] == phase
+    assert out.status["cost"]["estimateError"] == pytest.approx(error, abs=1e-3)
+
+
+def test_a_stopped_trainers_last_step_counts_for_the_pro_rated_estimate():
+    """The progress polled while it ran lags; the trainer's last words say where it stopped."""
+    status = {**RUNNING, "phase": "BudgetExceeded", "estimate": ESTIMATED, "progress": {"step": 20, "totalSteps": 100},
+              "cost": {**RUNNING["cost"], "estimatedSeconds": 100.0}}
+    stopped = pod(0, 40, exit_code=143, message={"outcome": "Stopped", "step": 25, "reason": "Terminated"})
+    out = reconcile_run(observe(make_run(budget={"maxCost": "5"}), status, job(suspend=True, active=0), [stopped],
+                                at=45), CONFIG)
+    assert out.status["phase"] == "BudgetExceeded" and out.status["progress"]["step"] == 25
+    assert out.status["cost"]["estimateError"] == pytest.approx((40 - 31) / 31, abs=1e-3)
+
+
+def test_a_run_refused_before_it_ran_has_no_estimate_error():
+    out = reconcile_run(observe(make_run(budget={"maxCost": "0.000001"})), CONFIG)
+    assert out.status["phase"] == "Failed" and "estimateError" not in out.status.get("cost", {})
+
+
+def test_a_run_running_again_drops_the_error_of_its_stop():
+    status = {**RUNNING, "estimate": ESTIMATED, "cost": {**RUNNING["cost"], "estimateError": 0.3}}
+    out = reconcile_run(observe(make_run(budget={"maxCost": "1000"}), status, job(), [pod(0)], at=3), CONFIG)
+    assert out.status["phase"] == "Running" and "estimateError" not in out.status["cost"]
 
 
 def test_failure_carries_the_trainers_report():

@@ -26,6 +26,18 @@ def test_the_extra_run_gets_a_time_limit_it_will_reach(manifests):
     assert original["spec"]["budget"].get("maxDuration") != "20s"  # the examples are untouched
 
 
+def test_the_runs_pool_calibrates_first_and_the_examples_follow(manifests):
+    first, rest = demo.calibrate_first(manifests, namespace="default")
+    assert {m["kind"] for m in first} == {"AcceleratorPool", "Budget"}
+    assert {m["kind"] for m in rest} == {"Dataset", "GenModel", "TrainingRun", "FineTune"}
+    asked = {m["metadata"]["name"]: m["spec"].get("calibration") for m in first if m["kind"] == "AcceleratorPool"}
+    # only the pool the runs name (cpu) measures itself; the others have no nodes here
+    assert asked == {"cpu": {"enabled": True, "namespace": "default", "steps": demo.DEMO_CALIBRATION_STEPS},
+                     "gpu-l4": None, "tpu-v5e": None}
+    assert demo.calibration_names(first) == {("Dataset", "calibrate-cpu"), ("TrainingRun", "calibrate-cpu")}
+    assert all("calibration" not in m["spec"] for m in manifests if m["kind"] == "AcceleratorPool")  # untouched
+
+
 def test_shrink_divides_steps_and_keeps_checkpoints_inside(manifests):
     small = demo.shrink(manifests, 10)
     for before, after in zip(manifests, small, strict=True):
@@ -128,7 +140,7 @@ def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
 
     out = io.StringIO()
     with LocalControlPlane(tmp_path / "data") as plane:
-        result = demo.run_demo(plane, demo.shrink(manifests, 10), out=out, timeout=600)
+        result = demo.run_demo(plane, demo.shrink(manifests, 10), out=out, timeout=600, calibration_steps=20)
         assert result.ok, out.getvalue() + "\n" + result.summary
         # --feedback: rate through the review page, its button creates the FineTune, the operator runs it.
         # 8 samples per label, the model's 25 sampling steps: the shrunk (220-step) model draws
@@ -145,7 +157,9 @@ def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
         assert f"FineTune {feedback.finetune} → version {feedback.version}" in feedback.summary
         assert set(feedback.shares) == {"before", "after", "beforeHeldOut", "afterHeldOut"}
     phases = {(o["kind"], o["metadata"]["name"]): o["status"]["phase"] for o in result.objects}
-    assert sorted(phases.values()) == ["BudgetExceeded", "Ready", "Succeeded", "Succeeded"]
+    # the calibration run and its Dataset first, then the examples, then the over-budget run
+    assert sorted(phases.values()) == ["BudgetExceeded", "Ready", "Ready", "Succeeded", "Succeeded", "Succeeded"]
+    assert phases[("TrainingRun", "calibrate-cpu")] == "Succeeded"
     for obj in result.objects:
         status = obj["status"]
         if obj["kind"] != "Dataset" and status["phase"] == "Succeeded":
@@ -156,8 +170,12 @@ def test_demo_path_end_to_end_with_small_numbers(tmp_path, manifests):
             assert 0 <= status["metrics"]["onDataBackground"] <= 1
     assert "sample statistics (" in result.summary and "on a data background" in result.summary
     assert "GenModel shapes: latest v2" in result.summary
-    # estimate vs actual for every run; after the first, the pool is measured
-    assert result.summary.count("  estimate ") == 3 and "basis: startup" in result.summary
+    # estimate vs actual for every run; the pool calibrated first, so every example run is measured
+    assert result.summary.count("  estimate ") == 4 and "basis: startup" in result.summary
+    shapes = next(o for o in result.objects if o["metadata"]["name"] == "shapes-v1")
+    assert all(p["basis"] == "measured" for p in shapes["status"]["estimate"]["parts"] if p["seconds"] > 0)
+    over = next(o for o in result.objects if o["status"]["phase"] == "BudgetExceeded")
+    assert over["status"]["cost"]["estimateError"] is not None  # pro-rated to the steps it did
     assert "AcceleratorPool cpu: measured start-up" in result.summary
     lora = next(o for o in result.objects if o["kind"] == "FineTune")
     assert all(p["basis"] == "measured" for p in lora["status"]["estimate"]["parts"])
@@ -177,6 +195,18 @@ def test_board_redraws_in_place_on_a_terminal():
     board.update(rows, 2.0)
     assert out.getvalue().count("\x1b[2F") == 1  # back up over the row and the elapsed line, then redraw
     assert out.getvalue().count("\x1b[2K") == 4
+
+
+def test_a_stopped_run_shows_the_estimate_for_the_steps_it_did(tmp_path):
+    run = {"kind": "TrainingRun", "metadata": {"name": "over"}, "status": {
+        "phase": "BudgetExceeded", "runningSeconds": 21.0, "progress": {"step": 120, "totalSteps": 2200},
+        "cost": {"accrued": "0.0003", "estimated": "0.005", "estimatedSeconds": 364.0, "estimateError": -0.1},
+        "estimate": {"seconds": 364.0, "minSeconds": 340.0, "maxSeconds": 380.0, "basis": "…", "fromStep": 0,
+                     "parts": [{"part": "startup", "seconds": 12.0, "basis": "measured", "runs": 1},
+                               {"part": "training", "seconds": 330.0, "basis": "measured", "runs": 1},
+                               {"part": "evaluation", "seconds": 3.0, "basis": "measured", "runs": 1}]}}}
+    text, _ = demo.summarize([run], [], tmp_path, "", 1.0)
+    assert "for the 120 of 2200 steps done 30 s; actual 21 s" in text and "error -10%" in text
 
 
 def test_summary_shows_estimate_beside_actual_and_the_pools_calibration(tmp_path):

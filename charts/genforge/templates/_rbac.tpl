@@ -13,6 +13,12 @@ operator against the emulated API server and checks every request it made is all
 - apiGroups: [genforge.dev]
   resources: [budgets, datasets, finetunes, genmodels, trainingruns]
   verbs: [get, list, watch, patch]
+# A pool's calibration run on demand (AcceleratorPool spec.calibration): its GenModel,
+# Dataset and TrainingRun, created once in the namespace the pool names (an existing one
+# is fine: HTTP 409). Nothing else of these kinds is ever created or changed.
+- apiGroups: [genforge.dev]
+  resources: [datasets, genmodels, trainingruns]
+  verbs: [create]
 # Phase, conditions, cost, progress, the model registry and Budget spending.
 - apiGroups: [genforge.dev]
   resources: [budgets/status, datasets/status, finetunes/status, genmodels/status, trainingruns/status]
@@ -55,7 +61,7 @@ operator against the emulated API server and checks every request it made is all
 - apiGroups: [genforge.dev]
   resources: [acceleratorpools]
   verbs: [get, list, watch]
-# Measured throughput per architecture.
+# Measured throughput per architecture, the calibration, the calibration run's condition.
 - apiGroups: [genforge.dev]
   resources: [acceleratorpools/status]
   verbs: [patch]

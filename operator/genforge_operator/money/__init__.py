@@ -207,10 +207,11 @@ def active_deadline(run: Resource, catalog: Catalog, status: dict, now: datetime
     return None if deadline is None else deadline + BACKSTOP_SLACK_SECONDS
 
 
-def estimate_status(chosen: PoolEstimate) -> dict:
-    """`status.estimate`: the admitted estimate part by part, with its range and basis."""
+def estimate_status(chosen: PoolEstimate, from_step: int = 0) -> dict:
+    """`status.estimate`: the admitted estimate part by part, with its range and basis, and the
+    step it starts from (a resumed run's estimate is of the steps it still has to do)."""
     return {"seconds": float(chosen.duration_seconds), "minSeconds": float(chosen.min_seconds),
-            "maxSeconds": float(chosen.max_seconds), "basis": chosen.basis,
+            "maxSeconds": float(chosen.max_seconds), "basis": chosen.basis, "fromStep": from_step,
             "parts": [{"part": p.name, "seconds": round(p.seconds, 1), "basis": p.basis, "runs": p.runs}
                       for p in chosen.parts]}
 
@@ -221,7 +222,7 @@ class Review:
     estimate_error: float | None
     #: pool (as stored now) → the status fields this run changes (`measured`, `calibration`);
     #: applied with an optimistic lock
-    measure: Callable[[Resource], dict] | None
+    measure: Callable[[Resource], dict | None] | None
 
 
 def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict, report: dict,
@@ -238,7 +239,9 @@ def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict,
         return Review(estimate_error=error, measure=None)
     at = formats.timestamp(now)
 
-    def measure(current: Resource) -> dict:
+    def measure(current: Resource) -> dict | None:
+        if calibration.folded(current.status.calibration, run.uid):
+            return None  # measured already (a retried reconcile): nothing to add
         fields: dict = {}
         if has_speed:
             fields["measured"] = [to_dict(m) for m in throughput.update_measured(
@@ -248,7 +251,8 @@ def review(run: Resource, pool: Resource | None, catalog: Catalog, status: dict,
                                            spec=run.spec, model=model.spec)
         if observed:
             fields["calibration"] = to_dict(calibration.fold_run(current.status.calibration, observed, at=at,
-                                                                 run=f"{run.kind}/{run.namespace}/{run.name}"))
+                                                                 run=f"{run.kind}/{run.namespace}/{run.name}",
+                                                                 uid=run.uid))
         return fields
 
     return Review(estimate_error=error, measure=measure)

@@ -13,7 +13,8 @@ one value per part that transfers to other runs on the same pool:
   seconds less the per-step overhead (`throughput.STEP_OVERHEAD_SECONDS_*`) ÷ scaling
   efficiency. FLOPs, not samples/s, so that one run calibrates the pool for every model;
 * `evaluationFlopsPerSecond` — samples × sampling steps × FLOPs of a denoising step ÷
-  the evaluation's seconds (held-out loss and FID features ride along);
+  the evaluation's seconds less the overhead of its denoising calls
+  (`throughput.SAMPLING_CALL_OVERHEAD_SECONDS_*`; held-out loss and FID features ride along);
 * `checkpointSeconds` — seconds per checkpoint or final-model write.
 
 `fold_run` adds the values to each part's recent window (`WINDOW` runs) and keeps the
@@ -36,6 +37,8 @@ from .throughput import (
     forward_flops_per_sample,
     processes_per_node,
     rendezvous_seconds,
+    sampling_calls,
+    sampling_overhead_seconds,
     scaling_efficiency,
     step_flops,
     step_overhead_seconds,
@@ -76,7 +79,9 @@ def observe_run(timing: Mapping[str, Any], *, running_seconds: float | None, poo
     evaluation_seconds = _number(timing, "evaluationSeconds")
     eval_samples, eval_steps = _number(timing, "evaluationSamples"), _number(timing, "inferenceSteps")
     if evaluation_seconds and eval_samples and eval_steps:
-        out["evaluation"] = eval_samples * eval_steps * forward_flops_per_sample(model) / evaluation_seconds
+        overhead = sampling_calls(eval_samples, eval_steps) * sampling_overhead_seconds(pool_spec)
+        out["evaluation"] = (eval_samples * eval_steps * forward_flops_per_sample(model)
+                             / compute_seconds(evaluation_seconds, overhead))
     checkpoint_seconds, writes = _number(timing, "checkpointSeconds"), _number(timing, "writes")
     if checkpoint_seconds is not None and writes:
         out["checkpoints"] = checkpoint_seconds / writes
@@ -103,15 +108,30 @@ def summarise(recent: Sequence[CalibrationSample]) -> CalibrationPart:
                            high=round(max(kept), 6), updated=max(s.at for s in recent), recent=list(recent))
 
 
+def folded(calibration: PoolCalibration | None, uid: str) -> bool:
+    """Whether the run with `uid` is already in the pool's calibration."""
+    if calibration is None or not uid:
+        return False
+    parts = (getattr(calibration, name) for name in FIELDS.values())
+    return any(sample.uid == uid for part in parts if part for sample in part.recent)
+
+
 def fold_run(calibration: PoolCalibration | None, observed: Mapping[str, float], *, at: str,
-             run: str) -> PoolCalibration:
-    """The pool's calibration after a run observed `observed` (part → value) at `at`."""
+             run: str, uid: str = "") -> PoolCalibration:
+    """The pool's calibration after a run observed `observed` (part → value) at `at`.
+
+    Idempotent per run: a run whose `uid` is already folded in changes nothing (the pool is
+    written before the run's model version and status, and a reconcile retried after a
+    conflict there measures the same run again)."""
     calibration = calibration or PoolCalibration()
+    if folded(calibration, uid):
+        return calibration
     changes = {}
     for part, value in observed.items():
         name = FIELDS[part]
         current: CalibrationPart | None = getattr(calibration, name)
-        recent = [*(current.recent if current else []), CalibrationSample(round(value, 6), at, run)][-WINDOW:]
+        sample = CalibrationSample(round(value, 6), at, run, uid)
+        recent = [*(current.recent if current else []), sample][-WINDOW:]
         changes[name] = summarise(recent)
     return dataclasses.replace(calibration, **changes)
 

@@ -35,6 +35,7 @@ from .throughput import (
     CHECKPOINT_SECONDS_CPU,
     RunSpec,
     checkpoint_writes,
+    evaluation_calls,
     evaluation_work,
     legacy_measured_flops,
     prior_flops_per_second,
@@ -42,6 +43,7 @@ from .throughput import (
     processes_per_node,
     rendezvous_seconds,
     samples_of,
+    sampling_overhead_seconds,
     scaling_efficiency,
     step_flops,
     step_overhead_seconds,
@@ -189,10 +191,16 @@ def estimate_parts(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
     samples_per_second = per_step / step_seconds(flops) if flops > 0 else 0.0
 
     # evaluation runs on the main process only; its prior rate is training's prior
+    # denoising calls × (overhead + a call's FLOPs ÷ FLOP/s), like training's steps
     flops, basis, runs, low, high = _rate(pool, "evaluation", prior_flops)
     work = evaluation_work(spec, model)
-    parts.append(_part("evaluation", basis, runs, work / flops if work and flops > 0 else 0.0,
-                       work / high if work and high > 0 else 0.0, work / low if work and low > 0 else 0.0))
+    calls = evaluation_calls(spec, model) * sampling_overhead_seconds(pool_spec)
+
+    def evaluation_seconds(rate: float) -> float:
+        return calls + work / rate if work and rate > 0 else 0.0
+
+    parts.append(_part("evaluation", basis, runs, evaluation_seconds(flops), evaluation_seconds(high),
+                       evaluation_seconds(low)))
 
     writes = checkpoint_writes(spec, completed_steps=completed_steps)
     prior = CHECKPOINT_SECONDS_CPU if cpu else CHECKPOINT_SECONDS_ACCELERATOR
@@ -367,3 +375,32 @@ def estimate_error(estimated_seconds: float | None, actual_seconds: float | None
     if not estimated_seconds or actual_seconds is None:
         return None
     return round((actual_seconds - estimated_seconds) / estimated_seconds, 4)
+
+
+def prorated_seconds(estimate: dict, *, completed_steps: int, total_steps: int) -> float | None:
+    """The admitted estimate (`status.estimate`) of a run that stopped early, pro-rated to the
+    steps it completed: start-up in full, training and checkpoint writes × the share of the
+    estimated steps done (those after `fromStep`, where the estimate began), no evaluation
+    (a run stopped early does not evaluate). None without the estimate's parts."""
+    parts = {p.get("part"): float(p.get("seconds") or 0.0) for p in estimate.get("parts") or []}
+    if not parts:
+        return None
+    start = int(estimate.get("fromStep") or 0)
+    remaining = total_steps - start
+    share = min(1.0, max(0.0, (completed_steps - start) / remaining)) if remaining > 0 else 1.0
+    return parts.get("startup", 0.0) + share * (parts.get("training", 0.0) + parts.get("checkpoints", 0.0))
+
+
+def finished_estimate_error(status: dict, *, total_steps: int, complete: bool) -> float | None:
+    """`status.cost.estimateError` of a finished run: against the whole estimate when it
+    completed its steps (`complete`), else against the estimate pro-rated to the steps it
+    did (`prorated_seconds`). None for a run that never ran or was never estimated."""
+    cost = status.get("cost") or {}
+    actual = status.get("runningSeconds")
+    if not cost.get("estimatedSeconds") or not actual:
+        return None
+    if complete:
+        return estimate_error(cost["estimatedSeconds"], actual)
+    completed = int((status.get("progress") or {}).get("step") or 0)
+    expected = prorated_seconds(status.get("estimate") or {}, completed_steps=completed, total_steps=total_steps)
+    return estimate_error(expected, actual) if expected else None

@@ -48,7 +48,8 @@ RunSpec = TrainingRunSpec | FineTuneSpec
 #: Training FLOP/s of one vCPU beside the per-step overhead, for cpu pools that give
 #: `cpusPerNode`: an AVX2 core's fp32 peak (2 FMA units × 8 lanes × 2 FLOP × ~2.5 GHz =
 #: 80 GFLOP/s) at ~45 % — fitted with STEP_OVERHEAD_SECONDS_CPU on the demo's machine
-#: (benchmarks/bench_step_overhead.py, docs/benchmarks.md).
+#: (benchmarks/bench_step_overhead.py in-process, and trainers running as runs do:
+#: bench_estimates.py --widths; docs/benchmarks.md).
 CPU_CORE_FLOPS = 38e9
 #: The reference CPU node (relativeThroughput 1.0 on a cpu pool without `cpusPerNode`): 8 vCPUs.
 REFERENCE_CPU_NODE_FLOPS = 8 * CPU_CORE_FLOPS
@@ -86,10 +87,20 @@ CHECKPOINT_SECONDS_ACCELERATOR = 2.0
 RENDEZVOUS_SECONDS_PER_NODE_DOUBLING = 15
 #: Seconds a training step costs besides its FLOPs, per trainer process: operator dispatch
 #: (a UNet step is hundreds of small kernels), the optimizer and EMA updates, assembling the
-#: batch. It dominates tiny models on a CPU, so a model with 4× the FLOPs per step takes
-#: less than 4× as long (docs/benchmarks.md measures it on the demo's machine).
+#: batch, the progress report. It dominates tiny models on a CPU, so a model with 4× the
+#: FLOPs per step takes less than 4× as long (docs/benchmarks.md measures it on the demo's
+#: machine, in-process and as runs beside the operator). A prior larger than a pool's real
+#: overhead biases even the same model's estimate (`compute_seconds` keeps a quarter of a
+#: step as FLOPs), so it errs low.
 STEP_OVERHEAD_SECONDS_CPU = 0.075
 STEP_OVERHEAD_SECONDS_ACCELERATOR = 0.01
+#: The trainer samples evaluation images in batches of this many (`genforge_trainer.models`).
+SAMPLING_BATCH = 32
+#: Seconds a denoising call of one sampling batch costs besides its FLOPs (dispatch, the
+#: scheduler's step; the metrics' fixed work rides along): like the training step's overhead,
+#: it dominates a tiny model's evaluation on a CPU (docs/benchmarks.md fits it on the demo's machine).
+SAMPLING_CALL_OVERHEAD_SECONDS_CPU = 0.03
+SAMPLING_CALL_OVERHEAD_SECONDS_ACCELERATOR = 0.004
 #: Data-parallel efficiency per doubling of accelerators within a node / of nodes.
 INTRA_NODE_EFFICIENCY = 0.98
 INTER_NODE_EFFICIENCY = 0.95
@@ -302,6 +313,24 @@ def checkpoint_writes(spec: RunSpec, *, completed_steps: int = 0) -> int:
         return 1
     periodic = (steps - 1) // every - completed_steps // every if steps > completed_steps else 0
     return max(0, periodic) + 2
+
+
+def sampling_calls(samples: float, steps: float) -> int:
+    """Denoising calls of an evaluation: batches of SAMPLING_BATCH images × sampling steps."""
+    return math.ceil(samples / SAMPLING_BATCH) * int(steps) if samples > 0 and steps > 0 else 0
+
+
+def evaluation_calls(spec: RunSpec, model: GenModelSpec) -> int:
+    evaluation = spec.evaluation
+    if evaluation is None:
+        return 0
+    return sampling_calls(evaluation.samples, evaluation.inference_steps or model.config.inference_steps)
+
+
+def sampling_overhead_seconds(pool: AcceleratorPoolSpec) -> float:
+    """Overhead of one denoising call on `pool`: its kind's, ÷ relativeThroughput."""
+    base = SAMPLING_CALL_OVERHEAD_SECONDS_CPU if pool.accelerator.is_cpu else SAMPLING_CALL_OVERHEAD_SECONDS_ACCELERATOR
+    return base / pool.relative_throughput
 
 
 def evaluation_work(spec: RunSpec, model: GenModelSpec) -> float:
