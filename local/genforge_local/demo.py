@@ -41,7 +41,7 @@ import yaml
 
 from genforge_operator.bundled import examples_dir
 from genforge_operator.money.estimate import prorated_seconds
-from genforge_operator.naming import calibration_name
+from genforge_operator.naming import LABEL_CALIBRATION_FOR, calibration_name
 
 from .control_plane import DATA_MOUNT, LocalControlPlane, describe
 
@@ -383,7 +383,11 @@ def summarize(objects: list[Body], models: list[Body], data_dir: Path, metrics_t
             if status.get("metrics"):
                 shown = {k: v for k, v in status["metrics"].items() if isinstance(v, (int, float))}
                 lines.append("  metrics: " + ", ".join(f"{k} {v:g}" for k, v in shown.items()))
-                lines.extend(f"  {line}" for line in sample_statistics_lines(status["metrics"]))
+                pool_measured = ((obj["metadata"].get("labels") or {}).get(LABEL_CALIBRATION_FOR))
+                if pool_measured:  # 150 steps to time the pool, not to draw shapes: not judged
+                    lines.append(f"  a calibration run for pool {pool_measured}: its samples are not judged")
+                else:
+                    lines.extend(f"  {line}" for line in sample_statistics_lines(status["metrics"]))
             if status.get("version"):
                 lines.append(f"  produced version {status['version']}")
             if status.get("samples"):

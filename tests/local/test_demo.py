@@ -125,6 +125,12 @@ def test_summary_states_the_sample_statistics_beside_their_targets(tmp_path):
     text, _ = demo.summarize([run], [], tmp_path, "", 1.0)
     assert "16 of 64 (25%) on a data background [MISSES the 80% target]" in text
     assert "background noise 9.0 levels vs the data's 0.0 [MISSES the target of at most 2.0]" in text
+    # A pool's calibration run (a few steps to time the pool) is not judged by them.
+    run["metadata"]["labels"] = {"genforge.dev/calibration-for": "cpu"}
+    text, _ = demo.summarize([run], [], tmp_path, "", 1.0)
+    assert "sample statistics" not in text and "MISSES" not in text
+    assert "a calibration run for pool cpu: its samples are not judged" in text
+    del run["metadata"]["labels"]
     # A run without the statistics (photos, no evaluation) prints none.
     run["status"]["metrics"] = {"fid": 2.0}
     assert "sample statistics" not in demo.summarize([run], [], tmp_path, "", 1.0)[0]
