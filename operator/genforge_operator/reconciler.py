@@ -123,9 +123,6 @@ class Reconciler:
                 self.recheck_soon(self.tick_period(), kind, namespace, name, idx)
                 raise
 
-    def recheck_pending(self, kind: str, namespace: str, name: str) -> bool:
-        return self._rechecks.due_in((kind, namespace, name)) is not None
-
     def overlooked(self, kind: str, namespace: str, name: str, created: str | None = None) -> bool:
         """True for an object with no re-check pending that nobody has looked at for
         `safety_net_seconds` (since it was created, when never): what kopf's timer re-checks.
