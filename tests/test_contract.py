@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from genforge_operator.builders import run_document
 from genforge_operator.bundled import examples_dir
 from genforge_operator.config import OperatorConfig
 from genforge_operator.manifests import load_resources
@@ -22,7 +23,7 @@ SCALE = "tests/controller/manifests/scale.yaml"
 def documents(paths: list[str]) -> list[tuple[str, dict]]:
     objects, problems = render(load_resources(paths), OperatorConfig())
     assert not problems, problems
-    return [(source, json.loads(o["data"]["run.json"])) for source, o in objects if o["kind"] == "ConfigMap"]
+    return [(source, run_document([o])) for source, o in objects if run_document([o]) is not None]
 
 
 EXAMPLES = documents([str(examples_dir())])

@@ -14,7 +14,8 @@ What a pod's process gets (docs/contract.md, "Local mode"):
   ConfigMaps read from the API, `valueFrom.fieldRef` — completion index, pod name,
   namespace, pod IP — `secretKeyRef`, `configMapKeyRef`), then the local overrides:
   `GENFORGE_PATH_MAP` (every `volumeMount` → its local folder: ConfigMap and Secret
-  volumes materialised in a per-pod temp dir, `emptyDir` a per-pod dir, a PVC a folder
+  volumes materialised in a per-pod temp dir, downward-API volumes written there too,
+  `emptyDir` a per-pod dir, a PVC a folder
   of the data dir), `GENFORGE_METRICS_HOST` (a loopback address of its own, 127.0.0.2,
   .3, …, also reported as `status.podIP`; never one that something on this host still
   holds, see pod_addresses.py), `GENFORGE_TERMINATION_LOG` (a file whose
@@ -529,6 +530,9 @@ class LocalNode:
                     elif "downwardAPI" in source:
                         self._project_downward(p, source["downwardAPI"], target)
                 target.mkdir(parents=True, exist_ok=True)
+            elif "downwardAPI" in volume:
+                self._project_downward(p, volume["downwardAPI"], target)
+                target.mkdir(parents=True, exist_ok=True)
             elif "emptyDir" in volume:
                 target.mkdir(parents=True, exist_ok=True)
             elif "persistentVolumeClaim" in volume:
@@ -569,13 +573,19 @@ class LocalNode:
         path.write_text(answer["status"]["token"])
 
     def _project_downward(self, p: TrackedPod, source: Body, target: Path) -> None:
+        """A downward-API volume's files, as the kubelet writes them: the pod's name,
+        namespace, uid, all its labels or annotations (`key="value"` lines), or one of them
+        (`metadata.annotations['key']`: its value as it is; a missing key, an empty file)."""
         meta = (p.body or {}).get("metadata") or {}
         for item in source.get("items") or []:
             field = (item.get("fieldRef") or {}).get("fieldPath", "")
             value = {"metadata.namespace": p.namespace, "metadata.name": p.name,
                      "metadata.uid": p.uid or ""}.get(field)
-            if value is None and field.startswith(("metadata.labels", "metadata.annotations")):
-                kind = "labels" if field.startswith("metadata.labels") else "annotations"
+            one = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", field)
+            if one:
+                value = (meta.get(one.group(1)) or {}).get(one.group(2), "")
+            elif value is None and field in ("metadata.labels", "metadata.annotations"):
+                kind = field.rpartition(".")[2]
                 value = "\n".join(f'{k}="{v}"' for k, v in sorted((meta.get(kind) or {}).items()))
             if value is not None:
                 path = target / item["path"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .api import API_VERSION, Resource
 from .config import OperatorConfig
 from .naming import (
+    ANNOTATION_RUN_SPEC,
     LABEL_KUEUE_PRIORITY,
     LABEL_KUEUE_QUEUE,
     LABEL_MANAGED_BY,
@@ -36,6 +37,12 @@ EXIT_STORAGE_ERROR = 4
 EXIT_SIGTERM = 143
 PERMANENT_EXIT_CODES = (EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_STORAGE_ERROR)
 
+#: The run document reaches the trainer as `CONFIG_MOUNT/CONFIG_FILE` from the pod's own
+#: annotation `ANNOTATION_RUN_SPEC` (a downward-API volume): no object of its own to create,
+#: watch and collect per run. A document larger than this (a pod's annotations may hold
+#: 256 KiB in all) goes in a ConfigMap of its own instead, mounted at the same place.
+RUN_SPEC_ANNOTATION_MAX_BYTES = 64 * 1024
+
 TPU_RESOURCE = "google.com/tpu"
 GKE_TPU_ACCELERATOR = "cloud.google.com/gke-tpu-accelerator"
 GKE_TPU_TOPOLOGY = "cloud.google.com/gke-tpu-topology"
@@ -45,7 +52,7 @@ GKE_TPU_TOPOLOGY = "cloud.google.com/gke-tpu-topology"
 class Children:
     """Everything one resource owns, in the order it must be created."""
 
-    config_map: dict
+    config_map: dict | None
     job: dict
     service: dict | None = None
 
@@ -101,12 +108,30 @@ def config_map_name(owner: Resource, document: dict) -> str:
     return f"{child_name(owner.kind, owner.name)}-{digest}"
 
 
+def run_spec_text(document: dict) -> str:
+    return json.dumps(document, indent=2, sort_keys=True)
+
+
+def run_document(objects: list[dict]) -> dict | None:
+    """The run document a resource's children carry (the Job's pod annotation, or the
+    ConfigMap of a document too large for one); None when there is none."""
+    for obj in objects:
+        if obj.get("kind") == "Job":
+            annotations = ((obj["spec"]["template"].get("metadata") or {}).get("annotations") or {})
+            if ANNOTATION_RUN_SPEC in annotations:
+                return json.loads(annotations[ANNOTATION_RUN_SPEC])
+    for obj in objects:
+        if obj.get("kind") == "ConfigMap" and CONFIG_FILE in (obj.get("data") or {}):
+            return json.loads(obj["data"][CONFIG_FILE])
+    return None
+
+
 def build_config_map(owner: Resource, document: dict) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner, config_map_name(owner, document)),
-        "data": {CONFIG_FILE: json.dumps(document, indent=2, sort_keys=True)},
+        "data": {CONFIG_FILE: run_spec_text(document)},
     }
 
 
@@ -189,9 +214,12 @@ def _command(command: str, placement: Placement, config: OperatorConfig) -> list
     ]
 
 
-def _volumes(owner: Resource, config: OperatorConfig, config_map: str) -> tuple[list[dict], list[dict]]:
+def _volumes(owner: Resource, config: OperatorConfig, config_map: str | None) -> tuple[list[dict], list[dict]]:
+    run_spec = ({"configMap": {"name": config_map}} if config_map else
+                {"downwardAPI": {"items": [{"path": CONFIG_FILE, "fieldRef": {
+                    "fieldPath": f"metadata.annotations['{ANNOTATION_RUN_SPEC}']"}}]}})
     volumes = [
-        {"name": "run-spec", "configMap": {"name": config_map}},
+        {"name": "run-spec", **run_spec},
         {"name": "scratch", "emptyDir": {}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
@@ -243,11 +271,13 @@ def build_job(
     queue_name: str | None = None,
     suspend: bool = False,
     config_map: str | None = None,
+    run_spec: str | None = None,
 ) -> dict:
-    """The trainer Job; it mounts the run-spec ConfigMap `config_map` (see `config_map_name`)."""
+    """The trainer Job; its pods read the run document `run_spec` from their own annotation,
+    or, without one, mount the run-spec ConfigMap `config_map` (see `config_map_name`)."""
     name = child_name(owner.kind, owner.name)
     selector, tolerations = _placement_constraints(placement.pool)
-    volumes, mounts = _volumes(owner, config, config_map or name)
+    volumes, mounts = _volumes(owner, config, None if run_spec is not None else (config_map or name))
     container = {
         "name": CONTAINER,
         "image": config.trainer_image,
@@ -299,6 +329,8 @@ def build_job(
             "spec": pod_spec,
         },
     }
+    if run_spec is not None:
+        job_spec["template"]["metadata"]["annotations"] = {ANNOTATION_RUN_SPEC: run_spec}
     if placement.nodes > 1:
         job_spec["completionMode"] = "Indexed"
         pod_spec["subdomain"] = name
@@ -341,11 +373,14 @@ def build_children(
     suspend: bool = False,
 ) -> Children:
     queue_name = getattr(owner.spec, "queue_name", None)
-    config_map = build_config_map(owner, document)
+    text = run_spec_text(document)
+    inline = len(text.encode()) <= RUN_SPEC_ANNOTATION_MAX_BYTES
+    config_map = None if inline else build_config_map(owner, document)
     job = build_job(
         owner, document["command"], placement, config,
         secret_names=secret_names, active_deadline_seconds=active_deadline_seconds,
-        queue_name=queue_name, suspend=suspend, config_map=config_map["metadata"]["name"],
+        queue_name=queue_name, suspend=suspend,
+        config_map=config_map["metadata"]["name"] if config_map else None, run_spec=text if inline else None,
     )
     service = build_headless_service(owner, config) if placement.nodes > 1 else None
     return Children(config_map=config_map, job=job, service=service)

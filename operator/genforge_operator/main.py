@@ -8,6 +8,8 @@ change, so a reconcile makes no list calls.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 
 import kopf
@@ -42,6 +44,33 @@ OWNED_PLURALS = {"Dataset": "datasets", **RUN_PLURALS}
 _RECONCILER: Reconciler | None = None
 
 
+class DiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled configuration in annotations under our prefix — except for the
+    runs, which the operator follows by their essence itself (`run_changed`): kopf would
+    patch that annotation on every new run, a write per run on top of its finalizer (a
+    thousand runs created at once: a thousand writes and watch events fewer)."""
+
+    def fetch(self, *, body):
+        if body.get("kind") in RUN_PLURALS:
+            return None
+        return super().fetch(body=body)
+
+    def store(self, *, body, patch, essence):
+        if body.get("kind") in RUN_PLURALS:
+            return
+        super().store(body=body, patch=patch, essence=essence)
+
+
+DIFFBASE = DiffBase(prefix=GROUP)
+
+
+def essence_digest(body) -> bytes:
+    """What kopf calls an object's essence (spec, labels, annotations but its own; no status,
+    no finalizers), as a short digest: a change to it is a change the run must act on."""
+    essence = DIFFBASE.build(body=body)
+    return hashlib.blake2b(json.dumps(essence, sort_keys=True, default=str).encode(), digest_size=16).digest()
+
+
 def reconciler() -> Reconciler:
     global _RECONCILER
     if _RECONCILER is None:
@@ -72,7 +101,7 @@ def configure(settings: kopf.OperatorSettings, **_):
     # our own prefix, not to `status`: the CRDs' status schemas stay strict (no
     # preserve-unknown-fields), so anything kopf wrote to status would be pruned.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = DIFFBASE
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.watching.server_timeout = CONFIG.watch_server_timeout
     settings.watching.client_timeout = CONFIG.watch_client_timeout
@@ -185,13 +214,31 @@ def _indexes(kwargs: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- handlers
-def _register_owned(kind: str, plural: str) -> None:
-    @kopf.on.resume(GROUP, VERSION, plural, id=f"{plural}-resume")
-    @kopf.on.create(GROUP, VERSION, plural, id=f"{plural}-create")
-    @kopf.on.update(GROUP, VERSION, plural, id=f"{plural}-update")
+def _register_dataset() -> None:
+    @kopf.on.resume(GROUP, VERSION, "datasets", id="datasets-resume")
+    @kopf.on.create(GROUP, VERSION, "datasets", id="datasets-create")
+    @kopf.on.update(GROUP, VERSION, "datasets", id="datasets-update")
     def _changed(namespace, name, logger, **kwargs):
-        reconciler().reconcile(kind, namespace, name, _indexes(kwargs), logger)
+        reconciler().reconcile("Dataset", namespace, name, _indexes(kwargs), logger)
 
+
+def _register_run(kind: str, plural: str) -> None:
+    # A run is reconciled when it is new to this process (created, or listed at start-up) or
+    # its essence changed — kopf's create/update/resume, decided here from the watch event
+    # itself: kopf's own create handler waits for its finalizer patch to come back as an event
+    # and then patches its bookkeeping annotations, two writes and a round trip before a new
+    # run's Job; this way the run's first reconcile starts as its first event arrives (kopf
+    # still adds the finalizer that `_register_deletion`'s handler needs, meanwhile).
+    @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-event")
+    async def _event(type, body, uid, namespace, name, **kwargs):
+        if type == "DELETED":
+            reconciler().forget_essence(uid)
+            return
+        if reconciler().essence_changed(uid, essence_digest(body)):
+            reconciler().recheck_soon(0.0, kind, namespace, name, _indexes(kwargs))
+
+
+def _register_tick(kind: str, plural: str) -> None:
     # Each reconcile of an unfinished object schedules its next re-check (Reconciler.tick_period),
     # as a controller's "requeue after" would; kopf's timer is only the safety net for an
     # object with none pending that nobody looked at for a while (Reconciler.overlooked: one
@@ -204,13 +251,16 @@ def _register_owned(kind: str, plural: str) -> None:
     async def _tick(namespace, name, meta, **kwargs):
         # Async and only a request: a thousand runs make 200 of these a second, and none may
         # take one of kopf's handler threads or look at an object the operator is looking
-        # after anyway (a new run whose create handler waits for a free thread included).
+        # after anyway (a new run whose first reconcile waits for a free worker included).
         if reconciler().overlooked(kind, namespace, name, meta.get("creationTimestamp")):
             reconciler().recheck_soon(0.0, kind, namespace, name, _indexes(kwargs))
 
 
+_register_dataset()
+for _kind, _plural in RUN_PLURALS.items():
+    _register_run(_kind, _plural)
 for _kind, _plural in OWNED_PLURALS.items():
-    _register_owned(_kind, _plural)
+    _register_tick(_kind, _plural)
 
 
 def _register_deletion(plural: str) -> None:

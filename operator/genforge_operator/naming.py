@@ -25,6 +25,8 @@ LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 #: Kueue reads a Job's WorkloadPriorityClass from this label; a run's own label is copied to its Job.
 LABEL_KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
 MANAGER = "genforge"
+#: On a trainer pod (its Job's template): the run document the trainer reads (builders.py).
+ANNOTATION_RUN_SPEC = f"{GROUP}/run-spec"
 #: On the GenModel, Dataset and TrainingRun of a pool's calibration run: the pool's name.
 LABEL_CALIBRATION_FOR = f"{GROUP}/calibration-for"
 

@@ -87,6 +87,9 @@ class Reconciler:
         #: Jobs this process created, until the Job index has them (namespace, name) ->
         #: (the API server's answer, when): the next reconcile need not read them back.
         self._created_jobs: dict[tuple[str, str], tuple[dict, float]] = {}
+        #: The essence (spec, labels, annotations: `main.essence_digest`) of each run as this
+        #: process last acted on it, by uid: a watch event is a change only when it differs.
+        self._essences: dict[str, bytes] = {}
 
     @contextlib.contextmanager
     def _exclusive(self, key: tuple[str, str, str]) -> Iterator[None]:
@@ -140,6 +143,18 @@ class Reconciler:
             except (ValueError, AttributeError):
                 last = None
         return last is None or time.time() - last >= self.safety_net_seconds()
+
+    def essence_changed(self, uid: str, digest: bytes) -> bool:
+        """True when a run is new to this process or its essence differs from the last one
+        seen (kopf's create, resume and update in one): a status write — the operator's own
+        or anyone's — or a finalizer is not a change to act on (its Job and pod events are)."""
+        if self._essences.get(uid) == digest:
+            return False
+        self._essences[uid] = digest
+        return True
+
+    def forget_essence(self, uid: str) -> None:
+        self._essences.pop(uid, None)
 
     def settle_seconds(self, quiet: float) -> float:
         """How long to let a run's Job and pod events settle before one reconcile: `quiet`

@@ -35,6 +35,8 @@ OPERATOR_NAMESPACED = (
     | grant(GENFORGE, ["datasets/finalizers", "finetunes/finalizers", "trainingruns/finalizers"], ["update"])
     | grant("batch", ["jobs"], ["get", "list", "watch", "create", "patch", "delete"])
     | grant("", ["pods"], ["list", "watch"])
+    # the trainer's ServiceAccount; a multi-node run's headless Service; a ConfigMap only for a
+    # run document too large for the pod annotation that normally carries it.
     | grant("", ["configmaps", "serviceaccounts", "services"], ["create"])
     | grant("", ["events"], ["create"])
     # Kueue's Workload of a queued Job: why Kueue holds it.

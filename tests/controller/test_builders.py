@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from genforge_operator.builders import CONTAINER, PERMANENT_EXIT_CODES
+from genforge_operator import builders
+from genforge_operator.builders import CONTAINER, PERMANENT_EXIT_CODES, run_document
 from genforge_operator.config import OperatorConfig, Storage
 from genforge_operator.naming import LABEL_KUEUE_QUEUE, child_name
 from genforge_operator.plan import (
@@ -180,11 +181,17 @@ def test_storage_kinds(storage, expect_pvc, expect_env_from):
     assert doc["output"]["uri"].startswith(storage.uri)
 
 
-def test_run_spec_document_in_configmap():
+def test_run_spec_document_in_the_pods_annotation_read_through_the_downward_api():
     result = planned(make_run(evaluation={"samples": 4, "metrics": ["loss", "fid"]}))
-    cm = result.children.config_map
-    doc = json.loads(cm["data"]["run.json"])
-    assert doc == result.document
+    assert result.children.config_map is None  # no object of its own per run
+    template = result.children.job["spec"]["template"]
+    doc = json.loads(template["metadata"]["annotations"]["genforge.dev/run-spec"])
+    (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "run-spec"]
+    assert volume["downwardAPI"]["items"] == [{"path": "run.json", "fieldRef": {
+        "fieldPath": "metadata.annotations['genforge.dev/run-spec']"}}]
+    assert {"name": "run-spec", "mountPath": "/etc/genforge", "readOnly": True} in container(
+        result.children.job)["volumeMounts"]
+    assert doc == result.document == run_document(result.children.objects())
     assert doc["schemaVersion"] == "genforge.dev/v1alpha1" and doc["command"] == "train"
     assert doc["training"]["steps"] == 100 and doc["training"]["batchSize"] == 8
     assert doc["dataset"]["uri"] == "file:///data/datasets/team-a/shapes"
@@ -192,6 +199,19 @@ def test_run_spec_document_in_configmap():
     assert doc["evaluation"] == {"samples": 4, "metrics": ["loss", "fid"], "heldOutFraction": 0.1}
     assert doc["checkpoint"]["everySteps"] == 50
     assert container(result.children.job)["command"][-2:] == ["--config", "/etc/genforge/run.json"]
+
+
+def test_a_run_document_too_large_for_an_annotation_goes_in_a_configmap_mounted_in_its_place(monkeypatch):
+    small = planned(make_run())
+    monkeypatch.setattr(builders, "RUN_SPEC_ANNOTATION_MAX_BYTES", len(json.dumps(small.document, indent=2)) - 1)
+    result = planned(make_run())
+    cm, job = result.children.config_map, result.children.job
+    assert result.children.objects()[0] is cm  # created before the Job that mounts it
+    assert "annotations" not in job["spec"]["template"]["metadata"]
+    (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "run-spec"]
+    assert volume == {"name": "run-spec", "configMap": {"name": cm["metadata"]["name"]}}
+    assert cm["metadata"]["name"].startswith(job["metadata"]["name"] + "-")  # named after its content
+    assert json.loads(cm["data"]["run.json"]) == result.document == run_document(result.children.objects())
 
 
 def test_missing_optional_blocks():

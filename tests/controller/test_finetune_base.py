@@ -10,11 +10,10 @@ as `model.baseAdapters`, which the trainer merges in, oldest first, before it fi
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from genforge_operator.api import ModelVersion, SourceRef
+from genforge_operator.builders import run_document
 from genforge_operator.plan import Blocked, is_adapter, resolve_base_version
 from genforge_operator.reconcile import reconcile_run
 from genforge_trainer.config import parse_run_spec
@@ -43,7 +42,7 @@ def model_with(*versions, promoted=None):
 
 
 def document(out) -> dict:
-    return json.loads(next(o for o in out.create if o["kind"] == "ConfigMap")["data"]["run.json"])
+    return run_document(out.create)
 
 
 def test_a_complete_version_is_its_own_base():

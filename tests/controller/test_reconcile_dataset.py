@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from genforge_operator.builders import run_document
 from genforge_operator.config import OperatorConfig
 from genforge_operator.plan import Catalog
 from genforge_operator.reconcile import ANNOTATION_GENERATION, Observed, reconcile_dataset
@@ -42,9 +43,10 @@ def observe(dataset, job_obj=None, pods=(), status=None):
                     job=job_obj, pods=list(pods), now=NOW)
 
 
-def test_new_dataset_creates_configmap_and_job():
+def test_new_dataset_creates_its_job_which_carries_the_run_document():
     out = reconcile_dataset(observe(make_dataset(phase=None)), CONFIG)
-    assert [o["kind"] for o in out.create] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in out.create] == ["Job"]  # the document rides in the pod's annotation
+    assert run_document(out.create)["command"] == "prepare"
     assert out.status["phase"] == "Running" and out.status["job"] == "gf-ds-shapes"
     assert out.status["observedGeneration"] == 1
     assert out.events and out.events[0].reason == "JobCreated"
@@ -101,27 +103,26 @@ def test_unknown_pool_keeps_dataset_pending_with_reason():
     assert out.status["conditions"][0]["reason"] == "PoolNotFound"
 
 
-def test_a_changed_spec_gets_a_new_run_spec_configmap_that_its_new_job_mounts():
+def test_a_changed_spec_gets_a_replacement_job_with_the_new_run_document():
     """Issue 15 item 2: one ConfigMap name for every generation kept the first document (a create
-    of an existing ConfigMap is a 409): the replacement Job prepared with the old settings."""
+    of an existing ConfigMap is a 409): the replacement Job prepared with the old settings. The
+    document now rides in the Job's pod template, so a new Job always carries the new spec."""
     first = reconcile_dataset(Observed(resource=make_dataset(phase=None), body_status={}, catalog=Catalog(),
                                        job=None, pods=[], now=NOW), CONFIG)
     changed = make_dataset(phase=None, preparation={"resolution": 64})
     second = reconcile_dataset(Observed(resource=changed, body_status={}, catalog=Catalog(), job=None, pods=[],
                                         now=NOW), CONFIG)
 
-    def spec_and_mount(out):
-        (cm,) = [o for o in out.create if o["kind"] == "ConfigMap"]
+    def document_and_mount(out):
         (job,) = [o for o in out.create if o["kind"] == "Job"]
         (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "run-spec"]
-        return cm["metadata"]["name"], volume["configMap"]["name"], json.loads(cm["data"]["run.json"])
+        return run_document(out.create), volume
 
-    first_cm, first_mount, first_doc = spec_and_mount(first)
-    second_cm, second_mount, second_doc = spec_and_mount(second)
-    assert first_mount == first_cm and second_mount == second_cm
-    assert first_cm != second_cm
+    first_doc, first_mount = document_and_mount(first)
+    second_doc, second_mount = document_and_mount(second)
+    assert first_mount == second_mount  # the pod's own annotation, whatever the document
     assert first_doc["prepare"]["preparation"]["resolution"] == 32
     assert second_doc["prepare"]["preparation"]["resolution"] == 64  # the new Job reads the new spec
     again = reconcile_dataset(Observed(resource=make_dataset(phase=None), body_status={}, catalog=Catalog(),
                                        job=None, pods=[], now=NOW), CONFIG)
-    assert spec_and_mount(again)[0] == first_cm  # the same spec: the same name (idempotent)
+    assert document_and_mount(again) == (first_doc, first_mount)  # the same spec: the same Job

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from genforge_operator.api import parse_resource
+from genforge_operator.builders import run_document
 from genforge_operator.config import OperatorConfig
 from genforge_operator.money import throughput
 from genforge_operator.plan import Catalog
@@ -67,7 +68,7 @@ RUNNING = {"phase": "Running", "job": "gf-tr-run-1", "pool": "cpu",
 
 def test_admitted_run_gets_children_and_estimate():
     out = reconcile_run(observe(make_run(budget={"maxCost": "1000"})), CONFIG)
-    assert [o["kind"] for o in out.create] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in out.create] == ["Job"]  # its run document rides in the pod's annotation
     assert out.status["phase"] == "Running" and out.status["pool"] == "cpu"
     assert float(out.status["cost"]["estimated"]) > 0 and out.status["cost"]["limit"] == "1000"
     assert condition(out, "Admitted")["status"] == "True"
@@ -355,8 +356,7 @@ def test_finetune_version_records_its_method_and_the_base_version_its_job_starte
     out = reconcile_run(observe(make_finetune(budget={"maxCost": "1000"}), cat=cat), CONFIG)
     created = next(o for o in out.create if o["kind"] == "Job")
     assert created["metadata"]["annotations"]["genforge.dev/base-version"] == "v1"  # promoted wins over latest
-    assert json.loads(next(o for o in out.create if o["kind"] == "ConfigMap")["data"]["run.json"])[
-        "finetune"]["baseVersion"] == "v1"
+    assert run_document(out.create)["finetune"]["baseVersion"] == "v1"
     words = {"outcome": "Succeeded", "step": 50, "artifact": "file:///data/runs/ft/adapter"}
     done = job(conditions=[("Complete", "")])
     done["metadata"]["annotations"] = created["metadata"]["annotations"]
@@ -397,7 +397,7 @@ def test_kueue_run_is_stopped_by_deleting_its_job_and_restarted_when_the_budget_
 
 
 def _run_document(out) -> dict:
-    return json.loads(next(o for o in out.create if o["kind"] == "ConfigMap")["data"]["run.json"])
+    return run_document(out.create)
 
 
 def test_a_run_created_again_under_its_old_name_gets_outputs_of_its_own():

@@ -32,6 +32,7 @@ from genforge_local import demo
 from genforge_local.control_plane import DATA_MOUNT, LocalControlPlane, _tail
 from genforge_local.json_api import Api
 from genforge_operator.api import GROUP, VERSION
+from genforge_operator.builders import run_document
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.integration]
 
@@ -338,9 +339,8 @@ def test_a_finetune_starts_from_the_lora_adapter_version_merged_into_its_base(pl
     version = versions[status["version"]]
     assert version["baseVersion"] == adapter["name"] and version["format"] == "model"
     # The run spec sent v1's model plus the adapter; the trainer merged it before it trained.
-    config = api.request("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps")["items"]
-    (document,) = [json.loads(c["data"]["run.json"]) for c in config
-                   if json.loads(c["data"].get("run.json", "{}")).get("run", {}).get("name") == FROM_ADAPTER]
+    jobs = api.request("GET", f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs")["items"]
+    (document,) = [d for d in (run_document([j]) for j in jobs) if d and d.get("run", {}).get("name") == FROM_ADAPTER]
     assert document["model"]["baseUri"] == versions["v1"]["uri"]
     assert document["model"]["baseAdapters"] == [adapter["uri"]]
     pod_log = "".join(p.read_text() for p in (plane.logs_dir / NAMESPACE).glob(f"{status['job']}-*.log"))

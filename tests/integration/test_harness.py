@@ -43,6 +43,8 @@ def test_operator_records_a_training_run_and_lets_it_be_deleted(operator, namesp
                         and obj["status"]["observedGeneration"] == obj["metadata"]["generation"] and obj,
                         message="status.phase and observedGeneration")
     assert recorded["metadata"].get("finalizers"), "kopf guards the run with its finalizer"
+    kopf_bookkeeping = [k for k in recorded["metadata"].get("annotations") or {} if k.startswith("genforge.dev/")]
+    assert kopf_bookkeeping == [], "runs are followed by their essence: kopf writes no annotation on them"
 
     custom_api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "run-a")
     wait_for(lambda: _gone(custom_api, namespace, "run-a"), message="the run to be gone")

@@ -112,9 +112,10 @@ def test_dataset_prepared_end_to_end(operator, namespace, custom_api, batch_api,
     job = wait_for(lambda: jobs_of(batch_api, namespace)[0], message="the preparation Job")
     assert job.metadata.owner_references[0].kind == "Dataset"
     (spec_volume,) = [v for v in job.spec.template.spec.volumes if v.name == "run-spec"]
-    assert spec_volume.config_map.name.startswith(job.metadata.name + "-")  # named after its content
-    cm = core_api.read_namespaced_config_map(spec_volume.config_map.name, namespace)
-    assert json.loads(cm.data["run.json"])["command"] == "prepare"
+    # The run document rides in the pod's annotation; the trainer reads it as a file (downward API).
+    (item,) = spec_volume.downward_api.items
+    assert (item.path, item.field_ref.field_path) == ("run.json", "metadata.annotations['genforge.dev/run-spec']")
+    assert json.loads(job.spec.template.metadata.annotations["genforge.dev/run-spec"])["command"] == "prepare"
     # The operator creates the Job, then writes the status: a watcher can see the Job first
     # (named FLAKY by .ci/reruns.py in CI when this read the phase at once).
     wait_for(lambda: phase_of(custom_api, namespace, "datasets", "shapes") == "Running", message="phase Running")

@@ -294,6 +294,33 @@ def test_config_map_volume_secret_env_and_path_map(executor, namespace, batch_ap
     assert (executor.claim_dir(namespace, "genforge-data") / "out.txt").read_text() == "written"
 
 
+def test_downward_api_volume_with_one_annotation_and_all_labels(executor, namespace, batch_api, core_api, api_client):
+    """How the trainer gets its run document: the pod's own annotation as a file, the value as
+    it is (a missing key: an empty file), as the kubelet writes a downward-API volume."""
+    script = textwrap.dedent("""
+        import json, os
+        folder = json.loads(os.environ["GENFORGE_PATH_MAP"])["/etc/genforge"]
+        files = {n: open(os.path.join(folder, n)).read() for n in sorted(os.listdir(folder))}
+        open(os.environ["GENFORGE_TERMINATION_LOG"], "w").write(json.dumps(files))
+    """)
+    job = make_job("downward", script, container={
+        "volumeMounts": [{"name": "run-spec", "mountPath": "/etc/genforge", "readOnly": True}]},
+        pod={"volumes": [{"name": "run-spec", "downwardAPI": {"items": [
+            {"path": "run.json", "fieldRef": {"fieldPath": "metadata.annotations['genforge.dev/run-spec']"}},
+            {"path": "none", "fieldRef": {"fieldPath": "metadata.annotations['absent']"}},
+            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}]})
+    document = json.dumps({"command": "train", "text": "quotes \" and\nnew lines"}, indent=2)
+    job["spec"]["template"]["metadata"]["annotations"] = {"genforge.dev/run-spec": document}
+    batch_api.create_namespaced_job(namespace, job)
+    done = finished(batch_api, api_client, namespace, "downward")
+
+    assert "Complete" in conditions_of(done)
+    [pod] = pods_of(core_api, api_client, namespace, "downward")
+    files = json.loads(terminated(pod)["message"])
+    assert files["run.json"] == document and files["none"] == ""
+    assert 'app="downward"' in files["labels"].splitlines()
+
+
 def test_missing_secret_keeps_the_pod_pending_until_it_exists(executor, namespace, batch_api, core_api, api_client):
     job = make_job("waits", "import os; assert os.environ['TOKEN'] == 'late'",
                    container={"envFrom": [{"secretRef": {"name": "later"}}]})

@@ -7,7 +7,7 @@ first namespace's Dataset and GenModel; a user who tries to write cost into stat
 
 * RBAC: every API call the operator made (from the request log) is granted by the chart's
   operator ClusterRole (tests/chart checks, the other way round, that every grant is used);
-* trainer pods mount only their own run's ConfigMap and get only the Dataset's secretRef
+* trainer pods read only their own run document (their pod's annotation) and get only the Dataset's secretRef
   and the storage Secret, with no service-account token;
 * the planted secret value appears in no status, Event, operator log line or metric;
 * another namespace's Dataset or GenModel cannot be referenced;
@@ -137,15 +137,18 @@ def test_every_call_the_operator_made_is_granted_by_the_charts_role(scenario):
     assert not [c for c in calls if c[1].startswith("secrets")]
 
 
-def test_trainer_pods_get_only_their_runs_configmap_and_the_storage_secret(scenario):
+def test_trainer_pods_get_only_their_own_run_document_and_the_storage_secret(scenario):
     for job in scenario["jobs"]:
         pod = job["spec"]["template"]["spec"]
         owner = job["metadata"]["labels"]
         kind, name = owner["genforge.dev/kind"], job["metadata"]["ownerReferences"][0]["name"]
         assert pod["automountServiceAccountToken"] is False
-        config_maps = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
-        (config_map,) = config_maps  # its run's own: `<child name>-<hash of its run spec>`
-        assert config_map.startswith(child_name(kind, name) + "-") and len(config_map) == len(child_name(kind, name)) + 9
+        assert job["metadata"]["name"] == child_name(kind, name)
+        # Its run document comes from the pod's own annotation (downward API): no ConfigMap to read.
+        assert not [v for v in pod["volumes"] if "configMap" in v]
+        (run_spec,) = [v["downwardAPI"] for v in pod["volumes"] if "downwardAPI" in v]
+        assert run_spec["items"] == [{"path": "run.json",
+                                      "fieldRef": {"fieldPath": "metadata.annotations['genforge.dev/run-spec']"}}]
         assert not [v for v in pod["volumes"] if "secret" in v or "projected" in v]
         secrets = [e["secretRef"]["name"] for c in pod["containers"] for e in c.get("envFrom") or []]
         expected = ["s3-creds", "genforge-storage"] if name == "private" else ["genforge-storage"]

@@ -38,7 +38,8 @@ operator against the emulated API server and checks every request it made is all
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
-# The run spec (ConfigMap), the headless Service of multi-node runs, and the trainer
+# A run spec too large for the pod annotation that carries it (ConfigMap, over 64 KiB),
+# the headless Service of multi-node runs, and the trainer
 # ServiceAccount (no token, no role; a pod naming a missing one is never created): created
 # once, never read back or changed (an existing one is fine: HTTP 409).
 - apiGroups: [""]
