@@ -87,7 +87,7 @@ def test_5xx_429_409_and_slow_responses_are_retried_until_the_runs_converge(faul
     ns, inject = world.namespace, world.cluster.inject
     faults = [
         inject(500, times=3, verb="create", resource="jobs", namespace=ns, user_agent="genforge-operator"),
-        inject(503, times=2, verb="create", resource="serviceaccounts", namespace=ns, user_agent="genforge-operator"),
+        inject(503, times=2, verb="create", resource="jobs", namespace=ns, user_agent="genforge-operator"),
         inject(429, times=4, verb="patch", resource="trainingruns", subresource="status", namespace=ns,
                user_agent="genforge-operator"),
         inject(409, times=3, verb="patch", resource="trainingruns", subresource="status", namespace=ns,
