@@ -87,6 +87,13 @@ TIMING = {"startStep": 0, "startupSeconds": 4.0, "trainingSeconds": 100.0, "trai
                  id="per-accelerator-and-one-node-start-up"),
     pytest.param({"trainingSeconds": "x", "writes": 0}, 130.0, make_pool(cpu=True), make_run(), {},
                  id="nonsense-measures-nothing"),
+    # the steady-state step (0.25 s), not the loop's mean (0.32 s: a busy minute in it)
+    pytest.param({**TIMING, "steadyStepSeconds": 0.25}, 130.0, make_pool(cpu=True), make_run(),
+                 {"startup": 7.0, "training": rate(0.25, CPU_OVERHEAD), "checkpoints": 1.0,
+                  "evaluation": EVALUATION_FLOPS / (20 - CPU_SAMPLING)}, id="the-steady-step-is-the-rate"),
+    pytest.param({**TIMING, "steadyStepSeconds": 0}, 130.0, make_pool(cpu=True), make_run(),
+                 {"startup": 7.0, "training": rate(0.32, CPU_OVERHEAD), "checkpoints": 1.0,
+                  "evaluation": EVALUATION_FLOPS / (20 - CPU_SAMPLING)}, id="no-steady-step-the-mean"),
 ])
 def test_observe_run(timing, running, pool, run, expected):
     observed = calibration.observe_run(timing, running_seconds=running, pool=pool, spec=run.spec, model=MODEL)

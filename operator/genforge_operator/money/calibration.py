@@ -10,7 +10,7 @@ one value per part that transfers to other runs on the same pool:
   for one node (the rendezvous of more nodes is added by the estimate);
 * `trainingFlopsPerSecond` — training FLOP/s of one accelerator in full-training units:
   FLOPs of a step (batch × accumulation × FLOPs per sample × work factor) ÷ the step's
-  seconds less the per-step overhead (`throughput.STEP_OVERHEAD_SECONDS_*`) ÷ scaling
+  seconds (the trainer's steady-state step, `steadyStepSeconds`) less the per-step overhead (`throughput.STEP_OVERHEAD_SECONDS_*`) ÷ scaling
   efficiency. FLOPs, not samples/s, so that one run calibrates the pool for every model;
 * `evaluationFlopsPerSecond` — samples × sampling steps × FLOPs of a denoising step ÷
   the evaluation's seconds less the overhead of its denoising calls
@@ -61,6 +61,14 @@ def _number(timing: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
+def step_seconds(timing: Mapping[str, Any], mean: float) -> float:
+    """A run's seconds per step for the pool's rate: the trainer's steady-state step
+    (`steadyStepSeconds`, the median of windows' means: a busy minute in a short run is not
+    the pool's speed), else the loop's mean (a trainer before it reported one)."""
+    steady = _number(timing, "steadyStepSeconds")
+    return steady if steady else mean
+
+
 def observe_run(timing: Mapping[str, Any], *, running_seconds: float | None, pool: Resource, spec: RunSpec,
                 model: GenModelSpec) -> dict[str, float]:
     """One value per part this run measured (part → value); parts it did not measure are absent."""
@@ -74,7 +82,7 @@ def observe_run(timing: Mapping[str, Any], *, running_seconds: float | None, poo
         efficiency = scaling_efficiency(hardware.nodes, processes_per_node(pool_spec, hardware.accelerators_per_node))
         training = spec.training
         steps = samples / (training.batch_size * training.gradient_accumulation * accelerators)
-        compute = compute_seconds(training_seconds / steps, step_overhead_seconds(pool_spec))
+        compute = compute_seconds(step_seconds(timing, training_seconds / steps), step_overhead_seconds(pool_spec))
         out["training"] = step_flops(spec, model, cpu=cpu) / compute / efficiency
     evaluation_seconds = _number(timing, "evaluationSeconds")
     eval_samples, eval_steps = _number(timing, "evaluationSamples"), _number(timing, "inferenceSteps")
