@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import signal
 import sys
@@ -106,7 +107,25 @@ def after_one_run(pool_after_base: dict | None, run: dict, models: dict[str, dic
                  .duration_seconds)
 
 
-def row(label: str, run: dict, one_run: float | None = None) -> dict:
+def trainer_timing(api, run: dict) -> dict:
+    """The trainer's own `timing` (its termination message) for the run's succeeded pod."""
+    job = (run.get("status") or {}).get("job")
+    pods = api.request("GET", f"/api/v1/namespaces/{run['metadata'].get('namespace', 'default')}/pods").get("items")
+    for pod in pods or []:
+        if (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") != job:
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            message = ((container.get("state") or {}).get("terminated") or {}).get("message")
+            try:
+                timing = json.loads(message or "{}").get("timing")
+            except ValueError:
+                continue
+            if timing:
+                return timing
+    return {}
+
+
+def row(label: str, run: dict, one_run: float | None = None, timing: dict | None = None) -> dict:
     status = run.get("status") or {}
     cost, estimate_ = status.get("cost") or {}, status.get("estimate") or {}
     actual = status.get("runningSeconds")
@@ -116,7 +135,8 @@ def row(label: str, run: dict, one_run: float | None = None) -> dict:
             "actual": actual, "error": cost.get("estimateError"),
             "estimatedCost": cost.get("estimated"), "cost": cost.get("accrued"),
             "oneRun": one_run, "oneRunError": (actual - one_run) / one_run if one_run and actual else None,
-            "parts": {p["part"]: p["seconds"] for p in estimate_.get("parts") or []}}
+            "parts": {p["part"]: p["seconds"] for p in estimate_.get("parts") or []},
+            "timing": timing or {}}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -129,6 +149,13 @@ def print_table(rows: list[dict]) -> None:
         one_error = f"{r['oneRunError']:+.1%}" if r["oneRunError"] is not None else "-"
         print(f"{r['run']:<22} {r['steps']:>6} {r['estimate'] or 0:>10.0f} {span:>12} {r['actual'] or 0:>9.0f} "
               f"{error:>7} {one:>10} {one_error:>9} {r['estimatedCost'] or '-':>9} {r['cost'] or '-':>9}  {r['basis']}")
+    print("trainer timing (mean step = trainingSeconds ÷ steps after the first; steady step = median of "
+          "16-step windows' means): " + "; ".join(
+              f"{r['run']}: start-up {t.get('startupSeconds', 0):.1f} s, mean step "
+              f"{t['trainingSeconds'] / max(1, r['steps'] - 1) * 1000:.1f} ms, steady step "
+              f"{t.get('steadyStepSeconds', 0) * 1000:.1f} ms, checkpoints {t.get('checkpointSeconds', 0):.2f} s, "
+              f"evaluation {t.get('evaluationSeconds', 0):.1f} s"
+              for r in rows if (t := r["timing"]) and "trainingSeconds" in t))
     print("estimate parts (s): " + "; ".join(
         f"{r['run']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items()) for r in rows))
 
@@ -174,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"bench-{i}"
             api.apply(training_run(run_example, name, steps, model_name))
             finished = wait_final(api, "TrainingRun", name, args.timeout)
-            rows.append(row(label, finished, after_one_run(pool_after_base, finished, models)))
+            rows.append(row(label, finished, after_one_run(pool_after_base, finished, models),
+                            trainer_timing(api, finished)))
             print(f"{label}: {rows[-1]}", file=sys.stderr, flush=True)
             if i == 0:
                 pool_after_base = next(p for p in api.items("AcceleratorPool") if p["metadata"]["name"] == "cpu")
