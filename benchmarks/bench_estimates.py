@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -107,6 +108,74 @@ def after_one_run(pool_after_base: dict | None, run: dict, models: dict[str, dic
                  .duration_seconds)
 
 
+class CpuAccount:
+    """Who used the machine's CPUs while a run ran: its trainer, this benchmark's control plane
+    (the API server and the operator: this process and its other descendants), and every
+    other process on the machine (another user's work). Samples /proc every second; a
+    process's CPU time between samples goes to its group (one that exits between two
+    samples loses its last second)."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval, self.me = interval, os.getpid()
+        self.seconds = {"trainer": 0.0, "control plane": 0.0, "others": 0.0}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _scan(self) -> dict[int, tuple[int, float, str]]:
+        out = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    command = f.read(400).replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick, command)
+        return out
+
+    def _group(self, pid: int, table: dict) -> str:
+        if "genforge-trainer" in table[pid][2] or "genforge_trainer" in table[pid][2]:
+            return "trainer"
+        seen = 0
+        while pid in table and seen < 64:
+            if pid == self.me:
+                return "control plane"
+            pid, seen = table[pid][0], seen + 1
+        return "others"
+
+    def _sample(self, count: bool) -> None:
+        table = self._scan()
+        for pid, (_, cpu, _) in table.items():
+            if count and pid in self._last:
+                self.seconds[self._group(pid, table)] += max(0.0, cpu - self._last[pid])
+        self._last = {pid: cpu for pid, (_, cpu, _) in table.items()}
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample(True)
+
+    def __enter__(self) -> CpuAccount:
+        self._started = time.monotonic()
+        self._sample(False)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample(True)
+        self.wall = time.monotonic() - self._started
+
+    def cores(self) -> dict[str, float]:
+        """Average cores each group used over the run."""
+        return {group: seconds / self.wall for group, seconds in self.seconds.items()}
+
+
 def trainer_timing(api, run: dict) -> dict:
     """The trainer's own `timing` (its termination message) for the run's succeeded pod."""
     job = (run.get("status") or {}).get("job")
@@ -156,6 +225,9 @@ def print_table(rows: list[dict]) -> None:
               f"{t.get('steadyStepSeconds', 0) * 1000:.1f} ms, checkpoints {t.get('checkpointSeconds', 0):.2f} s, "
               f"evaluation {t.get('evaluationSeconds', 0):.1f} s"
               for r in rows if (t := r["timing"]) and "trainingSeconds" in t))
+    print("cores used while each run ran (trainer / control plane / other processes on the machine): " + "; ".join(
+        f"{r['run']}: {c['trainer']:.2f} / {c['control plane']:.2f} / {c['others']:.2f}"
+        for r in rows if (c := r.get("cores"))))
     print("estimate parts (s): " + "; ".join(
         f"{r['run']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items()) for r in rows))
 
@@ -199,10 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         pool_after_base = None
         for i, (label, steps, model_name) in enumerate(plan):
             name = f"bench-{i}"
-            api.apply(training_run(run_example, name, steps, model_name))
-            finished = wait_final(api, "TrainingRun", name, args.timeout)
+            with CpuAccount() as account:
+                api.apply(training_run(run_example, name, steps, model_name))
+                finished = wait_final(api, "TrainingRun", name, args.timeout)
             rows.append(row(label, finished, after_one_run(pool_after_base, finished, models),
                             trainer_timing(api, finished)))
+            rows[-1]["cores"] = account.cores()
             print(f"{label}: {rows[-1]}", file=sys.stderr, flush=True)
             if i == 0:
                 pool_after_base = next(p for p in api.items("AcceleratorPool") if p["metadata"]["name"] == "cpu")
