@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         pool = next(p for p in api.items("AcceleratorPool") if p["metadata"]["name"] == "cpu")
     finally:
         plane.stop()
+    revision = ROOT / "REVISION"  # a snapshot of a commit (git archive) says which
+    if revision.exists():
+        print(f"revision {revision.read_text().strip()}")
     print(f"genforge local, pool cpu (cpusPerNode {pools[0]['spec'].get('cpusPerNode')}), "
           f"example run at batch {run_example['spec']['training']['batchSize']}, one run at a time")
     print_table(rows)
