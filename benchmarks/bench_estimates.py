@@ -117,7 +117,8 @@ class CpuAccount:
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval, self.me = interval, os.getpid()
-        self.seconds = {"trainer": 0.0, "control plane": 0.0, "others": 0.0}
+        self.seconds = {"trainer": 0.0, "control plane": 0.0, "others": 0.0, "steal": 0.0}
+        self._last_steal = 0.0
         self._last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -148,7 +149,19 @@ class CpuAccount:
             pid, seen = table[pid][0], seen + 1
         return "others"
 
+    def _steal(self) -> float:
+        """CPU seconds the hypervisor gave this machine's vCPUs to others (/proc/stat's steal)."""
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                return int(f.readline().split()[8]) / self._tick
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
     def _sample(self, count: bool) -> None:
+        steal = self._steal()
+        if count:
+            self.seconds["steal"] += steal - self._last_steal
+        self._last_steal = steal
         table = self._scan()
         for pid, (_, cpu, _) in table.items():
             if count and pid in self._last:
@@ -225,8 +238,9 @@ def print_table(rows: list[dict]) -> None:
               f"{t.get('steadyStepSeconds', 0) * 1000:.1f} ms, checkpoints {t.get('checkpointSeconds', 0):.2f} s, "
               f"evaluation {t.get('evaluationSeconds', 0):.1f} s"
               for r in rows if (t := r["timing"]) and "trainingSeconds" in t))
-    print("cores used while each run ran (trainer / control plane / other processes on the machine): " + "; ".join(
-        f"{r['run']}: {c['trainer']:.2f} / {c['control plane']:.2f} / {c['others']:.2f}"
+    print("cores used while each run ran (trainer / control plane / other processes on the machine / stolen by "
+          "the hypervisor): " + "; ".join(
+        f"{r['run']}: {c['trainer']:.2f} / {c['control plane']:.2f} / {c['others']:.2f} / {c['steal']:.3f}"
         for r in rows if (c := r.get("cores"))))
     print("estimate parts (s): " + "; ".join(
         f"{r['run']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items()) for r in rows))
