@@ -111,7 +111,7 @@ def after_one_run(pool_after_base: dict | None, run: dict, models: dict[str, dic
 class CpuAccount:
     """Who used the machine's CPUs while a run ran: its trainer, this benchmark's control plane
     (the API server and the operator: this process and its other descendants), and every
-    other process on the machine (another user's work). Samples /proc every second; a
+    other process on the machine (another user's work), and the hypervisor's steal time. Samples /proc every second; a
     process's CPU time between samples goes to its group (one that exits between two
     samples loses its last second)."""
 
