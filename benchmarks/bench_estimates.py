@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -106,7 +108,106 @@ def after_one_run(pool_after_base: dict | None, run: dict, models: dict[str, dic
                  .duration_seconds)
 
 
-def row(label: str, run: dict, one_run: float | None = None) -> dict:
+class CpuAccount:
+    """Who used the machine's CPUs while a run ran: its trainer, this benchmark's control plane
+    (the API server and the operator: this process and its other descendants), and every
+    other process on the machine (another user's work), and the hypervisor's steal time. Samples /proc every second; a
+    process's CPU time between samples goes to its group (one that exits between two
+    samples loses its last second)."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval, self.me = interval, os.getpid()
+        self.seconds = {"trainer": 0.0, "control plane": 0.0, "others": 0.0, "steal": 0.0}
+        self._last_steal = 0.0
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _scan(self) -> dict[int, tuple[int, float, str]]:
+        out = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    command = f.read(400).replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick, command)
+        return out
+
+    def _group(self, pid: int, table: dict) -> str:
+        if "genforge-trainer" in table[pid][2] or "genforge_trainer" in table[pid][2]:
+            return "trainer"
+        seen = 0
+        while pid in table and seen < 64:
+            if pid == self.me:
+                return "control plane"
+            pid, seen = table[pid][0], seen + 1
+        return "others"
+
+    def _steal(self) -> float:
+        """CPU seconds the hypervisor gave this machine's vCPUs to others (/proc/stat's steal)."""
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                return int(f.readline().split()[8]) / self._tick
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def _sample(self, count: bool) -> None:
+        steal = self._steal()
+        if count:
+            self.seconds["steal"] += steal - self._last_steal
+        self._last_steal = steal
+        table = self._scan()
+        for pid, (_, cpu, _) in table.items():
+            if count and pid in self._last:
+                self.seconds[self._group(pid, table)] += max(0.0, cpu - self._last[pid])
+        self._last = {pid: cpu for pid, (_, cpu, _) in table.items()}
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample(True)
+
+    def __enter__(self) -> CpuAccount:
+        self._started = time.monotonic()
+        self._sample(False)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample(True)
+        self.wall = time.monotonic() - self._started
+
+    def cores(self) -> dict[str, float]:
+        """Average cores each group used over the run."""
+        return {group: seconds / self.wall for group, seconds in self.seconds.items()}
+
+
+def trainer_timing(api, run: dict) -> dict:
+    """The trainer's own `timing` (its termination message) for the run's succeeded pod."""
+    job = (run.get("status") or {}).get("job")
+    pods = api.request("GET", f"/api/v1/namespaces/{run['metadata'].get('namespace', 'default')}/pods").get("items")
+    for pod in pods or []:
+        if (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") != job:
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            message = ((container.get("state") or {}).get("terminated") or {}).get("message")
+            try:
+                timing = json.loads(message or "{}").get("timing")
+            except ValueError:
+                continue
+            if timing:
+                return timing
+    return {}
+
+
+def row(label: str, run: dict, one_run: float | None = None, timing: dict | None = None) -> dict:
     status = run.get("status") or {}
     cost, estimate_ = status.get("cost") or {}, status.get("estimate") or {}
     actual = status.get("runningSeconds")
@@ -116,7 +217,8 @@ def row(label: str, run: dict, one_run: float | None = None) -> dict:
             "actual": actual, "error": cost.get("estimateError"),
             "estimatedCost": cost.get("estimated"), "cost": cost.get("accrued"),
             "oneRun": one_run, "oneRunError": (actual - one_run) / one_run if one_run and actual else None,
-            "parts": {p["part"]: p["seconds"] for p in estimate_.get("parts") or []}}
+            "parts": {p["part"]: p["seconds"] for p in estimate_.get("parts") or []},
+            "timing": timing or {}}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -129,6 +231,17 @@ def print_table(rows: list[dict]) -> None:
         one_error = f"{r['oneRunError']:+.1%}" if r["oneRunError"] is not None else "-"
         print(f"{r['run']:<22} {r['steps']:>6} {r['estimate'] or 0:>10.0f} {span:>12} {r['actual'] or 0:>9.0f} "
               f"{error:>7} {one:>10} {one_error:>9} {r['estimatedCost'] or '-':>9} {r['cost'] or '-':>9}  {r['basis']}")
+    print("trainer timing (mean step = trainingSeconds ÷ steps after the first; steady step = median of "
+          "16-step windows' means): " + "; ".join(
+              f"{r['run']}: start-up {t.get('startupSeconds', 0):.1f} s, mean step "
+              f"{t['trainingSeconds'] / max(1, r['steps'] - 1) * 1000:.1f} ms, steady step "
+              f"{t.get('steadyStepSeconds', 0) * 1000:.1f} ms, checkpoints {t.get('checkpointSeconds', 0):.2f} s, "
+              f"evaluation {t.get('evaluationSeconds', 0):.1f} s"
+              for r in rows if (t := r["timing"]) and "trainingSeconds" in t))
+    print("cores used while each run ran (trainer / control plane / other processes on the machine / stolen by "
+          "the hypervisor): " + "; ".join(
+        f"{r['run']}: {c['trainer']:.2f} / {c['control plane']:.2f} / {c['others']:.2f} / {c['steal']:.3f}"
+        for r in rows if (c := r.get("cores"))))
     print("estimate parts (s): " + "; ".join(
         f"{r['run']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["parts"].items()) for r in rows))
 
@@ -172,15 +285,21 @@ def main(argv: list[str] | None = None) -> int:
         pool_after_base = None
         for i, (label, steps, model_name) in enumerate(plan):
             name = f"bench-{i}"
-            api.apply(training_run(run_example, name, steps, model_name))
-            finished = wait_final(api, "TrainingRun", name, args.timeout)
-            rows.append(row(label, finished, after_one_run(pool_after_base, finished, models)))
+            with CpuAccount() as account:
+                api.apply(training_run(run_example, name, steps, model_name))
+                finished = wait_final(api, "TrainingRun", name, args.timeout)
+            rows.append(row(label, finished, after_one_run(pool_after_base, finished, models),
+                            trainer_timing(api, finished)))
+            rows[-1]["cores"] = account.cores()
             print(f"{label}: {rows[-1]}", file=sys.stderr, flush=True)
             if i == 0:
                 pool_after_base = next(p for p in api.items("AcceleratorPool") if p["metadata"]["name"] == "cpu")
         pool = next(p for p in api.items("AcceleratorPool") if p["metadata"]["name"] == "cpu")
     finally:
         plane.stop()
+    revision = ROOT / "REVISION"  # a snapshot of a commit (git archive) says which
+    if revision.exists():
+        print(f"revision {revision.read_text().strip()}")
     print(f"genforge local, pool cpu (cpusPerNode {pools[0]['spec'].get('cpusPerNode')}), "
           f"example run at batch {run_example['spec']['training']['batchSize']}, one run at a time")
     print_table(rows)

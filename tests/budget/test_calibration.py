@@ -53,9 +53,19 @@ def test_the_window_keeps_the_last_runs_only():
 CPU_OVERHEAD, GPU_OVERHEAD = throughput.STEP_OVERHEAD_SECONDS_CPU, throughput.STEP_OVERHEAD_SECONDS_ACCELERATOR
 
 
-def rate(step_seconds: float, overhead: float, factor: float = 1.0, efficiency: float = 1.0) -> float:
-    """FLOP/s of a 32-sample step that took `step_seconds`, `overhead` of it not FLOPs."""
-    return 32 * PER_SAMPLE * factor / (step_seconds - overhead) / efficiency
+CPU_PRIOR = throughput.prior_flops_per_second(make_pool(cpu=True).spec)[0]
+GPU_PRIOR = throughput.prior_flops_per_second(make_pool().spec)[0]
+
+
+def rate(step_seconds: float, overhead: float, factor: float = 1.0, efficiency: float = 1.0,
+         prior: float = CPU_PRIOR) -> float:
+    """FLOP/s at which a 32-sample step and the prior's `overhead`, both scaled by the pool's
+    speed (the prior's FLOP/s ÷ this), take `step_seconds`."""
+    return (overhead * prior + 32 * PER_SAMPLE * factor / efficiency) / step_seconds
+
+
+def evaluation_rate(seconds: float, overhead: float, prior: float = CPU_PRIOR) -> float:
+    return (overhead * prior + EVALUATION_FLOPS) / seconds
 
 
 # 16 images × 50 sampling steps: one batch, 50 denoising calls
@@ -71,22 +81,29 @@ TIMING = {"startStep": 0, "startupSeconds": 4.0, "trainingSeconds": 100.0, "trai
 @pytest.mark.parametrize(("timing", "running", "pool", "run", "expected"), [
     pytest.param(TIMING, 130.0, make_pool(cpu=True), make_run(),
                  {"startup": 7.0, "training": rate(0.32, CPU_OVERHEAD), "checkpoints": 1.0,
-                  "evaluation": EVALUATION_FLOPS / (20 - CPU_SAMPLING)}, id="every-part"),
+                  "evaluation": evaluation_rate(20, CPU_SAMPLING)}, id="every-part"),
     pytest.param({**TIMING, "startStep": 500}, 130.0, make_pool(cpu=True), make_run(),
                  {"training": rate(0.32, CPU_OVERHEAD), "checkpoints": 1.0,
-                  "evaluation": EVALUATION_FLOPS / (20 - CPU_SAMPLING)}, id="a-resumed-run-measures-no-start-up"),
+                  "evaluation": evaluation_rate(20, CPU_SAMPLING)}, id="a-resumed-run-measures-no-start-up"),
     pytest.param(TIMING, 130.0, make_pool(cpu=True), make_run(kind="FineTune", method="lora"),
                  {"startup": 7.0, "training": rate(0.32, CPU_OVERHEAD, factor=0.7), "checkpoints": 1.0,
-                  "evaluation": EVALUATION_FLOPS / (20 - CPU_SAMPLING)}, id="lora-in-full-training-units"),
+                  "evaluation": evaluation_rate(20, CPU_SAMPLING)}, id="lora-in-full-training-units"),
     # 150 s of running, 123 s of parts: 27 s, less the rendezvous of two nodes (15 s)
     pytest.param(TIMING, 150.0, make_pool(per_node=8), make_run(per_node=8, nodes=2),
                  {"startup": 12.0,
                   # 16 processes of 32 a step: 19.5 steps of 5.12 s
-                  "training": rate(5.12, GPU_OVERHEAD, efficiency=0.98**3 * 0.95),
-                  "checkpoints": 1.0, "evaluation": EVALUATION_FLOPS / (20 - GPU_SAMPLING)},
+                  "training": rate(5.12, GPU_OVERHEAD, efficiency=0.98**3 * 0.95, prior=GPU_PRIOR),
+                  "checkpoints": 1.0, "evaluation": evaluation_rate(20, GPU_SAMPLING, GPU_PRIOR)},
                  id="per-accelerator-and-one-node-start-up"),
     pytest.param({"trainingSeconds": "x", "writes": 0}, 130.0, make_pool(cpu=True), make_run(), {},
                  id="nonsense-measures-nothing"),
+    # the steady-state step (0.25 s), not the loop's mean (0.32 s: a busy minute in it)
+    pytest.param({**TIMING, "steadyStepSeconds": 0.25}, 130.0, make_pool(cpu=True), make_run(),
+                 {"startup": 7.0, "training": rate(0.25, CPU_OVERHEAD), "checkpoints": 1.0,
+                  "evaluation": evaluation_rate(20, CPU_SAMPLING)}, id="the-steady-step-is-the-rate"),
+    pytest.param({**TIMING, "steadyStepSeconds": 0}, 130.0, make_pool(cpu=True), make_run(),
+                 {"startup": 7.0, "training": rate(0.32, CPU_OVERHEAD), "checkpoints": 1.0,
+                  "evaluation": evaluation_rate(20, CPU_SAMPLING)}, id="no-steady-step-the-mean"),
 ])
 def test_observe_run(timing, running, pool, run, expected):
     observed = calibration.observe_run(timing, running_seconds=running, pool=pool, spec=run.spec, model=MODEL)
@@ -106,10 +123,12 @@ def test_one_run_calibrates_every_part_and_says_so():
         ("startup", "measured", 1), ("training", "measured", 1), ("evaluation", "measured", 1),
         ("checkpoints", "measured", 1)]
     assert part(e, "startup").seconds == 8.0
-    # 1,000 steps, the first in start-up; each the overhead and 32 samples' FLOPs at 20 GFLOP/s
-    assert part(e, "training").seconds == pytest.approx(999 * (CPU_OVERHEAD + 32 * PER_SAMPLE / 20e9))
+    # 1,000 steps, the first in start-up; each 32 samples' FLOPs at 20 GFLOP/s and the overhead,
+    # scaled by the pool's measured speed against its prior (CPU_PRIOR)
+    speed = CPU_PRIOR / 20e9
+    assert part(e, "training").seconds == pytest.approx(999 * (CPU_OVERHEAD * speed + 32 * PER_SAMPLE / 20e9))
     # 50 denoising calls (16 images in one batch × 50 steps), each the overhead and its FLOPs
-    assert part(e, "evaluation").seconds == pytest.approx(CPU_SAMPLING + EVALUATION_FLOPS / 30e9)
+    assert part(e, "evaluation").seconds == pytest.approx(CPU_SAMPLING * CPU_PRIOR / 30e9 + EVALUATION_FLOPS / 30e9)
     assert part(e, "checkpoints").seconds == pytest.approx(5 * 0.5)  # 250, 500, 750; 1000; the model
     assert e.basis == ("startup measured (1 run), training measured (1 run), evaluation measured (1 run), "
                        "checkpoints measured (1 run)")
@@ -122,10 +141,24 @@ def test_a_measurement_transfers_to_a_model_of_another_size():
     ratio = throughput.train_flops_per_sample(WIDE) / PER_SAMPLE
     assert 3 < ratio < 5
     assert part(wide, "training").basis == "measured"
-    # the FLOPs of a step scale with the model, its overhead does not
-    overhead = 999 * CPU_OVERHEAD
+    # the FLOPs of a step scale with the model, its overhead (the prior's, at the pool's speed) does not
+    overhead = 999 * CPU_OVERHEAD * CPU_PRIOR / 20e9
     assert part(wide, "training").seconds - overhead == pytest.approx(ratio * (part(small, "training").seconds
                                                                               - overhead))
+
+
+@pytest.mark.parametrize("step", [0.02, 0.06, 0.3, 2.0])
+def test_the_same_model_is_estimated_at_the_step_it_measured_whatever_the_overhead_prior(step):
+    # a step shorter than the prior overhead (75 ms on a CPU) too: the estimate is not clamped
+    run = make_run(steps=150, batch=32)
+    timing = {"startStep": 0, "trainingSeconds": 149 * step, "trainingSamples": 149 * 32, "steadyStepSeconds": step}
+    pool = make_pool(cpu=True)
+    observed = calibration.observe_run(timing, running_seconds=None, pool=pool, spec=run.spec, model=MODEL)
+    calibrated = make_pool(cpu=True, calibration=measured(training=observed["training"]))
+    for steps in (45, 450, 1500):
+        longer = make_run(steps=steps, batch=32)
+        assert part(estimate.estimate_on_pool(calibrated, longer.spec, MODEL), "training").seconds == \
+            pytest.approx((steps - 1) * step)
 
 
 def test_older_measured_samples_per_second_still_count_for_their_model():

@@ -20,12 +20,13 @@ MEASURED = {"calibration": {"trainingFlopsPerSecond": {"value": 3e10, "runs": 1,
                                                         "updated": "2026-12-07T11:00:00Z"}}}
 
 
-def pool(calibration: dict | None = ENABLED, status: dict | None = None, name: str = "cpu"):
+def pool(calibration: dict | None = ENABLED, status: dict | None = None, name: str = "cpu", uid: str = ""):
     spec = {"accelerator": {"type": "cpu"}, "pricePerHour": "0.05", "cpusPerNode": 2}
     if calibration is not None:
         spec["calibration"] = calibration
     return parse_resource({"apiVersion": "genforge.dev/v1alpha1", "kind": "AcceleratorPool",
-                           "metadata": {"name": name, "generation": 2}, "spec": spec, "status": status or {}})
+                           "metadata": {"name": name, "generation": 2, **({"uid": uid} if uid else {})},
+                           "spec": spec, "status": status or {}})
 
 
 def calibration_run_in(phase: str | None, reason: str = "", message: str = ""):
@@ -54,6 +55,15 @@ def test_an_unmeasured_pool_that_asks_gets_one_run_with_its_model_and_data():
     assert calibrated(decision)["reason"] == "CalibrationRunCreated" and calibrated(decision)["status"] == "False"
     assert decision.status["calibrationRun"] == {"namespace": "team-a", "name": "calibrate-cpu"}
     assert [e[1] for e in decision.events] == ["CalibrationRunCreated"]
+
+
+def test_the_pool_owns_what_it_creates_so_deleting_it_deletes_them():
+    for obj in calibration_run.decide(pool(uid="u-1"), None, NOW).create:
+        assert obj["metadata"]["ownerReferences"] == [
+            {"apiVersion": "genforge.dev/v1alpha1", "kind": "AcceleratorPool", "name": "cpu", "uid": "u-1"}]
+        assert schema.validate(obj) == [], obj["kind"]
+    # without a uid (a pool not read from the API) there is nothing to refer to
+    assert all("ownerReferences" not in o["metadata"] for o in calibration_run.decide(pool(), None, NOW).create)
 
 
 def test_an_accelerator_pool_calibrates_in_bf16():

@@ -240,13 +240,14 @@ def test_success_calibrates_the_pool_part_by_part_from_the_trainers_timing():
     assert set(calibration) == {"startupSeconds", "trainingFlopsPerSecond", "evaluationFlopsPerSecond",
                                 "checkpointSeconds"}
     assert calibration["startupSeconds"]["value"] == pytest.approx(3.0)
-    # 100 steps of 8 in 15 s: 0.15 s a step, less the CPU's per-step overhead
-    compute = 0.15 - throughput.STEP_OVERHEAD_SECONDS_CPU
-    assert calibration["trainingFlopsPerSecond"]["value"] == pytest.approx(8 * per_sample / compute, rel=1e-6)
-    # 1.5 s for 50 denoising calls, less their overhead (at least a quarter of it is FLOPs)
-    evaluating = throughput.compute_seconds(1.5, 50 * throughput.SAMPLING_CALL_OVERHEAD_SECONDS_CPU)
-    assert calibration["evaluationFlopsPerSecond"]["value"] == pytest.approx(16 * 50 * per_sample / 3 / evaluating,
-                                                                             rel=1e-6)
+    # 100 steps of 8 in 15 s: 0.15 s a step; the rate at which the CPU's per-step overhead and
+    # the step's FLOPs, both at the pool's speed, take that long
+    prior = throughput.prior_flops_per_second(make_pool("cpu").spec)[0]
+    training = (throughput.STEP_OVERHEAD_SECONDS_CPU * prior + 8 * per_sample) / 0.15
+    assert calibration["trainingFlopsPerSecond"]["value"] == pytest.approx(training, rel=1e-6)
+    # 1.5 s for 50 denoising calls: their overhead and FLOPs the same way
+    evaluation = (50 * throughput.SAMPLING_CALL_OVERHEAD_SECONDS_CPU * prior + 16 * 50 * per_sample / 3) / 1.5
+    assert calibration["evaluationFlopsPerSecond"]["value"] == pytest.approx(evaluation, rel=1e-6)
     assert calibration["checkpointSeconds"]["value"] == pytest.approx(0.25)
     assert calibration["checkpointSeconds"]["recent"] == [
         {"value": 0.25, "at": "2026-11-27T12:00:22Z", "run": "TrainingRun/team-a/run-1", "uid": run.uid}]

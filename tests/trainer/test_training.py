@@ -105,6 +105,9 @@ def test_loss_falls_and_run_leaves_model_checkpoints_samples_and_metrics(tmp_pat
                                                           "evaluationSamples": 4, "inferenceSteps": 4}
     assert all(timing[k] > 0 for k in ("startupSeconds", "trainingSeconds", "checkpointSeconds",
                                        "evaluationSeconds"))
+    # 39 steps timed one by one: under three 16-step windows, the steady step is their mean,
+    # which the loop's own clock (trainingSeconds, the same steps) agrees with
+    assert timing["steadyStepSeconds"] == pytest.approx(timing["trainingSeconds"] / 39, rel=0.05)
 
 
 def test_artifact_loads_offline_with_ddpm_pipeline_and_round_trips_exactly(tmp_path):

@@ -10,18 +10,44 @@ The operator estimates a run as start-up + training + evaluation + checkpoint wr
 * ``checkpointSeconds`` and ``writes`` — checkpoint and final-model writes;
 * ``evaluationSeconds``, ``evaluationSamples``, ``inferenceSteps`` — the evaluation (held-out
   loss, sampling, FID/KID features);
+* ``steadyStepSeconds`` — the loop's steady-state seconds per step: the median of the mean
+  step times of consecutive windows of ``STEP_WINDOW`` steps (``steady_step_seconds``),
+  so that a busy minute during a short run (another process taking a core) does not
+  become the pool's rate, while what recurs in every window (epoch starts, logging) stays;
 * ``startStep`` — the step the loop began at (a resumed run's start-up is not a fresh one).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import time
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 _IMPORTED_AT = time.time()
+#: Steps per window of ``steady_step_seconds``: long enough to hold an epoch start of the
+#: demo's data (512 images ÷ batch 32) and the logging, short enough that a 150-step
+#: calibration run has nine windows to take the median of.
+STEP_WINDOW = 16
+
+
+def steady_step_seconds(step_seconds: Sequence[float], window: int = STEP_WINDOW) -> float | None:
+    """Steady-state seconds per step: the median over consecutive windows of `window` steps
+    of each window's mean (a last window shorter than half of `window` joins the one before).
+    Fewer than three windows: the mean of all. None without steps."""
+    count = len(step_seconds)
+    if count == 0:
+        return None
+    if count < 3 * window:
+        return statistics.fmean(step_seconds)
+    bounds = list(range(0, count, window))
+    if count - bounds[-1] < window / 2:
+        bounds.pop()
+    ends = [*bounds[1:], count]
+    return statistics.median(statistics.fmean(step_seconds[a:b]) for a, b in zip(bounds, ends, strict=True))
 
 
 def process_start_time() -> float:
@@ -49,6 +75,11 @@ class RunTimer:
         self.training_samples = 0
         self.evaluation_samples = 0
         self.inference_steps = 0
+        self.step_seconds = array("d")  # every step after the first: 8 bytes a step
+
+    def step_done(self, seconds: float) -> None:
+        """One training step after the first took `seconds` (checkpoint writes excluded)."""
+        self.step_seconds.append(seconds)
 
     def training_begins(self, start_step: int) -> None:
         self.startup = max(0.0, time.time() - self.started)
@@ -72,6 +103,9 @@ class RunTimer:
         }
         if self.startup is not None:
             out["startupSeconds"] = round(self.startup, 3)
+        steady = steady_step_seconds(self.step_seconds)
+        if steady is not None:
+            out["steadyStepSeconds"] = round(steady, 6)
         if self.evaluation_samples:
             out.update(evaluationSeconds=round(self.seconds["evaluation"], 3),
                        evaluationSamples=self.evaluation_samples, inferenceSteps=self.inference_steps)

@@ -189,6 +189,7 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
     timer.start_step = start_step
     loop_start, writes_before = time.perf_counter(), 0.0
     while step < total_steps:
+        step_begun, writes_at_step = time.perf_counter(), timer.seconds["checkpoint"]
         for micro in range(training.gradient_accumulation):
             with accelerator.accumulate(*method.modules.values()):
                 batch = method.next_batch(step * training.gradient_accumulation + micro)
@@ -244,6 +245,8 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
             )
         if spec.checkpoint.every_steps and step % spec.checkpoint.every_steps == 0 and step < total_steps:
             save_checkpoint(step, loss_value)
+        if step > start_step + 1:  # the first step is start-up's
+            timer.step_done(time.perf_counter() - step_begun - (timer.seconds["checkpoint"] - writes_at_step))
     bar.close()
     timer.seconds["training"] = time.perf_counter() - loop_start - (timer.seconds["checkpoint"] - writes_before)
     timer.training_samples = max(0, step - start_step - 1) * samples_per_step

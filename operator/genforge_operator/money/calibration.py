@@ -9,11 +9,13 @@ one value per part that transfers to other runs on the same pool:
   checkpoint time: pod start → first step (imports, data and model load) and the exit,
   for one node (the rendezvous of more nodes is added by the estimate);
 * `trainingFlopsPerSecond` — training FLOP/s of one accelerator in full-training units:
-  FLOPs of a step (batch × accumulation × FLOPs per sample × work factor) ÷ the step's
-  seconds less the per-step overhead (`throughput.STEP_OVERHEAD_SECONDS_*`) ÷ scaling
-  efficiency. FLOPs, not samples/s, so that one run calibrates the pool for every model;
-* `evaluationFlopsPerSecond` — samples × sampling steps × FLOPs of a denoising step ÷
-  the evaluation's seconds less the overhead of its denoising calls
+  the rate at which the prior's step (per-step overhead `throughput.STEP_OVERHEAD_SECONDS_*`
+  + FLOPs of a step — batch × accumulation × FLOPs per sample × work factor — ÷ scaling
+  efficiency), both scaled by the pool's speed (`throughput.rate_from_seconds`), takes the
+  step the trainer measured (its steady-state step, `steadyStepSeconds`). FLOPs, not
+  samples/s, so that one run calibrates the pool for every model;
+* `evaluationFlopsPerSecond` — the same for the evaluation: samples × sampling steps ×
+  FLOPs of a denoising step plus the overhead of its denoising calls
   (`throughput.SAMPLING_CALL_OVERHEAD_SECONDS_*`; held-out loss and FID features ride along);
 * `checkpointSeconds` — seconds per checkpoint or final-model write.
 
@@ -33,9 +35,10 @@ from ..api import CalibrationPart, CalibrationSample, GenModelSpec, PoolCalibrat
 from . import accrual
 from .throughput import (
     RunSpec,
-    compute_seconds,
     forward_flops_per_sample,
+    prior_flops_per_second,
     processes_per_node,
+    rate_from_seconds,
     rendezvous_seconds,
     sampling_calls,
     sampling_overhead_seconds,
@@ -61,12 +64,21 @@ def _number(timing: Mapping[str, Any], key: str) -> float | None:
     return float(value)
 
 
+def step_seconds(timing: Mapping[str, Any], mean: float) -> float:
+    """A run's seconds per step for the pool's rate: the trainer's steady-state step
+    (`steadyStepSeconds`, the median of windows' means: a busy minute in a short run is not
+    the pool's speed), else the loop's mean (a trainer before it reported one)."""
+    steady = _number(timing, "steadyStepSeconds")
+    return steady if steady else mean
+
+
 def observe_run(timing: Mapping[str, Any], *, running_seconds: float | None, pool: Resource, spec: RunSpec,
                 model: GenModelSpec) -> dict[str, float]:
     """One value per part this run measured (part → value); parts it did not measure are absent."""
     out: dict[str, float] = {}
     pool_spec, hardware = pool.spec, spec.hardware
     cpu = pool_spec.accelerator.is_cpu
+    prior = prior_flops_per_second(pool_spec)[0]
     training_seconds = _number(timing, "trainingSeconds")
     samples = _number(timing, "trainingSamples")
     if training_seconds and samples:
@@ -74,14 +86,16 @@ def observe_run(timing: Mapping[str, Any], *, running_seconds: float | None, poo
         efficiency = scaling_efficiency(hardware.nodes, processes_per_node(pool_spec, hardware.accelerators_per_node))
         training = spec.training
         steps = samples / (training.batch_size * training.gradient_accumulation * accelerators)
-        compute = compute_seconds(training_seconds / steps, step_overhead_seconds(pool_spec))
-        out["training"] = step_flops(spec, model, cpu=cpu) / compute / efficiency
+        out["training"] = rate_from_seconds(step_seconds(timing, training_seconds / steps),
+                                            step_flops(spec, model, cpu=cpu) / efficiency,
+                                            step_overhead_seconds(pool_spec), prior)
     evaluation_seconds = _number(timing, "evaluationSeconds")
     eval_samples, eval_steps = _number(timing, "evaluationSamples"), _number(timing, "inferenceSteps")
     if evaluation_seconds and eval_samples and eval_steps:
         overhead = sampling_calls(eval_samples, eval_steps) * sampling_overhead_seconds(pool_spec)
-        out["evaluation"] = (eval_samples * eval_steps * forward_flops_per_sample(model)
-                             / compute_seconds(evaluation_seconds, overhead))
+        out["evaluation"] = rate_from_seconds(evaluation_seconds,
+                                              eval_samples * eval_steps * forward_flops_per_sample(model),
+                                              overhead, prior)
     checkpoint_seconds, writes = _number(timing, "checkpointSeconds"), _number(timing, "writes")
     if checkpoint_seconds is not None and writes:
         out["checkpoints"] = checkpoint_seconds / writes

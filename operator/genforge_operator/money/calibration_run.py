@@ -10,7 +10,8 @@ the next estimate on the pool is `measured`, and `pool: auto` compares measured 
 One run per pool, with a deterministic name (`naming.calibration_name`): creating it
 again is a no-op (HTTP 409), so restarts and concurrent reconciles never start a second
 one; none is created once the pool is measured; a failed one stays until a user deletes
-it (the `Calibrated` condition says so), so a broken pool is not retried in a loop.
+it (the `Calibrated` condition says so), so a broken pool is not retried in a loop. The
+three objects name the pool as their owner: deleting the pool deletes them.
 """
 
 from __future__ import annotations
@@ -79,9 +80,15 @@ def pool_of(run_annotations: dict[str, str]) -> str | None:
 
 
 def _meta(pool: Resource, namespace: str) -> dict:
-    return {"name": calibration_name(pool.name), "namespace": namespace,
+    meta = {"name": calibration_name(pool.name), "namespace": namespace,
             "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_CALIBRATION_FOR: label_value(pool.name)},
             "annotations": {f"{LABEL_CALIBRATION_FOR}": pool.name}}
+    if pool.uid:
+        # the (cluster-scoped) pool owns them: deleting it lets the garbage collector delete
+        # them. Not `blockOwnerDeletion`: that would need update on the pool's finalizers.
+        meta["ownerReferences"] = [{"apiVersion": API_VERSION, "kind": pool.kind, "name": pool.name,
+                                    "uid": pool.uid}]
+    return meta
 
 
 def calibration_objects(pool: Resource) -> list[dict]:

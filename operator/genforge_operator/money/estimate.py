@@ -45,6 +45,7 @@ from .throughput import (
     samples_of,
     sampling_overhead_seconds,
     scaling_efficiency,
+    seconds_at,
     step_flops,
     step_overhead_seconds,
 )
@@ -172,7 +173,8 @@ def estimate_parts(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
     rendezvous = rendezvous_seconds(hardware.nodes)
     parts.append(_part("startup", basis, runs, startup + rendezvous, low + rendezvous, high + rendezvous))
 
-    # each process: steps × (overhead + a step's FLOPs ÷ FLOP/s); the processes run together.
+    # each process: steps × (overhead + a step's FLOPs ÷ FLOP/s), the overhead scaled by the pool's
+    # measured speed like the FLOPs (`seconds_at`); the processes run together.
     # The first step's warm-up is measured as start-up.
     flops, basis, runs, low, high = _rate(pool, "training", prior_flops)
     legacy = legacy_measured_flops(pool, spec, model) if basis == "prior" else None
@@ -182,8 +184,8 @@ def estimate_parts(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
     steps = max(0, spec.training.steps - completed_steps - 1)  # the first step ends start-up
     work, overhead = step_flops(spec, model, cpu=cpu), step_overhead_seconds(pool_spec)
 
-    def step_seconds(rate: float) -> float:
-        return overhead + work / (rate * efficiency) if rate > 0 else math.inf
+    def step_seconds(rate: float) -> float:  # the overhead scales with the pool's speed, like the FLOPs
+        return seconds_at(rate * efficiency, work, overhead * efficiency, prior_flops)
 
     parts.append(_part("training", basis, runs, steps * step_seconds(flops), steps * step_seconds(high),
                        steps * step_seconds(low)))
@@ -197,7 +199,7 @@ def estimate_parts(pool: Resource, spec: RunSpec, model: GenModelSpec, *,
     calls = evaluation_calls(spec, model) * sampling_overhead_seconds(pool_spec)
 
     def evaluation_seconds(rate: float) -> float:
-        return calls + work / rate if work and rate > 0 else 0.0
+        return seconds_at(rate, work, calls, prior_flops) if work and rate > 0 else 0.0
 
     parts.append(_part("evaluation", basis, runs, evaluation_seconds(flops), evaluation_seconds(high),
                        evaluation_seconds(low)))

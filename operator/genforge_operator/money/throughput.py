@@ -89,9 +89,8 @@ RENDEZVOUS_SECONDS_PER_NODE_DOUBLING = 15
 #: (a UNet step is hundreds of small kernels), the optimizer and EMA updates, assembling the
 #: batch, the progress report. It dominates tiny models on a CPU, so a model with 4× the
 #: FLOPs per step takes less than 4× as long (docs/benchmarks.md measures it on the demo's
-#: machine, in-process and as runs beside the operator). A prior larger than a pool's real
-#: overhead biases even the same model's estimate (`compute_seconds` keeps a quarter of a
-#: step as FLOPs), so it errs low.
+#: machine, in-process and as runs beside the operator). On a measured pool it scales with
+#: the pool's measured speed (`seconds_at`), so the same model's estimate is its measured step.
 STEP_OVERHEAD_SECONDS_CPU = 0.075
 STEP_OVERHEAD_SECONDS_ACCELERATOR = 0.01
 #: The trainer samples evaluation images in batches of this many (`genforge_trainer.models`).
@@ -281,10 +280,27 @@ def step_overhead_seconds(pool: AcceleratorPoolSpec) -> float:
     return base / pool.relative_throughput
 
 
-def compute_seconds(step_seconds: float, overhead: float) -> float:
-    """The part of a measured step that was FLOPs: the step less the overhead, at least a
-    quarter of it (a machine much faster than the overhead prior assumes)."""
-    return max(step_seconds - overhead, step_seconds / 4)
+def seconds_at(rate: float, work: float, overhead: float, prior_rate: float) -> float:
+    """Seconds of `work` FLOPs plus its `overhead` (the prior's) on a pool that runs at `rate`
+    FLOP/s where its prior says `prior_rate`: the overhead scales with the pool's speed like
+    the FLOPs do (a pool measured twice as fast as its prior dispatches twice as fast too), so
+
+        seconds = (overhead × prior_rate + work) ÷ rate
+
+    which is overhead + work ÷ rate at the prior's rate."""
+    if rate <= 0:
+        return math.inf
+    return (overhead * prior_rate + work) / rate
+
+
+def rate_from_seconds(seconds: float, work: float, overhead: float, prior_rate: float) -> float:
+    """The FLOP/s at which `seconds_at` gives the `seconds` a run measured for `work` FLOPs and
+    the prior's `overhead`: one run cannot tell overhead from FLOPs, so both scale by how
+    much faster or slower than its prior the pool was (`prior_rate` × prior seconds ÷
+    measured seconds). The same model's estimate then reproduces the measured step exactly,
+    whatever the prior overhead (before: a step shorter than the prior's overhead kept only a
+    quarter of it as FLOPs and was estimated up to 1.5× too long)."""
+    return (overhead * prior_rate + work) / seconds if seconds > 0 else 0.0
 
 
 def scaling_efficiency(nodes: int, per_node: int) -> float:
@@ -360,7 +376,8 @@ def legacy_measured_flops(pool: Resource, spec: RunSpec, model: GenModelSpec) ->
     work = step_flops(spec, model, cpu=cpu)
     efficiency = scaling_efficiency(spec.hardware.nodes, processes_per_node(pool.spec, spec.hardware.accelerators_per_node))
     step = work / (measured.samples_per_second * train_flops_per_sample(model) * efficiency)
-    return work / (compute_seconds(step, step_overhead_seconds(pool.spec)) * efficiency), measured.runs
+    prior = prior_flops_per_second(pool.spec)[0]
+    return rate_from_seconds(step, work / efficiency, step_overhead_seconds(pool.spec), prior), measured.runs
 
 
 # ------------------------------------------------------------------ calibration from runs
