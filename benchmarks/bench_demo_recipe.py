@@ -61,6 +61,14 @@ EXAMPLES = ROOT / "examples"
 OLD_MODEL = {"blockOutChannels": [32, 64], "layersPerBlock": 1, "inferenceSteps": 25}
 OLD_TRAINING = {"steps": 1500, "batchSize": 16, "learningRate": 3.0e-3, "lrWarmupSteps": 100,
                 "lrScheduler": "cosine", "mixedPrecision": "no", "gradientAccumulation": 1, "seed": 0}
+# min-SNR-γ 20: less down-weighting of the low-noise steps (the last details); what examples/
+# shipped from issue 21's first round to its third.
+V_SMALL_G20 = {
+    "model": {"predictionType": "v_prediction", "rescaleBetasZeroSnr": True, "timestepSpacing": "trailing",
+              "blockOutChannels": [16, 32]},
+    "training": {"ema": True, "snrGamma": 20.0, "batchSize": 32, "steps": 2200, "lrWarmupSteps": 100,
+                 "learningRate": 5e-3},
+}
 RECIPES: dict[str, dict] = {
     "examples": {"base": "examples"},
     "eps-old": {},
@@ -100,12 +108,7 @@ RECIPES: dict[str, dict] = {
         "training": {"ema": True, "snrGamma": 5.0, "batchSize": 32, "steps": 2200, "lrWarmupSteps": 100,
                      "learningRate": 5e-3},
     },
-    "v-small-g20": {  # min-SNR-γ 20: less down-weighting of the low-noise steps (the last details)
-        "model": {"predictionType": "v_prediction", "rescaleBetasZeroSnr": True, "timestepSpacing": "trailing",
-                  "blockOutChannels": [16, 32]},
-        "training": {"ema": True, "snrGamma": 20.0, "batchSize": 32, "steps": 2200, "lrWarmupSteps": 100,
-                     "learningRate": 5e-3},
-    },
+    "v-small-g20": V_SMALL_G20,
     "v-small-no-minsnr": {
         "model": {"predictionType": "v_prediction", "rescaleBetasZeroSnr": True, "timestepSpacing": "trailing",
                   "blockOutChannels": [16, 32]},
@@ -140,6 +143,19 @@ RECIPES: dict[str, dict] = {
     "ex-b64": {"base": "examples", "training": {"batchSize": 64, "steps": 1400}},  # more samples/s, fewer updates
     "ex-lr1e-2": {"base": "examples", "training": {"learningRate": 1.0e-2}},
     "ex-g50": {"base": "examples", "training": {"snrGamma": 50.0}},  # more weight on the low-noise steps
+    # Issue 21, part 3: stochastic sampling through GenModel `config.ddimEta` (sampler variants
+    # of a trained model: seconds each), and v-small-g20 (the recipe the examples shipped
+    # before part 3) given more updates.
+    "g20-eta1": {"sampleFrom": "v-small-g20", "model": {"ddimEta": 1.0}},
+    "g20-eta1-ddim50": {"sampleFrom": "v-small-g20", "model": {"ddimEta": 1.0}, "evaluation": {"inferenceSteps": 50}},
+    "g20-s2600": {"model": V_SMALL_G20["model"], "training": {**V_SMALL_G20["training"], "steps": 2600}},
+    "g20-s2600-eta1": {"sampleFrom": "g20-s2600", "model": {"ddimEta": 1.0}},
+    "g20-s2600-eta1-ddim50": {"sampleFrom": "g20-s2600", "model": {"ddimEta": 1.0},
+                              "evaluation": {"inferenceSteps": 50}},
+    "g20-s3000": {"model": V_SMALL_G20["model"], "training": {**V_SMALL_G20["training"], "steps": 3000}},
+    "g20-s3000-eta1": {"sampleFrom": "g20-s3000", "model": {"ddimEta": 1.0}},
+    "g20-s3000-eta1-ddim50": {"sampleFrom": "g20-s3000", "model": {"ddimEta": 1.0},
+                              "evaluation": {"inferenceSteps": 50}},
     "eps-minsnr-ema": {
         "model": {"predictionType": "epsilon", "rescaleBetasZeroSnr": None, "timestepSpacing": None},
         "training": {"ema": True, "emaDecay": 0.999, "snrGamma": 5.0},
@@ -215,6 +231,7 @@ def scores(metrics: dict) -> dict:
         "noise": metrics.get("backgroundNoise"), "dataNoise": metrics.get("dataBackgroundNoise"),
         "colour": metrics.get("labelColour"), "fid": metrics.get("fid"), "loss": metrics.get("loss"),
         "samples": metrics.get("statisticsSamples"), "inferenceSteps": metrics.get("inferenceSteps"),
+        "ddimEta": metrics.get("ddimEta"),
     }
 
 
@@ -244,7 +261,8 @@ def rescore(work: Path, data_uri: str, row: dict, samples: int) -> dict:
     if "sampleFrom" in recipe:
         document["model"]["baseUri"] = f"file://{work}/{recipe['sampleFrom']}-s{row['seed']}/model"
         source = RECIPES[recipe["sampleFrom"]]
-        document["model"]["config"] = merged(bases(source)[0], source.get("model", {}))
+        document["model"]["config"] = merged(merged(bases(source)[0], source.get("model", {})),
+                                             recipe.get("model", {}))
     document["evaluation"].update(recipe.get("evaluation", {}))
     spec = parse_run_spec(document)
     return {**row, **scores(evaluation.run(spec, ProgressReporter())["metrics"])}

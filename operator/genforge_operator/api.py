@@ -319,6 +319,7 @@ class ModelConfig:
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     inference_steps: int = 50
+    ddim_eta: float = 0.0
     rescale_betas_zero_snr: bool = False
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
 

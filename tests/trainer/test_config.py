@@ -113,6 +113,9 @@ REJECTED = [
         {"model": {"config": {"rescaleBetasZeroSnr": True}}},
         "model.config.rescaleBetasZeroSnr: needs predictionType v_prediction or sample",
     ),
+    ("ddim-eta-above-one", {"model": {"config": {"ddimEta": 1.5}}}, "model.config.ddimEta: must be in [0, 1]"),
+    ("ddim-eta-negative", {"model": {"config": {"ddimEta": -0.1}}}, "model.config.ddimEta: must be in [0, 1]"),
+    ("ddim-eta-a-string", {"model": {"config": {"ddimEta": "1"}}}, "model.config.ddimEta: must be"),
     (
         "bad-timestep-spacing",
         {"model": {"config": {"timestepSpacing": "evenly"}}},

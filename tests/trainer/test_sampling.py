@@ -62,12 +62,15 @@ def oracle_model(prediction_type: str, beta_schedule: str, labels: list[str]) ->
     return DiffusionModel("unet2d-ddpm", SIZE, net, scheduler, labels=labels)
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0], ids=["ddim", "ddim-eta1"])
 @pytest.mark.parametrize("steps", [1, 7, 50])
 @pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_a_perfect_denoiser_samples_its_image_exactly(prediction_type, beta_schedule, steps):
+def test_a_perfect_denoiser_samples_its_image_exactly(prediction_type, beta_schedule, steps, eta):
+    # Stochastic sampling too: the fresh noise of each step is denoised away again, and the
+    # last step (to alpha_bar = 1) adds none.
     model = oracle_model(prediction_type, beta_schedule, [])
-    images = model.sample(3, steps=steps, generator=torch.Generator().manual_seed(1))
+    images = model.sample(3, steps=steps, generator=torch.Generator().manual_seed(1), eta=eta)
     assert images.shape == (3, 3, SIZE, SIZE)
     assert (images - targets(1)).abs().max() < 1e-4
     # and through the grid's un-normalisation: [-1, 1] -> [0, 255]
@@ -84,9 +87,11 @@ def test_class_labels_reach_the_denoiser_in_order():
         assert (image - targets(3)[labels.index(label)]).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_sampler_matches_diffusers_ddim_pipeline(prediction_type):
-    """Same weights, same noise: our grid sampler and ``DDIMPipeline`` give the same images."""
+def test_sampler_matches_diffusers_ddim_pipeline(prediction_type, eta):
+    """Same weights, same noise (the initial noise, then each step's fresh noise for η > 0,
+    from one generator): our grid sampler and ``DDIMPipeline`` give the same images."""
     from diffusers import DDIMPipeline, DDIMScheduler
 
     spec = ModelSpec(
@@ -99,11 +104,14 @@ def test_sampler_matches_diffusers_ddim_pipeline(prediction_type):
     with torch.no_grad():  # random, not zero-initialised outputs: the comparison must mean something
         for p in model.denoiser.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    ours = model.sample(2, steps=5, generator=torch.Generator().manual_seed(3))
+    ours = model.sample(2, steps=5, generator=torch.Generator().manual_seed(3), eta=eta)
     pipe = DDIMPipeline(unet=model.denoiser, scheduler=DDIMScheduler.from_config(model.noise_scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(
-        batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=5, output_type="np"
+        batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=5, eta=eta, output_type="np"
     ).images
     theirs = torch.from_numpy(theirs).permute(0, 3, 1, 2) * 2 - 1
     assert (ours - theirs).abs().max() < 1e-4
+    if eta:  # and η does what it says: the same noise sampled deterministically gives other images
+        deterministic = model.sample(2, steps=5, generator=torch.Generator().manual_seed(3))
+        assert (ours - deterministic).abs().max() > 1e-2

@@ -268,6 +268,27 @@ def test_evaluate_command_reports_metrics_in_the_termination_message(
     assert set(message["metrics"]) >= {"loss", "kid", "featureExtractor"}
 
 
+def test_evaluation_samples_with_the_models_ddim_eta(tmp_path, monkeypatch, dataset_uri, base_model):
+    """GenModel ``config.ddimEta`` reaches the evaluation's sampler: the same model, seed and
+    initial noise give another grid with η 1 than with η 0, and the metrics say which η."""
+    grids, reported = {}, {}
+    for eta in (0.0, 1.0):
+        out = tmp_path / f"eta{eta}"
+        doc = tiny_run(out, dataset_uri, command="evaluate", drop=["training"],
+                       model={"baseUri": base_model, "config": {**TINY_MODEL["config"], "ddimEta": eta}},
+                       evaluation={"samples": 4, "metrics": ["loss"]})
+        config = out / "run.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps(doc))
+        monkeypatch.setenv("GENFORGE_TERMINATION_LOG", str(out / "log"))
+        code, result = cli.run_command("evaluate", str(config), serve=False)
+        assert code == 0, result
+        reported[eta] = json.loads((out / "log").read_text())["metrics"]["ddimEta"]
+        grids[eta] = (out / "out" / "samples.png").read_bytes()
+    assert reported == {0.0: 0.0, 1.0: 1.0}
+    assert grids[0.0] != grids[1.0]
+
+
 # --------------------------------------------------------------------------- evaluation
 
 

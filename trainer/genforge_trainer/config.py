@@ -136,6 +136,11 @@ class ModelConfig:
     #: Denoising steps when sampling (evaluation, sample grids, DreamBooth class images);
     #: sampling uses DDIM on the trained DDPM noise schedule.
     inference_steps: int = 50
+    #: DDIM's η (Song et al., "Denoising Diffusion Implicit Models"): 0 samples
+    #: deterministically from the initial noise; 1 adds fresh noise at every step, as much
+    #: as DDPM's ancestral sampler (stochastic sampling corrects part of the denoiser's error
+    #: instead of carrying it to the image). In [0, 1].
+    ddim_eta: float = 0.0
     #: Rescale the betas to zero terminal SNR (Lin et al., "Common Diffusion Noise Schedules
     #: and Sample Steps are Flawed"): the last training step is pure noise, as sampling's
     #: first step is, so the model cannot lean on image statistics (a mean colour) that
@@ -180,6 +185,12 @@ class ModelConfig:
             1 <= self.inference_steps <= self.num_train_timesteps,
             f"{path}.inferenceSteps",
             f"must be in [1, numTrainTimesteps={self.num_train_timesteps}], got {self.inference_steps}",
+        )
+        _check(
+            errors,
+            math.isfinite(self.ddim_eta) and 0.0 <= self.ddim_eta <= 1.0,
+            f"{path}.ddimEta",
+            f"must be in [0, 1] (0: deterministic DDIM, 1: as stochastic as DDPM), got {self.ddim_eta}",
         )
         _check(
             errors,

@@ -279,7 +279,8 @@ def evaluate_model(
     generator = torch.Generator().manual_seed(seed + 31337)
     samples = to_uint8(
         model.sample(
-            ev.samples, steps=steps, generator=generator, labels=labels, prompts=prompts, denoiser=denoiser
+            ev.samples, steps=steps, generator=generator, labels=labels, prompts=prompts, denoiser=denoiser,
+            eta=spec.model.config.ddim_eta,
         )
     )
     wanted = tuple(m for m in ev.metrics if m in ("fid", "kid"))
@@ -294,6 +295,7 @@ def evaluate_model(
     if len(held_out):
         metrics["referenceSet"] = reference_set_id(held_out.pixels)
     metrics["inferenceSteps"] = steps
+    metrics["ddimEta"] = spec.model.config.ddim_eta
     samples_uri = storage.join(spec.output.uri, "samples.png")
     storage.write_bytes(samples_uri, image_grid(samples))
     storage.write_bytes(storage.join(spec.output.uri, "metrics.json"), json.dumps(metrics, indent=2).encode())

@@ -468,6 +468,7 @@ class DreamBooth(Method):
             generator=generator,
             labels=[self.class_label] * n if self.model.class_conditional else None,
             prompts=[self.cfg.class_prompt] * n if self.model.architecture == "stable-diffusion" else None,
+            eta=self.spec.model.config.ddim_eta,
         )
         log.info("generated %d class images with the base model (%d steps)", n, steps)
         return ImageSet(to_uint8(images), [self.cfg.class_prompt] * n, [self.class_label] * n)

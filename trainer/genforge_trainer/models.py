@@ -177,8 +177,11 @@ class DiffusionModel:
         prompts: list[str] | None = None,
         denoiser: nn.Module | None = None,
         batch_size: int = 32,
+        eta: float = 0.0,
     ) -> torch.Tensor:
-        """``count`` images as float [-1, 1] (N×3×H×W, on the CPU), DDIM-sampled."""
+        """``count`` images as float [-1, 1] (N×3×H×W, on the CPU), DDIM-sampled with η =
+        ``eta`` (``ModelConfig.ddim_eta``; above 0, each step's fresh noise comes from
+        ``generator`` too, after the batch's initial noise)."""
         from diffusers import DDIMScheduler
 
         net = denoiser if denoiser is not None else self.denoiser
@@ -203,7 +206,7 @@ class DiffusionModel:
                 scheduler.set_timesteps(steps, device=device)
                 for t in scheduler.timesteps:
                     model_out = net(x, t, **cond).sample
-                    x = scheduler.step(model_out, t, x).prev_sample
+                    x = scheduler.step(model_out, t, x, eta=eta, generator=generator).prev_sample
                 if self.vae is not None:
                     x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
                 out.append(x.float().clamp(-1, 1).cpu())
