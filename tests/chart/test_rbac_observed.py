@@ -174,8 +174,12 @@ def _lifecycle(custom, batch, core, namespace, pool):
             timeout=15, message="the pool's Calibrated condition")
     finally:
         custom.delete_cluster_custom_object(GROUP, VERSION, "acceleratorpools", unmeasured)
+    # The calibration objects are owned by their pool: the garbage collector deletes them with it
+    # (the run through the operator's finalizer).
     for plural in ("trainingruns", "datasets", "genmodels"):
-        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, f"calibrate-{unmeasured}")
+        wait_for(lambda plural=plural: f"calibrate-{unmeasured}" not in [
+            o["metadata"]["name"] for o in custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural)["items"]], message=f"the calibration {plural} collected")
 
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "run")
     wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns")["items"],
