@@ -46,7 +46,8 @@ _RECONCILER: Reconciler | None = None
 
 class DiffBase(kopf.AnnotationsDiffBaseStorage):
     """kopf's last-handled configuration in annotations under our prefix — except for the
-    runs, which the operator follows by their essence itself (`run_changed`): kopf would
+    runs, which the operator follows by their essence itself (`_register_run`,
+    `Reconciler.essence_changed`): kopf would
     patch that annotation on every new run, a write per run on top of its finalizer (a
     thousand runs created at once: a thousand writes and watch events fewer)."""
 
