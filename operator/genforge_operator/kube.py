@@ -190,7 +190,10 @@ class Kube:
 
     def replace_status_guarded(self, kind: str, namespace: str | None, name: str,
                                resource_version: str, patch: dict) -> bool:
-        """A status patch that fails (False) if the object changed since `resource_version`."""
+        """A status patch that fails (False) if the object changed since `resource_version`.
+
+        Deleted since it was read (404) is a change too: the caller's next read finds it gone.
+        """
         k = KINDS[kind]
         body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
         try:
@@ -202,7 +205,7 @@ class Kube:
                     GROUP, VERSION, k.plural, name, body, _content_type=MERGE_PATCH)
             return True
         except ApiException as exc:
-            if exc.status == 409:
+            if exc.status in (404, 409):
                 return False
             raise self._retry(exc, f"patch status of {kind} {namespace}/{name}") from exc
 

@@ -106,3 +106,46 @@ def test_a_version_that_loses_every_optimistic_lock_is_retried_not_dropped():
     with pytest.raises(StatusConflict):
         add_version(ContendedKube(), "team-a", run_body, {"source": {"kind": "TrainingRun", "name": "r"},
                                                           "uri": "file:///m", "metrics": {}})
+
+
+def test_a_budget_deleted_between_read_and_write_is_nothing_to_retire_onto():
+    """Namespace teardown deletes a Budget while a run's deletion handler retires the run onto it:
+    the guarded patch's 404 is the object gone (found by the real-Kubernetes Kueue test, where
+    kopf logged 'failed temporarily: patch status of Budget …: HTTP 404' and retried)."""
+    import kubernetes
+
+    from genforge_operator.kube import Kube
+
+    kube = Kube(kubernetes.client.ApiClient(kubernetes.client.Configuration()))
+    reads = []
+
+    def get(group, version, namespace, plural, name):
+        reads.append(name)
+        if len(reads) > 1:
+            raise kubernetes.client.ApiException(status=404, reason="Not Found")
+        return {"metadata": {"resourceVersion": "7"}, "spec": {}, "status": {}}
+
+    def patch(*args, **kwargs):
+        raise kubernetes.client.ApiException(status=404, reason="Not Found")
+
+    kube.custom.get_namespaced_custom_object = get
+    kube.custom.patch_namespaced_custom_object_status = patch
+    assert kube.update_status("Budget", "team-a", "team", lambda body: {"retired": {"a": "1"}}) is None
+    assert reads == ["team", "team"]  # read, write refused as gone, read again: gone
+
+
+def test_a_status_patch_refused_for_another_reason_is_still_retried_by_kopf():
+    import kopf
+    import kubernetes
+
+    from genforge_operator.kube import Kube
+
+    kube = Kube(kubernetes.client.ApiClient(kubernetes.client.Configuration()))
+    kube.custom.get_namespaced_custom_object = lambda *a: {"metadata": {"resourceVersion": "7"}, "status": {}}
+
+    def patch(*args, **kwargs):
+        raise kubernetes.client.ApiException(status=500, reason="Internal Server Error")
+
+    kube.custom.patch_namespaced_custom_object_status = patch
+    with pytest.raises(kopf.TemporaryError):
+        kube.update_status("Budget", "team-a", "team", lambda body: {"retired": {"a": "1"}})
