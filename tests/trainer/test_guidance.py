@@ -83,17 +83,45 @@ def test_a_model_with_class_dropout_has_the_null_class_as_row_zero_and_keeps_it_
     assert not load_pretrained(f"file://{tmp_path}/plain", tiny_spec()).null_class
 
 
-def test_a_training_run_with_class_dropout_trains_the_null_class_and_samples_with_guidance(tmp_path, dataset_uri):
-    config = {**TINY_MODEL["config"], "classDropout": 0.5, "guidanceScale": 3.0}
-    doc = tiny_run(tmp_path, dataset_uri, steps=6, model={"config": config},
+GUIDED = {**TINY_MODEL["config"], "classDropout": 0.5, "guidanceScale": 3.0}
+
+
+@pytest.fixture(scope="module")
+def guided_run(tmp_path_factory, dataset_uri):
+    """(spec, result) of a tiny run trained with class dropout and evaluated with guidance."""
+    doc = tiny_run(tmp_path_factory.mktemp("guided"), dataset_uri, steps=6, model={"config": GUIDED},
                    evaluation={"samples": 4, "metrics": ["loss"]})
-    result = train.run(parse_run_spec(doc), ProgressReporter())
+    spec = parse_run_spec(doc)
+    return spec, train.run(spec, ProgressReporter())
+
+
+def test_a_training_run_with_class_dropout_trains_the_null_class_and_samples_with_guidance(guided_run):
+    spec, result = guided_run
     assert result["metrics"]["guidanceScale"] == 3.0
-    model = load_pretrained(result["artifact"], parse_run_spec(doc).model)
+    model = load_pretrained(result["artifact"], spec.model)
     assert model.null_class
-    untrained = build_unet2d(parse_run_spec(doc).model, model.labels)
+    untrained = build_unet2d(spec.model, model.labels)
     # the null row learned (Adam moves every row that gets a gradient)
     assert not torch.equal(model.denoiser.class_embedding.weight[0], untrained.denoiser.class_embedding.weight[0])
+
+
+def test_an_embedding_on_a_base_with_a_null_class_keeps_the_null_class_and_every_label_row(tmp_path, dataset_uri,
+                                                                                          guided_run):
+    """The new concept's row goes after the labels; the null class stays row 0 and unchanged."""
+    spec, result = guided_run
+    doc = tiny_run(tmp_path, dataset_uri, steps=4, command="finetune",
+                   model={"baseUri": result["artifact"], "config": GUIDED},
+                   finetune={"method": "embedding", "baseVersion": "v1",
+                             "embedding": {"concept": "my-shape", "initializer": "star"}},
+                   evaluation={"samples": 2, "metrics": ["loss"]})
+    tuned_spec = parse_run_spec(doc)
+    tuned = load_pretrained(train.run(tuned_spec, ProgressReporter())["artifact"], tuned_spec.model)
+    base = load_pretrained(result["artifact"], spec.model)
+    assert tuned.null_class and tuned.labels == [*base.labels, "my-shape"]
+    rows = len(base.labels) + 1
+    before, after = base.denoiser.class_embedding.weight, tuned.denoiser.class_embedding.weight
+    assert after.shape[0] == rows + 1 and torch.equal(after[:rows], before)
+    assert tuned.label_row("my-shape") == rows
 
 
 # --------------------------------------------------------------------------- sampling: the guided prediction
