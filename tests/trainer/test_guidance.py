@@ -218,3 +218,15 @@ def test_generate_refuses_guidance_for_a_model_without_a_null_class(tmp_path, ba
     assert not (tmp_path / "out" / "samples.jsonl").exists()
     with pytest.raises(ConfigError, match=r"--guidance-scale must be in \[1, 20\]"):
         generate(base_model, tmp_path / "out", count=1, steps=2, guidance_scale=0.5, progress=False, device="cpu")
+
+
+def test_genforge_generate_takes_a_guidance_scale_and_says_why_a_model_cannot_use_it(tmp_path, base_model,
+                                                                                     guided_run, capsys):
+    from genforge_operator.cli import main
+
+    args = ["-n", "2", "--steps", "2", "--device", "cpu", "--guidance-scale", "2"]
+    assert main(["generate", "--uri", base_model, *args, "-o", str(tmp_path / "plain")]) == 1
+    assert "--guidance-scale 1" in capsys.readouterr().err
+    assert main(["generate", "--uri", guided_run[1]["artifact"], *args, "-o", str(tmp_path / "guided")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "guided/samples.jsonl").read_text().splitlines()]
+    assert [r["guidanceScale"] for r in records] == [2.0, 2.0]

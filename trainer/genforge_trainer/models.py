@@ -155,13 +155,13 @@ class DiffusionModel:
         if not self.class_conditional:
             raise ConfigError(
                 f"model.config.guidanceScale {scale:g} needs a class-conditional unet2d-ddpm model "
-                f"(this {self.architecture} model has no class labels); set guidanceScale to 1"
+                f"(this {self.architecture} model has no class labels); sample it with guidanceScale 1"
             )
         if not self.null_class:
             raise ConfigError(
                 f"model.config.guidanceScale {scale:g} needs a model trained with classDropout > 0; this one "
-                f"has no null class (its {len(self.labels)} class-embedding rows are its labels): set "
-                "guidanceScale to 1, or train a model with classDropout"
+                f"has no null class (its {len(self.labels)} class-embedding rows are its labels): sample it with "
+                "guidanceScale 1 (genforge generate: --guidance-scale 1), or train a model with classDropout"
             )
 
     def encode_prompts(self, prompts: list[str], device: torch.device) -> torch.Tensor:
