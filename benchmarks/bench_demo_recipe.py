@@ -156,6 +156,14 @@ RECIPES: dict[str, dict] = {
     "g20-s3000-eta1": {"sampleFrom": "g20-s3000", "model": {"ddimEta": 1.0}},
     "g20-s3000-eta1-ddim50": {"sampleFrom": "g20-s3000", "model": {"ddimEta": 1.0},
                               "evaluation": {"inferenceSteps": 50}},
+    # Issue 21, part 4: classifier-free guidance. The shipped recipe (examples/) trained with
+    # GenModel `config.classDropout` (a null class; each sample's class dropped to it with that
+    # probability), then sampled with `config.guidanceScale` w (sampler variants of the trained
+    # model: its own evaluation is w = 1).
+    "cfg-p10": {"base": "examples", "model": {"classDropout": 0.1, "guidanceScale": 1.0}},
+    **{f"cfg-p10-w{w:g}": {"sampleFrom": "cfg-p10", "model": {"guidanceScale": w}} for w in (1.5, 2.0, 3.0, 5.0)},
+    "cfg-p20": {"base": "examples", "model": {"classDropout": 0.2, "guidanceScale": 1.0}},
+    **{f"cfg-p20-w{w:g}": {"sampleFrom": "cfg-p20", "model": {"guidanceScale": w}} for w in (1.5, 2.0, 3.0, 5.0)},
     "eps-minsnr-ema": {
         "model": {"predictionType": "epsilon", "rescaleBetasZeroSnr": None, "timestepSpacing": None},
         "training": {"ema": True, "emaDecay": 0.999, "snrGamma": 5.0},
@@ -231,7 +239,7 @@ def scores(metrics: dict) -> dict:
         "noise": metrics.get("backgroundNoise"), "dataNoise": metrics.get("dataBackgroundNoise"),
         "colour": metrics.get("labelColour"), "fid": metrics.get("fid"), "loss": metrics.get("loss"),
         "samples": metrics.get("statisticsSamples"), "inferenceSteps": metrics.get("inferenceSteps"),
-        "ddimEta": metrics.get("ddimEta"),
+        "ddimEta": metrics.get("ddimEta"), "guidanceScale": metrics.get("guidanceScale"),
     }
 
 

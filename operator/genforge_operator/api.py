@@ -320,6 +320,8 @@ class ModelConfig:
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     inference_steps: int = 50
     ddim_eta: float = 0.0
+    class_dropout: float = 0.0
+    guidance_scale: float = 1.0
     rescale_betas_zero_snr: bool = False
     timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
 

@@ -26,12 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--prompt", help="text prompt (stable-diffusion)")
     parser.add_argument("--seed", type=int, default=0, help="image i uses seed+i (default 0)")
     parser.add_argument("--steps", type=int, default=25, help="DDIM sampling steps (default 25)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance (a model trained with classDropout; 1: none; "
+                             "default: the GenModel's config.guidanceScale, 1 with --uri)")
     parser.add_argument("-o", "--output", required=True, help="folder for the PNGs and samples.jsonl")
     parser.add_argument("--namespace", "-N", default=None, help="the GenModel's namespace (default: kubeconfig's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
-def _from_cluster(ref: str, namespace: str | None) -> tuple[str, tuple[str, ...], str, str]:
+def _from_cluster(ref: str, namespace: str | None) -> tuple[str, tuple[str, ...], str, str, float]:
     from kubernetes import config as kube_config
 
     from .kube import Kube
@@ -45,10 +48,11 @@ def _from_cluster(ref: str, namespace: str | None) -> tuple[str, tuple[str, ...]
     body = Kube.from_env().get("GenModel", namespace, name)
     if body is None:
         raise LookupError(f"GenModel {namespace}/{name} not found")
-    chain = resolve_model_version(parse_resource(body), version or None)
+    model = parse_resource(body)
+    chain = resolve_model_version(model, version or None)
     if isinstance(chain, Blocked):
         raise LookupError(chain.message)
-    return chain.uri, chain.adapters, name, chain.version
+    return chain.uri, chain.adapters, name, chain.version, model.spec.config.guidance_scale
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,12 +67,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.uri:
-            uri, adapters, name, version = args.uri, (), "", ""
+            uri, adapters, name, version, guidance = args.uri, (), "", "", 1.0
         else:
-            uri, adapters, name, version = _from_cluster(args.model, args.namespace)
+            uri, adapters, name, version, guidance = _from_cluster(args.model, args.namespace)
         records = generate(uri, args.output, count=args.count, seed=args.seed, steps=args.steps, label=args.label,
                            prompt=args.prompt, adapters=adapters, model_name=name, version=version,
-                           device=args.device)
+                           device=args.device,
+                           guidance_scale=args.guidance_scale if args.guidance_scale is not None else guidance)
     except (LookupError, TrainerError) as exc:
         print(f"genforge generate: {exc}", file=sys.stderr)
         return 1

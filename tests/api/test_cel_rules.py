@@ -22,7 +22,7 @@ fails if a rule has no rejected case here, or never holds on an allowed one):
   Exists, tolerationSeconds only with NoExecute.
 - GenModel: stable-diffusion needs `base`, and a resolution divisible by 8; unet2d-ddpm's
   resolution divisible by 2^(levels-1) (message from messageExpression); `normNumGroups`
-  divides every `blockOutChannels` entry.
+  divides every `blockOutChannels` entry; `guidanceScale` above 1 needs `classDropout` above 0.
 
 Kubernetes CEL functions that needed a shim: only `isSorted()` (Kubernetes' list library),
 registered by `schema._SHIMS`. Everything else is core CEL.
@@ -92,6 +92,10 @@ ALLOWED = [
                                                "spec.config.attention": [False, False, True]}),
     ("model-inference-steps-equal-timesteps", "GenModel",
      {"spec.config.numTrainTimesteps": 100, "spec.config.inferenceSteps": 100}),
+    ("model-guidance-with-class-dropout", "GenModel",
+     {"spec.config.classDropout": 0.1, "spec.config.guidanceScale": 3}),
+    ("model-class-dropout-without-guidance", "GenModel", {"spec.config.classDropout": 0.1}),
+    ("model-no-guidance-without-class-dropout", "GenModel", {"spec.config.guidanceScale": 1}),
     ("model-zero-terminal-snr-v-prediction", "GenModel",
      {"spec.config.predictionType": "v_prediction", "spec.config.rescaleBetasZeroSnr": True,
       "spec.config.timestepSpacing": "trailing"}),
@@ -178,6 +182,11 @@ REJECTED = [
     ("model-inference-steps-over-timesteps", "GenModel",
      {"spec.config.numTrainTimesteps": 100, "spec.config.inferenceSteps": 200},
      "spec.config.inferenceSteps", "cannot exceed numTrainTimesteps"),
+    ("model-guidance-without-class-dropout", "GenModel", {"spec.config.guidanceScale": 2.5},
+     "spec.config.guidanceScale", "guidanceScale above 1 needs classDropout above 0"),
+    ("model-guidance-with-class-dropout-zero", "GenModel",
+     {"spec.config.guidanceScale": 2, "spec.config.classDropout": 0},
+     "spec.config.guidanceScale", "guidanceScale above 1 needs classDropout above 0"),
 ]
 # fmt: on
 

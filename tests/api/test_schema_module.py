@@ -86,7 +86,8 @@ def test_admit_returns_the_object_the_api_server_would_store():
     assert stored["spec"]["config"] == {
         "blockOutChannels": [32, 64, 64], "layersPerBlock": 1, "attentionHeadDim": 8, "dropout": 0.0,
         "numTrainTimesteps": 1000, "betaSchedule": "linear", "predictionType": "epsilon", "inferenceSteps": 50,
-        "ddimEta": 0.0, "rescaleBetasZeroSnr": False, "timestepSpacing": "leading"}
+        "ddimEta": 0.0, "classDropout": 0.0, "guidanceScale": 1.0, "rescaleBetasZeroSnr": False,
+        "timestepSpacing": "leading"}
 
 
 def test_unknown_kind_is_an_error_not_a_crash():

@@ -224,3 +224,16 @@ def test_a_run_is_folded_into_the_pool_once_by_its_uid():
     assert other.startup_seconds.runs == 2 and other.training_flops_per_second.runs == 1
     # samples without a uid (written before uids were kept) never match
     assert not calibration.folded(calibration.fold_run(None, {"startup": 1.0}, at=AT, run="r"), "")
+
+
+
+def test_guidance_doubles_the_evaluation_work_and_the_calibration_counts_it_once():
+    """Classifier-free guidance runs the denoiser on twice the batch at every sampling step:
+    the evaluation is estimated at twice the FLOPs, and a guided run's evaluation seconds
+    are read as twice the FLOPs too (not as a pool half as fast)."""
+    guided = make_model(class_dropout=0.1, guidance_scale=2.0)
+    run = make_run(evaluation={"samples": 16, "inferenceSteps": 50})
+    assert throughput.evaluation_work(run.spec, guided) == 2 * throughput.evaluation_work(run.spec, MODEL)
+    observed = calibration.observe_run(TIMING, running_seconds=130.0, pool=make_pool(cpu=True), spec=run.spec,
+                                       model=guided)
+    assert observed["evaluation"] == pytest.approx((CPU_SAMPLING * CPU_PRIOR + 2 * EVALUATION_FLOPS) / 20)

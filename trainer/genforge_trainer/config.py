@@ -66,6 +66,10 @@ Metric = Literal["loss", "fid", "kid"]
 Method = Literal["full", "lora", "dreambooth", "embedding", "preference"]
 
 
+#: Upper bound of ``ModelConfig.guidance_scale`` (the CRD's maximum too).
+MAX_GUIDANCE_SCALE = 20.0
+
+
 def _check(errors: list[str], ok: bool, path: str, message: str) -> None:
     if not ok:
         errors.append(f"{path}: {message}")
@@ -141,6 +145,16 @@ class ModelConfig:
     #: as DDPM's ancestral sampler (stochastic sampling corrects part of the denoiser's error
     #: instead of carrying it to the image). In [0, 1].
     ddim_eta: float = 0.0
+    #: Class (label) dropout for classifier-free guidance (Ho & Salimans, "Classifier-Free
+    #: Diffusion Guidance"): a class-conditional model gets one more class-embedding row, the
+    #: null class, and each training sample's class is replaced by it with this probability,
+    #: so one model learns the conditional and the unconditional denoiser. 0 (the default):
+    #: no null class, the model of before. In [0, 1).
+    class_dropout: float = 0.0
+    #: Classifier-free guidance when sampling a class-conditional model: the prediction is
+    #: ``uncond + guidanceScale · (cond − uncond)``. 1 (the default) is the plain conditional
+    #: model; above 1 needs a model trained with ``classDropout`` > 0 (its null class).
+    guidance_scale: float = 1.0
     #: Rescale the betas to zero terminal SNR (Lin et al., "Common Diffusion Noise Schedules
     #: and Sample Steps are Flawed"): the last training step is pure noise, as sampling's
     #: first step is, so the model cannot lean on image statistics (a mean colour) that
@@ -191,6 +205,25 @@ class ModelConfig:
             math.isfinite(self.ddim_eta) and 0.0 <= self.ddim_eta <= 1.0,
             f"{path}.ddimEta",
             f"must be in [0, 1] (0: deterministic DDIM, 1: as stochastic as DDPM), got {self.ddim_eta}",
+        )
+        _check(
+            errors,
+            math.isfinite(self.class_dropout) and 0.0 <= self.class_dropout < 1.0,
+            f"{path}.classDropout",
+            f"must be in [0, 1) (the share of training samples whose class is the null class), got {self.class_dropout}",
+        )
+        _check(
+            errors,
+            math.isfinite(self.guidance_scale) and 1.0 <= self.guidance_scale <= MAX_GUIDANCE_SCALE,
+            f"{path}.guidanceScale",
+            f"must be in [1, {MAX_GUIDANCE_SCALE:g}] (1: no guidance), got {self.guidance_scale}",
+        )
+        _check(
+            errors,
+            self.guidance_scale == 1.0 or self.class_dropout > 0.0,
+            f"{path}.guidanceScale",
+            f"guidance ({self.guidance_scale}) needs a model trained with classDropout > 0 (the unconditional "
+            "prediction comes from its null class); classDropout is 0",
         )
         _check(
             errors,

@@ -280,7 +280,7 @@ def evaluate_model(
     samples = to_uint8(
         model.sample(
             ev.samples, steps=steps, generator=generator, labels=labels, prompts=prompts, denoiser=denoiser,
-            eta=spec.model.config.ddim_eta,
+            eta=spec.model.config.ddim_eta, guidance_scale=spec.model.config.guidance_scale,
         )
     )
     wanted = tuple(m for m in ev.metrics if m in ("fid", "kid"))
@@ -296,6 +296,7 @@ def evaluate_model(
         metrics["referenceSet"] = reference_set_id(held_out.pixels)
     metrics["inferenceSteps"] = steps
     metrics["ddimEta"] = spec.model.config.ddim_eta
+    metrics["guidanceScale"] = spec.model.config.guidance_scale
     samples_uri = storage.join(spec.output.uri, "samples.png")
     storage.write_bytes(samples_uri, image_grid(samples))
     storage.write_bytes(storage.join(spec.output.uri, "metrics.json"), json.dumps(metrics, indent=2).encode())
@@ -315,6 +316,7 @@ def run(spec: RunSpec, reporter) -> dict[str, Any]:
     reporter.update(phase="evaluate")
     uri = spec.model.base_uri or spec.model_uri
     model = load_base(spec.model) if spec.model.base_uri else load_pretrained(uri, spec.model)
+    model.check_guidance(spec.model.config.guidance_scale)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.denoiser.to(device)
     model.to(device)

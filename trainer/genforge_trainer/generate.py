@@ -11,6 +11,7 @@ full model).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from genforge_trainer.config import ModelConfig, ModelSpec
+from genforge_trainer.config import MAX_GUIDANCE_SCALE, ModelConfig, ModelSpec
 from genforge_trainer.exitcodes import ConfigError, DataError
 from genforge_trainer.imagedata import to_uint8
 from genforge_trainer.models import DiffusionModel, load_pretrained, local_dir, merge_adapters
@@ -61,11 +62,13 @@ def generate(
     version: str = "",
     device: str | None = None,
     progress: bool = True,
+    guidance_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Write ``count`` PNGs and ``samples.jsonl`` (one record per image) to ``out_dir``.
 
     ``per_label`` instead of ``count``: that many images of each label of a class-conditional
     model (labels in turn), or that many images in all for any other model.
+    ``guidance_scale``: classifier-free guidance (a model trained with ``classDropout``; 1: none).
     """
     if (count is None) == (per_label is None):
         raise ConfigError("give either a count or a number per label")
@@ -73,7 +76,10 @@ def generate(
         raise ConfigError(f"-n must be at least 1, got {count if count is not None else per_label}")
     if steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {steps}")
+    if not (math.isfinite(guidance_scale) and 1.0 <= guidance_scale <= MAX_GUIDANCE_SCALE):
+        raise ConfigError(f"--guidance-scale must be in [1, {MAX_GUIDANCE_SCALE:g}], got {guidance_scale}")
     model = load(uri, adapters)
+    model.check_guidance(guidance_scale)
     if model.architecture == "stable-diffusion":
         if label is not None:
             raise ConfigError("a stable-diffusion model takes --prompt, not --label")
@@ -105,12 +111,14 @@ def generate(
             # No label: the model's labels in turn, so a batch shows every class.
             labels = [chosen if chosen is not None else model.labels[i % len(model.labels)]]
         generator = torch.Generator().manual_seed(seed + i)
-        image = to_uint8(model.sample(1, steps=steps, generator=generator, labels=labels, prompts=prompts))[0]
+        image = to_uint8(model.sample(1, steps=steps, generator=generator, labels=labels, prompts=prompts,
+                                      guidance_scale=guidance_scale))[0]
         name = f"sample-{i:04d}.png"
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(out / name)
         records.append({"file": name, "seed": seed + i, "label": labels[0] if labels else None,
                         "prompt": prompts[0] if prompts else None, "model": model_name, "version": version,
-                        "uri": uri, "adapters": list(adapters), "steps": steps})
+                        "uri": uri, "adapters": list(adapters), "steps": steps,
+                        **({"guidanceScale": guidance_scale} if guidance_scale != 1.0 else {})})
     with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")

@@ -100,6 +100,13 @@ def per_sample_denoising_loss(
     return losses
 
 
+def drop_classes(class_labels: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Class dropout for classifier-free guidance: each class id replaced by the null class
+    (row 0) with ``probability``, drawn from ``generator`` (the step's: reproducible)."""
+    dropped = torch.rand(class_labels.shape, generator=generator, device=generator.device) < probability
+    return torch.where(dropped.to(class_labels.device), torch.zeros_like(class_labels), class_labels)
+
+
 def snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-γ weights (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting
     Strategy", 2023) of ``timesteps``: ``min(SNR, γ) / SNR`` for an epsilon target,
@@ -176,10 +183,25 @@ class Method:
     def conditioning(self, batch: Batch) -> dict[str, Any]:
         return self.model.conditioning(batch.captions, batch.labels, self.device)
 
+    #: Whether this method trains with the model's class dropout (``classDropout``); not where
+    #: one class row alone learns (``embedding``) or a reference must see the same classes.
+    uses_class_dropout = True
+
+    @property
+    def class_dropout(self) -> float:
+        return self.spec.model.config.class_dropout if self.uses_class_dropout and self.model.null_class else 0.0
+
+    def training_conditioning(self, batch: Batch, generator: torch.Generator) -> dict[str, Any]:
+        """``conditioning`` with class dropout applied (classifier-free guidance training)."""
+        cond = self.conditioning(batch)
+        if self.class_dropout > 0 and "class_labels" in cond:
+            cond = {**cond, "class_labels": drop_classes(cond["class_labels"], self.class_dropout, generator)}
+        return cond
+
     def loss(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         per_sample = per_sample_denoising_loss(
-            self.model, self.modules["denoiser"], batch.pixels, self.conditioning(batch), generator,
-            snr_gamma=self.spec.training.snr_gamma if self.spec.training else None,
+            self.model, self.modules["denoiser"], batch.pixels, self.training_conditioning(batch, generator),
+            generator, snr_gamma=self.spec.training.snr_gamma if self.spec.training else None,
         )
         return per_sample.mean()
 
@@ -296,7 +318,8 @@ def _masked_rows_hook(first_trainable_row: int):
 
 def add_class_row(model: DiffusionModel, concept: str, initializer: str | None) -> int:
     """Append a class-embedding row for ``concept`` (initialised from ``initializer``'s row or
-    the mean); returns its index. Updates the UNet's config so save/load keep it."""
+    the mean of the labels' rows — not the null class's); returns its index. Updates the UNet's
+    config so save/load keep it."""
     unet = model.denoiser
     old: nn.Embedding = unet.class_embedding
     n = old.num_embeddings
@@ -304,9 +327,9 @@ def add_class_row(model: DiffusionModel, concept: str, initializer: str | None) 
     with torch.no_grad():
         new.weight[:n] = old.weight
         if initializer is not None and initializer in model.labels:
-            new.weight[n] = old.weight[model.labels.index(initializer)]
+            new.weight[n] = old.weight[model.label_row(initializer)]
         else:
-            new.weight[n] = old.weight.mean(dim=0)
+            new.weight[n] = old.weight[int(model.null_class):].mean(dim=0)
     unet.class_embedding = new
     unet.register_to_config(num_class_embeds=n + 1)
     model.labels.append(concept)
@@ -317,6 +340,7 @@ class Embedding(Method):
     """Only a new concept embedding learns; everything else stays bit-identical."""
 
     name = "embedding"
+    uses_class_dropout = False
 
     def setup(self) -> None:
         cfg = self.spec.finetune.embedding
@@ -469,6 +493,7 @@ class DreamBooth(Method):
             labels=[self.class_label] * n if self.model.class_conditional else None,
             prompts=[self.cfg.class_prompt] * n if self.model.architecture == "stable-diffusion" else None,
             eta=self.spec.model.config.ddim_eta,
+            guidance_scale=self.spec.model.config.guidance_scale,
         )
         log.info("generated %d class images with the base model (%d steps)", n, steps)
         return ImageSet(to_uint8(images), [self.cfg.class_prompt] * n, [self.class_label] * n)
@@ -495,8 +520,8 @@ class DreamBooth(Method):
 
     def loss(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
         per_sample = per_sample_denoising_loss(
-            self.model, self.modules["denoiser"], batch.pixels, self.conditioning(batch), generator,
-            snr_gamma=self.spec.training.snr_gamma if self.spec.training else None,
+            self.model, self.modules["denoiser"], batch.pixels, self.training_conditioning(batch, generator),
+            generator, snr_gamma=self.spec.training.snr_gamma if self.spec.training else None,
         )
         if self.class_images is None:
             return per_sample.mean()
@@ -621,6 +646,7 @@ class Preference(Method):
     """
 
     name = "preference"
+    uses_class_dropout = False  # the pair's two images and the reference see the same class
 
     def setup(self) -> None:
         cfg = self.spec.finetune.preference

@@ -6,7 +6,9 @@ encoder. Two architectures:
 
 * ``unet2d-ddpm`` — ``UNet2DModel`` + ``DDPMScheduler`` in pixel space, built from the
   GenModel's config; class-conditional (one class-embedding row per label) when the
-  dataset has labels. Saved as a ``DDPMPipeline`` folder plus ``genforge.json`` (labels).
+  dataset has labels, with row 0 the null class before them when ``classDropout`` > 0
+  (classifier-free guidance). Saved as a ``DDPMPipeline`` folder plus ``genforge.json``
+  (labels, ``nullClass``).
 * ``stable-diffusion`` — ``UNet2DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel`` and
   tokenizer from a ``save_pretrained`` folder at ``model.baseUri`` (any fsspec URI; never a
   hub id). Saved as a ``StableDiffusionPipeline`` folder (no safety checker).
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 
 from genforge_trainer import storage
-from genforge_trainer.config import ModelSpec
+from genforge_trainer.config import ModelConfig, ModelSpec
 from genforge_trainer.exitcodes import ConfigError, DataError, StorageError
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,10 @@ class DiffusionModel:
     resolution: int
     denoiser: nn.Module
     noise_scheduler: Any  # diffusers.DDPMScheduler
-    labels: list[str] = field(default_factory=list)  # class-conditional unet2d: row i = labels[i]
+    labels: list[str] = field(default_factory=list)  # class-conditional unet2d: labels[i] is row i (+1 with null_class)
+    #: Row 0 of the class embedding is the null class (no label): trained by class dropout,
+    #: the unconditional prediction of classifier-free guidance.
+    null_class: bool = False
     vae: nn.Module | None = None
     text_encoder: nn.Module | None = None
     tokenizer: Any = None
@@ -127,12 +132,37 @@ class DiffusionModel:
             dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
             return dist.mean * self.vae.config.scaling_factor
 
+    def label_row(self, label: str) -> int:
+        """The class-embedding row of ``label`` (after the null class's row 0, if any)."""
+        try:
+            return self.labels.index(label) + int(self.null_class)
+        except ValueError as exc:
+            raise DataError(f"label {label!r} is not one of the model's labels {self.labels}") from exc
+
     def label_ids(self, labels: list[str | None], device: torch.device) -> torch.Tensor:
-        index = {name: i for i, name in enumerate(self.labels)}
+        offset = int(self.null_class)
+        index = {name: i + offset for i, name in enumerate(self.labels)}
         try:
             return torch.tensor([index[label] for label in labels], device=device, dtype=torch.long)
         except KeyError as exc:
             raise DataError(f"label {exc.args[0]!r} is not one of the model's labels {self.labels}") from exc
+
+    def check_guidance(self, scale: float) -> None:
+        """Refuse classifier-free guidance (``scale`` != 1) on a model without a null class:
+        there is no unconditional prediction to guide away from."""
+        if scale == 1.0:
+            return
+        if not self.class_conditional:
+            raise ConfigError(
+                f"model.config.guidanceScale {scale:g} needs a class-conditional unet2d-ddpm model "
+                f"(this {self.architecture} model has no class labels); sample it with guidanceScale 1"
+            )
+        if not self.null_class:
+            raise ConfigError(
+                f"model.config.guidanceScale {scale:g} needs a model trained with classDropout > 0; this one "
+                f"has no null class (its {len(self.labels)} class-embedding rows are its labels): sample it with "
+                "guidanceScale 1 (genforge generate: --guidance-scale 1), or train a model with classDropout"
+            )
 
     def encode_prompts(self, prompts: list[str], device: torch.device) -> torch.Tensor:
         tokens = self.tokenizer(
@@ -178,12 +208,15 @@ class DiffusionModel:
         denoiser: nn.Module | None = None,
         batch_size: int = 32,
         eta: float = 0.0,
+        guidance_scale: float = 1.0,
     ) -> torch.Tensor:
         """``count`` images as float [-1, 1] (N×3×H×W, on the CPU), DDIM-sampled with η =
         ``eta`` (``ModelConfig.ddim_eta``; above 0, each step's fresh noise comes from
-        ``generator`` too, after the batch's initial noise)."""
+        ``generator`` too, after the batch's initial noise) and classifier-free guidance
+        ``guidance_scale`` (``ModelConfig.guidance_scale``; 1: none)."""
         from diffusers import DDIMScheduler
 
+        self.check_guidance(guidance_scale)
         net = denoiser if denoiser is not None else self.denoiser
         device = next(net.parameters()).device
         dtype = next(net.parameters()).dtype
@@ -205,7 +238,10 @@ class DiffusionModel:
                 cond = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in cond.items()}
                 scheduler.set_timesteps(steps, device=device)
                 for t in scheduler.timesteps:
-                    model_out = net(x, t, **cond).sample
+                    if guidance_scale != 1.0:
+                        model_out = self.guided(net, x, t, cond["class_labels"], guidance_scale)
+                    else:
+                        model_out = net(x, t, **cond).sample
                     x = scheduler.step(model_out, t, x, eta=eta, generator=generator).prev_sample
                 if self.vae is not None:
                     x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
@@ -213,6 +249,16 @@ class DiffusionModel:
         finally:
             net.train(was_training)
         return torch.cat(out)
+
+    def guided(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        """Classifier-free guidance: ``uncond + scale · (cond − uncond)`` of the denoiser's
+        output (noise, velocity or image alike: the combination is linear), the conditional
+        and the null-class halves in one forward pass of twice the batch."""
+        null = torch.zeros_like(class_labels)
+        out = net(torch.cat([x, x]), t, class_labels=torch.cat([class_labels, null])).sample
+        cond, uncond = out.chunk(2)
+        return uncond + scale * (cond - uncond)
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, directory: str, denoiser: nn.Module | None = None) -> None:
@@ -234,7 +280,8 @@ class DiffusionModel:
         else:
             pipe = DDPMPipeline(unet=net, scheduler=self.noise_scheduler)
         pipe.save_pretrained(directory, safe_serialization=True)
-        meta = {"architecture": self.architecture, "resolution": self.resolution, "labels": self.labels}
+        meta = {"architecture": self.architecture, "resolution": self.resolution, "labels": self.labels,
+                **({"nullClass": True} if self.null_class else {})}
         with open(os.path.join(directory, GENFORGE_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
 
@@ -249,10 +296,17 @@ def _block_types(levels: tuple[bool, ...]) -> tuple[tuple[str, ...], tuple[str, 
 
 
 def build_unet2d(spec: ModelSpec, labels: list[str]) -> DiffusionModel:
-    """A fresh ``unet2d-ddpm`` from the GenModel's config."""
+    """A fresh ``unet2d-ddpm`` from the GenModel's config (with the null class's row 0 when
+    ``classDropout`` > 0)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     cfg = spec.config
+    if cfg.class_dropout > 0 and not labels:
+        raise ConfigError(
+            f"model.config.classDropout {cfg.class_dropout:g} needs a class-conditional model, and this "
+            "dataset has no labels: set classDropout to 0"
+        )
+    null_class = cfg.class_dropout > 0
     down, up = _block_types(cfg.attention_levels)
     unet = UNet2DModel(
         sample_size=spec.resolution,
@@ -265,7 +319,7 @@ def build_unet2d(spec: ModelSpec, labels: list[str]) -> DiffusionModel:
         norm_num_groups=cfg.groups,
         attention_head_dim=cfg.attention_head_dim,
         dropout=cfg.dropout,
-        num_class_embeds=len(labels) or None,
+        num_class_embeds=(len(labels) + int(null_class)) or None,
     )
     scheduler = DDPMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
@@ -274,7 +328,8 @@ def build_unet2d(spec: ModelSpec, labels: list[str]) -> DiffusionModel:
         rescale_betas_zero_snr=cfg.rescale_betas_zero_snr,
         timestep_spacing=cfg.timestep_spacing,
     )
-    return DiffusionModel("unet2d-ddpm", spec.resolution, unet, scheduler, labels=list(labels))
+    return DiffusionModel("unet2d-ddpm", spec.resolution, unet, scheduler, labels=list(labels),
+                          null_class=null_class)
 
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -307,13 +362,15 @@ def load_pretrained(uri: str, spec: ModelSpec) -> DiffusionModel:
                 f"cannot load a {spec.architecture} model from {storage.redact_url(uri)}: {exc}"
             ) from exc
     labels = list(meta.get("labels") or [])
-    if unet.config.num_class_embeds and len(labels) != unet.config.num_class_embeds:
-        labels = [str(i) for i in range(unet.config.num_class_embeds)]
+    null_class = bool(meta.get("nullClass")) and bool(unet.config.num_class_embeds)
+    rows = unet.config.num_class_embeds
+    if rows and len(labels) + int(null_class) != rows:
+        labels = [str(i) for i in range(rows - int(null_class))]
     if unet.config.sample_size != spec.resolution:
         log.warning(
             "base model was trained at %spx, this run uses %dpx", unet.config.sample_size, spec.resolution
         )
-    return DiffusionModel("unet2d-ddpm", spec.resolution, unet, scheduler, labels=labels)
+    return DiffusionModel("unet2d-ddpm", spec.resolution, unet, scheduler, labels=labels, null_class=null_class)
 
 
 def _load_stable_diffusion(path: str, spec: ModelSpec) -> DiffusionModel:
@@ -404,6 +461,17 @@ def load_base(spec: ModelSpec) -> DiffusionModel:
     """The model at ``baseUri`` with ``baseAdapters`` merged into it."""
     assert spec.base_uri
     return merge_adapters(load_pretrained(spec.base_uri, spec), spec.base_adapters)
+
+
+def check_guidance_config(model: DiffusionModel, config: ModelConfig) -> None:
+    """Refuse a GenModel config the model cannot honour: class dropout or guidance on a
+    model without a null class (a base trained without ``classDropout``, or unlabelled)."""
+    if config.class_dropout > 0 and not model.null_class:
+        raise ConfigError(
+            f"model.config.classDropout {config.class_dropout:g} needs a class-conditional model with a null "
+            "class; the base model has none (trained with classDropout 0, or without labels): set classDropout to 0"
+        )
+    model.check_guidance(config.guidance_scale)
 
 
 def load_or_build(spec: ModelSpec, labels: list[str]) -> DiffusionModel:

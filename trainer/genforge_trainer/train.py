@@ -33,7 +33,7 @@ from genforge_trainer.evaluation import evaluate_model
 from genforge_trainer.exitcodes import DataError, Stopped
 from genforge_trainer.imagedata import load_images, split_held_out
 from genforge_trainer.methods import build_method
-from genforge_trainer.models import load_or_build
+from genforge_trainer.models import check_guidance_config, load_or_build
 from genforge_trainer.progress import ProgressReporter
 from genforge_trainer.timing import RunTimer
 
@@ -85,6 +85,7 @@ def run(spec: RunSpec, reporter: ProgressReporter) -> dict[str, Any]:
 
     # ---- model and method
     model = load_or_build(spec.model, train_data.label_names)
+    check_guidance_config(model, spec.model.config)  # before training, not at the evaluation after it
     method = build_method(spec, model, train_data, device)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32

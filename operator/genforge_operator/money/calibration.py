@@ -42,6 +42,7 @@ from .throughput import (
     rendezvous_seconds,
     sampling_calls,
     sampling_overhead_seconds,
+    sampling_passes,
     scaling_efficiency,
     step_flops,
     step_overhead_seconds,
@@ -94,7 +95,8 @@ def observe_run(timing: Mapping[str, Any], *, running_seconds: float | None, poo
     if evaluation_seconds and eval_samples and eval_steps:
         overhead = sampling_calls(eval_samples, eval_steps) * sampling_overhead_seconds(pool_spec)
         out["evaluation"] = rate_from_seconds(evaluation_seconds,
-                                              eval_samples * eval_steps * forward_flops_per_sample(model),
+                                              eval_samples * eval_steps * sampling_passes(model)
+                                              * forward_flops_per_sample(model),
                                               overhead, prior)
     checkpoint_seconds, writes = _number(timing, "checkpointSeconds"), _number(timing, "writes")
     if checkpoint_seconds is not None and writes:

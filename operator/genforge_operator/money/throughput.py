@@ -353,12 +353,19 @@ def sampling_overhead_seconds(pool: AcceleratorPoolSpec) -> float:
 
 
 def evaluation_work(spec: RunSpec, model: GenModelSpec) -> float:
-    """FLOPs of the evaluation after training: samples × sampling steps × a denoising step."""
+    """FLOPs of the evaluation after training: samples × sampling steps × a denoising step
+    (× ``sampling_passes``: two with classifier-free guidance)."""
     evaluation = spec.evaluation
     if evaluation is None:
         return 0.0
     steps = evaluation.inference_steps or model.config.inference_steps
-    return evaluation.samples * steps * forward_flops_per_sample(model)
+    return evaluation.samples * steps * sampling_passes(model) * forward_flops_per_sample(model)
+
+
+def sampling_passes(model: GenModelSpec) -> int:
+    """Denoiser passes per image and sampling step: two with classifier-free guidance (the
+    conditional and the null-class prediction, in one call of twice the batch), else one."""
+    return 2 if model.config.guidance_scale != 1.0 else 1
 
 
 def measured_for(pool: Resource, model: GenModelSpec) -> MeasuredThroughput | None:
