@@ -143,6 +143,13 @@ RECIPES: dict[str, dict] = {
     "ex-b64": {"base": "examples", "training": {"batchSize": 64, "steps": 1400}},  # more samples/s, fewer updates
     "ex-lr1e-2": {"base": "examples", "training": {"learningRate": 1.0e-2}},
     "ex-g50": {"base": "examples", "training": {"snrGamma": 50.0}},  # more weight on the low-noise steps
+    # Issue 21, part 5: how far is the target? The shipped recipe with 2x and 4x its training
+    # (not demo recipes: ~5 and ~10 minutes of training on two cores).
+    "ex-s4400": {"base": "examples", "training": {"steps": 4400}},
+    "ex-s8800": {"base": "examples", "training": {"steps": 8800}},
+    # No self-attention at 8x8 (the profile: ~19 % of a step's CPU time is the attention's
+    # four calls): the same steps, is it faster and as good?
+    "ex-noattn": {"base": "examples", "model": {"attention": [False, False]}},
     # Issue 21, part 3: stochastic sampling through GenModel `config.ddimEta` (sampler variants
     # of a trained model: seconds each), and v-small-g20 (the recipe the examples shipped
     # before part 3) given more updates.

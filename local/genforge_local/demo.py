@@ -91,10 +91,10 @@ def over_budget_run(manifests: list[Body]) -> Body | None:
     return run
 
 
-#: The demo's calibration run: steps of the reference model (spec.calibration.steps). More than
-#: the CRD's default 50 — the demo's first run is 2,200 steps, and a longer calibration measures
-#: the step time more exactly — and still under a minute on two cores.
-DEMO_CALIBRATION_STEPS = 150
+#: The demo's calibration run: steps of the reference model (spec.calibration.steps), the CRD's
+#: default. 300 steps (~20 s of steps on two cores) put 11 of 12 later same-model estimates
+#: within ±15 %, 150 steps 9 of 12 (docs/benchmarks.md, "A longer first run").
+DEMO_CALIBRATION_STEPS = 300
 
 
 def calibrate_first(manifests: list[Body], namespace: str = "default",

@@ -105,7 +105,7 @@ class PoolCalibrationRequest:
 
     enabled: bool = False
     namespace: str | None = None  # where the run is created and billed; required when enabled
-    steps: int = 50
+    steps: int = 300  # ~20 s of steps on two CPU cores: averages the host's swings (docs/benchmarks.md)
 
 
 @dataclass

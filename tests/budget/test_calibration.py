@@ -149,7 +149,7 @@ def test_a_measurement_transfers_to_a_model_of_another_size():
 
 @pytest.mark.parametrize("step", [0.02, 0.06, 0.3, 2.0])
 def test_the_same_model_is_estimated_at_the_step_it_measured_whatever_the_overhead_prior(step):
-    # a step shorter than the prior overhead (75 ms on a CPU) too: the estimate is not clamped
+    # a step shorter than the prior overhead (50 ms on a CPU) too: the estimate is not clamped
     run = make_run(steps=150, batch=32)
     timing = {"startStep": 0, "trainingSeconds": 149 * step, "trainingSamples": 149 * 32, "steadyStepSeconds": step}
     pool = make_pool(cpu=True)
@@ -172,7 +172,7 @@ def test_older_measured_samples_per_second_still_count_for_their_model():
 
 # ------------------------------------------------------------------ priors and ranges
 @pytest.mark.parametrize(("pool", "flops", "words"), [
-    pytest.param(make_pool(cpu=True, cpus=2), 2 * throughput.CPU_CORE_FLOPS, "2 vCPUs × 38 GFLOP/s",
+    pytest.param(make_pool(cpu=True, cpus=2), 2 * throughput.CPU_CORE_FLOPS, "2 vCPUs × 50 GFLOP/s",
                  id="cpu-from-its-node-size"),
     pytest.param(make_pool(cpu=True), throughput.REFERENCE_CPU_NODE_FLOPS, "the reference 8-vCPU node",
                  id="cpu-without-a-size"),

@@ -67,7 +67,7 @@ def test_table_compares_every_pool_and_names_the_choice(tmp_path, capsys):
     assert rc == 0
     assert re.search(r"MODE\s+POOL\s+ACCELERATOR\s+COUNT\s+SAMPLES\s+SAMPLES/S\s+DURATION\s+RANGE\s+ACCEL-HOURS"
                      r"\s+COST\s+DEADLINE\s+BUDGET", out)
-    assert re.search(r"^  cpu: startup 12s prior, training .* prior, evaluation 0s prior, checkpoints 5s prior; "
+    assert re.search(r"^  cpu: startup 10s prior, training .* prior, evaluation 0s prior, checkpoints 5s prior; "
                      r"prior: the reference 8-vCPU node$", out, re.M)
     assert re.search(r"^walk\s+cpu\s+cpu\s+1\s", out, re.M)
     assert re.search(r"^drive\s+gpu-l4\s+nvidia-l4\s+1\s", out, re.M)

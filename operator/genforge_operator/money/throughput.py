@@ -46,11 +46,12 @@ RunSpec = TrainingRunSpec | FineTuneSpec
 
 # ------------------------------------------------------------------ calibration
 #: Training FLOP/s of one vCPU beside the per-step overhead, for cpu pools that give
-#: `cpusPerNode`: an AVX2 core's fp32 peak (2 FMA units × 8 lanes × 2 FLOP × ~2.5 GHz =
-#: 80 GFLOP/s) at ~45 % — fitted with STEP_OVERHEAD_SECONDS_CPU on the demo's machine
-#: (benchmarks/bench_step_overhead.py in-process, and trainers running as runs do:
-#: bench_estimates.py --widths; docs/benchmarks.md).
-CPU_CORE_FLOPS = 38e9
+#: `cpusPerNode`. Fitted with STEP_OVERHEAD_SECONDS_CPU by benchmarks/bench_step_overhead.py
+#: on the demo's 2-vCPU machine twice on 2026-12-07: 75 ms + 38 GFLOP/s a vCPU at 11:14 and
+#: 33 ms + 66 GFLOP/s at 22:48 (the same model's step: 110 ms, then 62 ms — the host's speed,
+#: not the code). The prior sits between the two (50 ms + 50 GFLOP/s), so a first estimate is
+#: within 2× in both (docs/benchmarks.md).
+CPU_CORE_FLOPS = 50e9
 #: The reference CPU node (relativeThroughput 1.0 on a cpu pool without `cpusPerNode`): 8 vCPUs.
 REFERENCE_CPU_NODE_FLOPS = 8 * CPU_CORE_FLOPS
 #: Published dense bf16 peak FLOP/s of one accelerator (GPU: NVIDIA datasheets, without
@@ -78,10 +79,10 @@ MODEL_FLOPS_UTILISATION = 0.25
 REFERENCE_ACCELERATOR_FLOPS = ACCELERATOR_PEAK_FLOPS["nvidia-l4"] * MODEL_FLOPS_UTILISATION
 #: Seconds from Job creation to the first training step: image pull, model and data
 #: load; plus rendezvous per doubling of nodes. On a CPU pod whose node has the image it is
-#: Python, torch and the data: 7–10 s measured by the demo's runs on a 2-vCPU machine (was
-#: 30 s, which put the first estimate there 2.3–3.2× too long); a first pull on a fresh
-#: node is longer, and the first run on the pool measures it.
-STARTUP_SECONDS_CPU = 12
+#: Python, torch and the data: 6–10 s measured by the demo's runs on a 2-vCPU machine (was
+#: 30 s, which put the first estimate there 2.3–3.2× too long, then 12 s); a first pull on a
+#: fresh node is longer, and the first run on the pool measures it.
+STARTUP_SECONDS_CPU = 10
 STARTUP_SECONDS_ACCELERATOR = 120
 #: Seconds per checkpoint or final-model write before one was measured on the pool: a
 #: small model's (a Stable-Diffusion-sized checkpoint takes longer until measured).
@@ -92,9 +93,10 @@ RENDEZVOUS_SECONDS_PER_NODE_DOUBLING = 15
 #: (a UNet step is hundreds of small kernels), the optimizer and EMA updates, assembling the
 #: batch, the progress report. It dominates tiny models on a CPU, so a model with 4× the
 #: FLOPs per step takes less than 4× as long (docs/benchmarks.md measures it on the demo's
-#: machine, in-process and as runs beside the operator). On a measured pool it scales with
-#: the pool's measured speed (`seconds_at`), so the same model's estimate is its measured step.
-STEP_OVERHEAD_SECONDS_CPU = 0.075
+#: machine, in-process and as runs beside the operator; see CPU_CORE_FLOPS for the fit). On a
+#: measured pool it scales with the pool's measured speed (`seconds_at`), so the same model's
+#: estimate is its measured step.
+STEP_OVERHEAD_SECONDS_CPU = 0.050
 STEP_OVERHEAD_SECONDS_ACCELERATOR = 0.01
 #: The trainer samples evaluation images in batches of this many (`genforge_trainer.models`).
 SAMPLING_BATCH = 32
