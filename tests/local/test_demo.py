@@ -53,6 +53,28 @@ def test_shrink_divides_steps_and_keeps_checkpoints_inside(manifests):
     assert run["spec"]["training"]["steps"] == 5 and run["spec"]["training"]["lrWarmupSteps"] == 5
 
 
+def test_long_multiplies_the_training_runs_steps_only_and_the_cli_refuses_quick_with_it(manifests):
+    import argparse
+
+    from genforge_operator import schema
+
+    long = demo.lengthen(manifests, demo.LONG_STEP_FACTOR)
+    for before, after in zip(manifests, long, strict=True):
+        if before["kind"] == "TrainingRun":
+            assert after["spec"]["training"] == {**before["spec"]["training"],
+                                                 "steps": before["spec"]["training"]["steps"] * 4}
+            assert after["spec"]["checkpoint"] == before["spec"]["checkpoint"]
+            assert schema.validate(after) == []  # still a valid TrainingRun (steps within the CRD's bounds)
+        else:
+            assert after == before  # FineTunes, models, data and pools untouched
+    assert next(m for m in manifests if m["kind"] == "TrainingRun")["spec"]["training"]["steps"] == 2200
+    parser = argparse.ArgumentParser()
+    demo.add_arguments(parser)
+    assert parser.parse_args(["--long"]).long
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--long", "--quick"])
+
+
 def run_obj(phase, **status):
     return {"kind": "TrainingRun", "metadata": {"name": "r"}, "spec": {"training": {"steps": 100}},
             "status": {"phase": phase, **status}}
