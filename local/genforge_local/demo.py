@@ -137,7 +137,7 @@ def shrink(manifests: list[Body], factor: int) -> list[Body]:
 
 
 #: `--long`: the TrainingRuns' steps times this. The examples' recipe with 4× its training
-#: (8,800 steps, ~10 minutes on two CPU cores) met every sample-statistics target that the
+#: (8,800 steps, 10–12 minutes on two CPU cores) met every sample-statistics target that the
 #: 2,200 steps sized for a ~4-minute demo miss (docs/benchmarks.md, issue 21's fifth round).
 LONG_STEP_FACTOR = 4
 
@@ -511,7 +511,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--quick", action="store_true", help="a fifth of the training steps (a smoke run)")
     length.add_argument("--long", action="store_true",
-                        help=f"{LONG_STEP_FACTOR}× the TrainingRun's steps (~10 minutes of training on two CPU "
+                        help=f"{LONG_STEP_FACTOR}× the TrainingRun's steps (10–12 minutes of training on two CPU "
                              "cores): samples that meet the sample-statistics targets the default misses")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="give up after this many seconds")
     parser.add_argument("--feedback", action="store_true",
