@@ -65,24 +65,26 @@ VARIANTS: dict[str, tuple[str, int, dict, float | None]] = {
     "euler-a100": ("EulerAncestralDiscreteScheduler", 100, {}, None),
     "ddim50-eta1-linspace": ("DDIMScheduler", 50, {"timestep_spacing": "linspace"}, 1.0),
 }
+#: name -> p of the variants sampled at t = 999·(1 − i/N)^p instead of the scheduler's spacing.
+SPACING_POWER = {"ddpm50-quad": 2, "ddpm50-cubic": 3, "ddpm100-quad": 2}
 
 
 @torch.no_grad()
 def sample(model, scheduler, steps: int, labels: list[str], generator: torch.Generator,
-           eta: float | None, spacing: str | None = None) -> torch.Tensor:
+           eta: float | None, power: int | None = None) -> torch.Tensor:
     """64 images in [-1, 1], drawn in batches of 32 as ``DiffusionModel.sample`` draws them."""
     import diffusers
 
     net = model.denoiser.eval()
     stochastic = isinstance(scheduler, diffusers.DDPMScheduler) or not isinstance(scheduler, diffusers.DDIMScheduler)
+    custom = (sorted({round(999 * (1 - i / steps) ** power) for i in range(steps)}, reverse=True)
+              if power else None)
     out = []
     for start in range(0, SAMPLES, 32):
         x = torch.randn((32, 3, model.resolution, model.resolution), generator=generator)
         cond = model.conditioning([""] * 32, labels[start : start + 32], torch.device("cpu"))
-        power = {"quad": 2, "cubic": 3}.get(spacing or "")
-        if power:
-            ts = sorted({round(999 * (1 - i / steps) ** power) for i in range(steps)}, reverse=True)
-            scheduler.set_timesteps(timesteps=ts)
+        if custom:
+            scheduler.set_timesteps(timesteps=custom)
         else:
             scheduler.set_timesteps(steps)
         x = x * scheduler.init_noise_sigma
@@ -114,8 +116,7 @@ def run_variants(work: Path, trial: str, names: list[str]) -> list[dict]:
         scheduler = getattr(diffusers, cls).from_config(model.noise_scheduler.config, **overrides)
         generator = torch.Generator().manual_seed(seed + 31337)
         start = time.perf_counter()
-        samples = to_uint8(sample(model, scheduler, steps, labels, generator, eta,
-                                  name.rsplit("-", 1)[-1] if name.startswith("ddpm") else None))
+        samples = to_uint8(sample(model, scheduler, steps, labels, generator, eta, SPACING_POWER.get(name)))
         found = statistics_against(samples, labels, data, seed)
         (work / trial / f"sampler-{name}.png").write_bytes(image_grid(samples))
         rows.append({"trial": trial, "sampler": name, "bg": found["onDataBackground"],

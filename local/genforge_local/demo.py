@@ -39,6 +39,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from genforge_operator.api import PoolCalibrationRequest
 from genforge_operator.bundled import examples_dir
 from genforge_operator.money.estimate import prorated_seconds
 from genforge_operator.naming import LABEL_CALIBRATION_FOR, calibration_name
@@ -91,10 +92,10 @@ def over_budget_run(manifests: list[Body]) -> Body | None:
     return run
 
 
-#: The demo's calibration run: steps of the reference model (spec.calibration.steps), the CRD's
-#: default. 300 steps (~20 s of steps on two cores) put 11 of 12 later same-model estimates
-#: within ±15 %, 150 steps 9 of 12 (docs/benchmarks.md, "A longer first run").
-DEMO_CALIBRATION_STEPS = 300
+#: The demo's calibration run: steps of the reference model, the CRD's default
+#: (spec.calibration.steps). 300 steps (~20 s of steps on two cores) put 11 of 12 later same-model
+#: estimates within ±15 %, 150 steps 9 of 12 (docs/benchmarks.md, "A longer first run").
+DEMO_CALIBRATION_STEPS = PoolCalibrationRequest.steps
 
 
 def calibrate_first(manifests: list[Body], namespace: str = "default",
