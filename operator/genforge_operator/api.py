@@ -21,6 +21,9 @@ from .units import money_str, parse_duration, parse_money
 GROUP = "genforge.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+#: The operator's finalizer (kopf's `settings.persistence.finalizer`): a run carries it
+#: before it has a Job, so its deletion waits for the Budgets to record what it spent.
+FINALIZER = f"{GROUP}/finalizer"
 
 
 class SpecError(ValueError):

@@ -213,6 +213,38 @@ class Kube:
                       change: Callable[[dict], dict | None], *, attempts: int = 5) -> dict | None:
         return update_status(self, kind, namespace, name, change, attempts=attempts)
 
+    def ensure_finalizer(self, kind: str, body: dict, finalizer: str, *, attempts: int = 5) -> dict | None:
+        """The object with `finalizer` on it: added under its resourceVersion (re-read on a
+        conflict, e.g. kopf adding the same finalizer meanwhile). None when the object is gone
+        or being deleted (no finalizer can be added then: nothing new may start for it)."""
+        k = KINDS[kind]
+        meta = body["metadata"]
+        namespace, name = meta.get("namespace"), meta["name"]
+        for attempt in range(attempts):
+            if meta.get("deletionTimestamp"):
+                return None
+            finalizers = list(meta.get("finalizers") or [])
+            if finalizer in finalizers:
+                return body
+            patch = {"metadata": {"finalizers": [*finalizers, finalizer], "resourceVersion": meta["resourceVersion"]}}
+            try:
+                if k.namespaced:
+                    return self.custom.patch_namespaced_custom_object(
+                        GROUP, VERSION, namespace, k.plural, name, patch, _content_type=MERGE_PATCH)
+                return self.custom.patch_cluster_custom_object(
+                    GROUP, VERSION, k.plural, name, patch, _content_type=MERGE_PATCH)
+            except ApiException as exc:
+                if exc.status not in (404, 409):
+                    raise self._retry(exc, f"add the finalizer to {kind} {namespace}/{name}") from exc
+            if attempt:
+                time.sleep(random.uniform(0, 0.05 * attempt))  # jitter: the writers fall out of step
+            body = self.get(kind, namespace, name)
+            if body is None:
+                return None
+            meta = body["metadata"]
+        raise StatusConflict(f"{kind} {namespace}/{name} changed under each of {attempts} attempts "
+                             "to add its finalizer", delay=1)
+
     # ---------------------------------------------------------------- children
     def get_job(self, namespace: str, name: str) -> dict | None:
         try:

@@ -15,7 +15,7 @@ import logging
 import kopf
 
 from . import kube, metrics
-from .api import GROUP, VERSION
+from .api import FINALIZER, GROUP, VERSION
 from .config import OperatorConfig
 from .kube import Kube
 from .money import calibration_run
@@ -103,7 +103,7 @@ def configure(settings: kopf.OperatorSettings, **_):
     # preserve-unknown-fields), so anything kopf wrote to status would be pruned.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = DIFFBASE
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.watching.server_timeout = CONFIG.watch_server_timeout
     settings.watching.client_timeout = CONFIG.watch_client_timeout
     settings.watching.connect_timeout = 30
@@ -228,8 +228,10 @@ def _register_run(kind: str, plural: str) -> None:
     # its essence changed — kopf's create/update/resume, decided here from the watch event
     # itself: kopf's own create handler waits for its finalizer patch to come back as an event
     # and then patches its bookkeeping annotations, two writes and a round trip before a new
-    # run's Job; this way the run's first reconcile starts as its first event arrives (kopf
-    # still adds the finalizer that `_register_deletion`'s handler needs, meanwhile).
+    # run's Job; this way the run's first reconcile starts as its first event arrives. kopf
+    # adds the finalizer that `_register_deletion`'s handler needs only after this handler
+    # returns, so the reconciler puts it on itself before the run's first Job
+    # (`Reconciler.apply`): a run deleted before kopf got to it still reaches that handler.
     @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-event")
     async def _event(type, body, uid, namespace, name, **kwargs):
         if type == "DELETED":

@@ -21,7 +21,7 @@ import kopf
 
 from . import conditions as cond
 from . import formats, metrics, money
-from .api import Resource, SpecError, parse_resource
+from .api import FINALIZER, Resource, SpecError, parse_resource
 from .builders import build_trainer_service_account
 from .config import OperatorConfig
 from .delayed import DelayedCalls
@@ -281,7 +281,13 @@ class Reconciler:
     def apply(self, kind: str, body: dict, outcome: Outcome) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        if any(obj["kind"] == "Job" for obj in outcome.create) and self._service_account_stale(namespace):
+        creates_job = any(obj["kind"] == "Job" for obj in outcome.create)
+        if creates_job and kind in RUN_KINDS and self.kube.ensure_finalizer(kind, body, FINALIZER) is None:
+            # Deleted meanwhile: nothing starts for it. (With the finalizer on before its Job, a
+            # run deleted at any moment reaches the deletion handler that puts what it spent
+            # on its Budgets; kopf adds its finalizer only after the run's first event handler.)
+            return
+        if creates_job and self._service_account_stale(namespace):
             self.kube.create(build_trainer_service_account(namespace, self.config))
             self._service_accounts[namespace] = time.monotonic()
         for obj in outcome.create:

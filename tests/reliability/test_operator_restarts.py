@@ -30,6 +30,9 @@ from decimal import Decimal
 
 import pytest
 
+from genforge_operator.api import FINALIZER
+from genforge_operator.naming import LABEL_UID
+
 from .kit import (
     ENFORCED_MAX_COST,
     Clients,
@@ -43,6 +46,7 @@ from .kit import (
     money,
     run_spec,
     seconds,
+    ts,
     ungranted,
     wait_until,
 )
@@ -278,3 +282,44 @@ def test_soak_operator_kills(clients, pool, cluster, core_api, recorder, rng, tm
         print(f"round {round_number}: {figures}")
     print("soak totals:", dict(totals))
     assert totals["duplicates"] == 0 and totals["drift"] == 0
+
+
+def test_a_run_deleted_before_kopf_adds_its_finalizer_still_reaches_its_budget(
+        clients, kubelet, namespace, pool, cluster, operator_process, recorder):
+    """kopf adds its finalizer only after a run's first event handler, and a run's Job starts
+    from that handler's re-check: with kopf's finalizer patch held back, the run must still
+    carry the finalizer before its Job exists, so deleting it then ends in the deletion
+    handler that puts what it spent on the Budget. (Found by the kill test above: operators
+    killed within a second of starting never got to the finalizer, and deleted runs' spending
+    fell off the Budget.)"""
+    world = World(clients, kubelet, namespace, cluster, recorder)
+    operator_process.start()
+    make_world(clients, kubelet, namespace)
+    kopf_finalizer = world.hold(verb="patch", resource="trainingruns", name="early", user_agent="kopf")
+    uid = clients.create(namespace, "TrainingRun", "early", run_spec(pool))["metadata"]["uid"]
+    job = wait_until(lambda: next((j for j in clients.jobs(namespace)
+                                   if j["metadata"]["labels"][LABEL_UID] == uid), None),
+                     timeout=30, message="the run's Job")
+    assert kopf_finalizer.in_flight, "kopf's finalizer patch was not held back while the Job was created"
+    assert FINALIZER in (clients.get(namespace, "trainingruns", "early")["metadata"].get("finalizers") or [])
+
+    life = kubelet.start_pod(job, started=ts(-3))
+    kubelet.finish_pod(life, 143, {"outcome": "Stopped", "reason": "Stopped"})
+    clients.delete(namespace, "trainingruns", "early")
+    assert kopf_finalizer.in_flight, "the run was deleted after kopf's finalizer patch went through"
+    wait_until(lambda: clients.get(namespace, "trainingruns", "early") is None, timeout=30,
+               message="the deleted run gone")
+
+    truth = kubelet.running_seconds(uid) * PRICE_PER_SECOND
+    assert truth > 0
+
+    def retired():
+        status = clients.get(namespace, "budgets", "team").get("status") or {}
+        entries = [r for r in status.get("retired") or [] if r["uid"] == uid]
+        return entries if entries and money(status.get("spent", -1)) == truth else None
+
+    entries = wait_until(retired, timeout=30, message="the deleted run's spending on the Budget")
+    [entry] = entries
+    cost = sum(seconds(seg["start"], seg["end"]) * seg["accelerators"] * money(seg["pricePerHour"]) / 3600
+               for seg in entry["segments"])
+    assert cost == truth, entry

@@ -149,3 +149,30 @@ def test_a_status_patch_refused_for_another_reason_is_still_retried_by_kopf():
     kube.custom.patch_namespaced_custom_object_status = patch
     with pytest.raises(kopf.TemporaryError):
         kube.update_status("Budget", "team-a", "team", lambda body: {"retired": {"a": "1"}})
+
+
+def test_the_finalizer_is_added_under_the_runs_resource_version_and_kopf_winning_the_race_is_fine():
+    """`Kube.ensure_finalizer`: one patch guarded by the resourceVersion; on 409 (kopf added the
+    same finalizer meanwhile) it reads the run again and finds the finalizer there, no second
+    write; a run being deleted gets none (nothing new starts for it)."""
+    import kubernetes
+
+    from genforge_operator.kube import Kube
+
+    kube = Kube(kubernetes.client.ApiClient(kubernetes.client.Configuration()))
+    run = {"metadata": {"name": "r", "namespace": "team-a", "resourceVersion": "7", "finalizers": ["other/x"]}}
+    patches = []
+
+    def patch(group, version, namespace, plural, name, body, **kwargs):
+        patches.append(body)
+        raise kubernetes.client.ApiException(status=409, reason="Conflict")
+
+    after_kopf = {"metadata": {**run["metadata"], "resourceVersion": "8", "finalizers": ["other/x", "genforge.dev/finalizer"]}}
+    kube.custom.patch_namespaced_custom_object = patch
+    kube.custom.get_namespaced_custom_object = lambda *a: after_kopf
+    assert kube.ensure_finalizer("TrainingRun", run, "genforge.dev/finalizer") is after_kopf
+    assert patches == [{"metadata": {"finalizers": ["other/x", "genforge.dev/finalizer"], "resourceVersion": "7"}}]
+
+    deleting = {"metadata": {**run["metadata"], "deletionTimestamp": "2026-12-08T00:00:00Z"}}
+    assert kube.ensure_finalizer("TrainingRun", deleting, "genforge.dev/finalizer") is None
+    assert len(patches) == 1
