@@ -262,3 +262,55 @@ def pruned_status_fields(cluster, namespace: str, since: int = 0) -> list[str]:
             for record in cluster.warned_requests(since)
             if record.namespace == namespace and record.subresource == "status"
             for warning in record.warnings]
+
+
+def finalizer_before_job_sequence(api_client, namespace: str, spec: dict) -> list[Any]:
+    """`Kube.ensure_finalizer` against an API server (emulated or real: both must give the same
+    answers). A run is created; another writer adds its own finalizer, so the run body the
+    reconciler holds is stale; `ensure_finalizer` must get the server's 409 for the guarded
+    merge patch, read the run again and add the finalizer after the other one. Then the run
+    is deleted: it stays (finalizers), and no new finalizer can be added to it (422).
+    Returns what was observed at each step."""
+    import kubernetes
+
+    from genforge_operator.api import FINALIZER, GROUP, VERSION
+    from genforge_operator.kube import MERGE_PATCH, Kube
+
+    kube = Kube(api_client)
+    custom = kube.custom
+    body = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": "fin"}, "spec": spec})
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "fin",
+                                          {"metadata": {"finalizers": ["other.example/x"]}},
+                                          _content_type=MERGE_PATCH)
+    seen: list[Any] = []
+    stale = dict(body)
+    try:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "fin", {"metadata": {
+            "finalizers": [FINALIZER], "resourceVersion": body["metadata"]["resourceVersion"]}},
+            _content_type=MERGE_PATCH)
+        seen.append("stale patch accepted")
+    except kubernetes.client.ApiException as exc:
+        seen.append(exc.status)
+    added = kube.ensure_finalizer("TrainingRun", stale, FINALIZER)
+    seen.append(added["metadata"]["finalizers"])
+    seen.append(kube.get("TrainingRun", namespace, "fin")["metadata"]["finalizers"])
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "fin")
+    deleting = kube.get("TrainingRun", namespace, "fin")
+    seen.append(bool(deleting["metadata"].get("deletionTimestamp")))
+    try:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "fin", {"metadata": {
+            "finalizers": [*deleting["metadata"]["finalizers"], "late.example/y"]}}, _content_type=MERGE_PATCH)
+        seen.append("late finalizer accepted")
+    except kubernetes.client.ApiException as exc:
+        seen.append(exc.status)
+    seen.append(kube.ensure_finalizer("TrainingRun", deleting, FINALIZER))  # None: nothing new starts for it
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "fin",
+                                          {"metadata": {"finalizers": None}}, _content_type=MERGE_PATCH)
+    seen.append(kube.get("TrainingRun", namespace, "fin"))
+    return seen
+
+
+#: What kube-apiserver answers to `finalizer_before_job_sequence` (the emulator must agree).
+FINALIZER_BEFORE_JOB_ANSWERS = [409, ["other.example/x", "genforge.dev/finalizer"],
+                                ["other.example/x", "genforge.dev/finalizer"], True, 422, None, None]

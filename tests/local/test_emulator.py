@@ -475,3 +475,10 @@ def test_status_fields_the_crd_lacks_are_pruned_and_named_at_teardown(cluster, r
     assert raw_api.warnings == ['299 - "unknown field \\"status.notInTheCrd\\""']
     [problem] = pruned_status_fields(cluster, namespace, since)
     assert problem.endswith('unknown field "status.notInTheCrd"'), problem
+
+
+def test_the_finalizer_before_a_job_gets_the_answers_kube_apiserver_gives(api_client, namespace):
+    """The same sequence in tests/real/test_api_server.py, against kube-apiserver."""
+    from harness import FINALIZER_BEFORE_JOB_ANSWERS, finalizer_before_job_sequence
+
+    assert finalizer_before_job_sequence(api_client, namespace, SPEC) == FINALIZER_BEFORE_JOB_ANSWERS

@@ -265,3 +265,14 @@ def test_integral_floats_come_back_as_integers(kube):
         assert status == 201 and again["spec"]["relativeThroughput"] == 2.5
     finally:
         kube.real.request("DELETE", resource_path("AcceleratorPool", None, pool["metadata"]["name"]))
+
+
+def test_the_finalizer_before_a_job_gets_the_answers_the_emulator_gives(kube, kube_namespace):
+    """`Kube.ensure_finalizer` (a run's finalizer before its first Job) against kube-apiserver:
+    the guarded merge patch's 409, the re-read, no new finalizer on a run being deleted. The
+    emulator's test (tests/local/test_emulator.py) asserts the same answers."""
+    from harness import FINALIZER_BEFORE_JOB_ANSWERS, finalizer_before_job_sequence
+
+    spec = make("TrainingRun", {})["spec"]
+    with kube.real.api_client() as api_client:
+        assert finalizer_before_job_sequence(api_client, kube_namespace, spec) == FINALIZER_BEFORE_JOB_ANSWERS
