@@ -8,6 +8,7 @@ change, so a reconcile makes no list calls.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -236,6 +237,12 @@ def _register_run(kind: str, plural: str) -> None:
     async def _event(type, body, uid, namespace, name, **kwargs):
         if type == "DELETED":
             reconciler().forget_essence(uid)
+            # Normally the deletion handler has put what the run spent on its Budgets before
+            # its finalizer came off. A finalizer taken off by hand (`kubectl patch … finalizers:
+            # null`, which a user who may patch runs can do) skips that handler: record it here,
+            # onto the Budgets that lack it, from the run's last status and its pods.
+            await asyncio.to_thread(retire_from_budgets, reconciler(), namespace, dict(body), _indexes(kwargs),
+                                    missing_only=True)
             return
         if reconciler().essence_changed(uid, essence_digest(body)):
             reconciler().recheck_soon(0.0, kind, namespace, name, _indexes(kwargs))

@@ -404,8 +404,13 @@ def held_by_money(run: Resource) -> bool:
     return run.status.phase in (RunPhase.WAITING, RunPhase.BUDGET_EXCEEDED)
 
 
-def retire_from_budgets(reconciler: Reconciler, namespace: str, body: dict, idx: dict) -> None:
-    """A deleted run's spending stays on the Budgets that covered it (no way around a Budget)."""
+def retire_from_budgets(reconciler: Reconciler, namespace: str, body: dict, idx: dict, *,
+                        missing_only: bool = False) -> None:
+    """A deleted run's spending stays on the Budgets that covered it (no way around a Budget).
+
+    `missing_only`: only onto Budgets that do not have the run yet (the fallback for a run
+    gone without the deletion handler: its finalizer was taken off by hand), never replacing
+    what the deletion handler recorded."""
     run = parsed(body)
     if run is None:
         return
@@ -420,6 +425,8 @@ def retire_from_budgets(reconciler: Reconciler, namespace: str, body: dict, idx:
         return
     for budget_resource in values(idx["budget_index"], namespace):
         def change(current: dict, run: Resource = run) -> dict | None:
+            if missing_only and any(r.get("uid") == run.uid for r in (current.get("status") or {}).get("retired") or []):
+                return None
             retired = money.periods.retire(parse_resource(current), run, datetime.now(UTC))
             return None if retired is None else {"retired": retired}
 

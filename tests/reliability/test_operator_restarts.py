@@ -30,7 +30,7 @@ from decimal import Decimal
 
 import pytest
 
-from genforge_operator.api import FINALIZER
+from genforge_operator.api import FINALIZER, GROUP, VERSION
 from genforge_operator.naming import LABEL_UID
 
 from .kit import (
@@ -323,3 +323,44 @@ def test_a_run_deleted_before_kopf_adds_its_finalizer_still_reaches_its_budget(
     cost = sum(seconds(seg["start"], seg["end"]) * seg["accelerators"] * money(seg["pricePerHour"]) / 3600
                for seg in entry["segments"])
     assert cost == truth, entry
+
+
+def test_a_run_whose_finalizer_is_taken_off_by_hand_still_reaches_its_budget(
+        clients, kubelet, namespace, pool, cluster, operator_process, recorder):
+    """`kubectl patch trainingrun … -p '{"metadata":{"finalizers":null}}'` then delete (a runner
+    may patch runs): the deletion handler never runs, and the run's spending, as its status
+    has it, must still end up on the Budget, exactly, once."""
+    world = World(clients, kubelet, namespace, cluster, recorder)
+    operator_process.start()
+    make_world(clients, kubelet, namespace)
+    uid = clients.create(namespace, "TrainingRun", "bypass", run_spec(pool))["metadata"]["uid"]
+    job = wait_until(lambda: next((j for j in clients.jobs(namespace)
+                                   if j["metadata"]["labels"][LABEL_UID] == uid), None),
+                     timeout=30, message="the run's Job")
+    life = kubelet.start_pod(job, started=ts(-4))
+    kubelet.finish_pod(life, 143, {"outcome": "Stopped", "reason": "Stopped"})
+    # What the fallback has to go on is the run's status (its Job and pods go with it at once):
+    # here the operator has seen the pod end.
+    def recorded():
+        run = clients.get(namespace, "trainingruns", "bypass")
+        segments = (run.get("status") or {}).get("segments") or []
+        return FINALIZER in (run["metadata"].get("finalizers") or []) and segments and segments[-1].get("end")
+
+    wait_until(recorded, timeout=30, message="the run's finalizer and its pod's time in its status")
+    clients.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "trainingruns", "bypass",
+                                                  {"metadata": {"finalizers": None}})
+    clients.delete(namespace, "trainingruns", "bypass")
+    assert clients.get(namespace, "trainingruns", "bypass") is None  # gone at once: no handler ran
+    truth = kubelet.running_seconds(uid) * PRICE_PER_SECOND
+    assert truth > 0
+
+    def retired():
+        status = clients.get(namespace, "budgets", "team").get("status") or {}
+        entries = [r for r in status.get("retired") or [] if r["uid"] == uid]
+        return entries if entries and money(status.get("spent", -1)) == truth else None
+
+    [entry] = wait_until(retired, timeout=30, message="the bypassed run's spending on the Budget")
+    cost = sum(seconds(seg["start"], seg["end"]) * seg["accelerators"] * money(seg["pricePerHour"]) / 3600
+               for seg in entry["segments"])
+    assert cost == truth, entry
+    assert not ungranted(world.recorder.records), ungranted(world.recorder.records)
