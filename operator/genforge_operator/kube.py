@@ -172,17 +172,21 @@ class Kube:
                 return None
             raise self._retry(exc, f"get {kind} {namespace}/{name}") from exc
 
+    def _merge_patch(self, kind: str, namespace: str | None, name: str, body: dict, *, status: bool) -> dict:
+        """A merge patch of a genforge object, or of its status subresource (errors raised as they are)."""
+        k = KINDS[kind]
+        if k.namespaced:
+            call = self.custom.patch_namespaced_custom_object_status if status \
+                else self.custom.patch_namespaced_custom_object
+            return call(GROUP, VERSION, namespace, k.plural, name, body, _content_type=MERGE_PATCH)
+        call = self.custom.patch_cluster_custom_object_status if status else self.custom.patch_cluster_custom_object
+        return call(GROUP, VERSION, k.plural, name, body, _content_type=MERGE_PATCH)
+
     def patch_status(self, kind: str, namespace: str | None, name: str, patch: dict) -> dict | None:
         if not patch:
             return None
-        k = KINDS[kind]
-        body = {"status": patch}
         try:
-            if k.namespaced:
-                return self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, k.plural, name, body, _content_type=MERGE_PATCH)
-            return self.custom.patch_cluster_custom_object_status(
-                GROUP, VERSION, k.plural, name, body, _content_type=MERGE_PATCH)
+            return self._merge_patch(kind, namespace, name, {"status": patch}, status=True)
         except ApiException as exc:
             if exc.status == 404:
                 return None  # deleted meanwhile: nothing to record
@@ -194,15 +198,9 @@ class Kube:
 
         Deleted since it was read (404) is a change too: the caller's next read finds it gone.
         """
-        k = KINDS[kind]
         body = {"metadata": {"resourceVersion": resource_version}, "status": patch}
         try:
-            if k.namespaced:
-                self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, k.plural, name, body, _content_type=MERGE_PATCH)
-            else:
-                self.custom.patch_cluster_custom_object_status(
-                    GROUP, VERSION, k.plural, name, body, _content_type=MERGE_PATCH)
+            self._merge_patch(kind, namespace, name, body, status=True)
             return True
         except ApiException as exc:
             if exc.status in (404, 409):
@@ -217,7 +215,6 @@ class Kube:
         """The object with `finalizer` on it: added under its resourceVersion (re-read on a
         conflict, e.g. kopf adding the same finalizer meanwhile). None when the object is gone
         or being deleted (no finalizer can be added then: nothing new may start for it)."""
-        k = KINDS[kind]
         meta = body["metadata"]
         namespace, name = meta.get("namespace"), meta["name"]
         for attempt in range(attempts):
@@ -228,11 +225,7 @@ class Kube:
                 return body
             patch = {"metadata": {"finalizers": [*finalizers, finalizer], "resourceVersion": meta["resourceVersion"]}}
             try:
-                if k.namespaced:
-                    return self.custom.patch_namespaced_custom_object(
-                        GROUP, VERSION, namespace, k.plural, name, patch, _content_type=MERGE_PATCH)
-                return self.custom.patch_cluster_custom_object(
-                    GROUP, VERSION, k.plural, name, patch, _content_type=MERGE_PATCH)
+                return self._merge_patch(kind, namespace, name, patch, status=False)
             except ApiException as exc:
                 if exc.status not in (404, 409):
                     raise self._retry(exc, f"add the finalizer to {kind} {namespace}/{name}") from exc

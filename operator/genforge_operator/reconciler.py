@@ -414,6 +414,12 @@ def retire_from_budgets(reconciler: Reconciler, namespace: str, body: dict, idx:
     run = parsed(body)
     if run is None:
         return
+    budgets = values(idx["budget_index"], namespace)
+    if missing_only:  # most runs: already there (the index may lag; the fresh read below decides)
+        budgets = [b for b in budgets if money.periods.covers(b, run)
+                   and not any(r.uid == run.uid for r in (b.status.retired if b.status else []))]
+        if not budgets:
+            return
     kube = reconciler.kube
     # Its pods, read now (not from the index, which may lag): the time they really ran.
     pods = kube.list_pods(namespace, owner_selector(run.uid))
@@ -423,7 +429,7 @@ def retire_from_budgets(reconciler: Reconciler, namespace: str, body: dict, idx:
     run = parsed({**body, "status": final_status(observed)})
     if run is None:
         return
-    for budget_resource in values(idx["budget_index"], namespace):
+    for budget_resource in budgets:
         def change(current: dict, run: Resource = run) -> dict | None:
             if missing_only and any(r.get("uid") == run.uid for r in (current.get("status") or {}).get("retired") or []):
                 return None

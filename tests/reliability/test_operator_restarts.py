@@ -236,9 +236,7 @@ def check(world: World, stories: list[Story], operator: OperatorProcess, dataset
     retired = Counter(r["uid"] for r in budget.get("retired") or [])
     assert retired == Counter(s.uid for s in deleted), retired
     for entry in budget["retired"]:
-        cost = sum(seconds(seg["start"], seg["end"]) * seg["accelerators"] * money(seg["pricePerHour"]) / 3600
-                   for seg in entry["segments"])
-        assert cost == truth[entry["uid"]] * PRICE_PER_SECOND, entry
+        assert retired_cost(entry) == truth[entry["uid"]] * PRICE_PER_SECOND, entry
 
     # The registry: one version per succeeded run, none twice.
     model = clients.get(namespace, "genmodels", "shapes")["status"]
@@ -249,6 +247,23 @@ def check(world: World, stories: list[Story], operator: OperatorProcess, dataset
     assert not ungranted(world.recorder.records), ungranted(world.recorder.records)
     return {"runs": len(stories), "kills": dict(chaos.points), "duplicates": len(duplicates),
             "drift": drift, "jobs_created": len(created), "operator_starts": operator.starts}
+
+
+def retired_cost(entry: dict) -> Decimal:
+    """What a Budget's `status.retired` entry counts: its segments' seconds × units × price."""
+    return sum((seconds(seg["start"], seg["end"]) * seg["accelerators"] * money(seg["pricePerHour"]) / 3600
+                for seg in entry["segments"]), Decimal(0))
+
+
+def assert_retired_once(clients: Clients, namespace: str, uid: str, truth: Decimal) -> None:
+    """The deleted run `uid` is on the Budget "team" once, costing `truth`, and `spent` is that."""
+    def retired():
+        status = clients.get(namespace, "budgets", "team").get("status") or {}
+        entries = [r for r in status.get("retired") or [] if r["uid"] == uid]
+        return entries if entries and money(status.get("spent", -1)) == truth else None
+
+    [entry] = wait_until(retired, timeout=30, message="the deleted run's spending on the Budget")
+    assert retired_cost(entry) == truth, entry
 
 
 def test_operator_killed_at_random_and_chosen_points_loses_and_duplicates_nothing(
@@ -313,16 +328,7 @@ def test_a_run_deleted_before_kopf_adds_its_finalizer_still_reaches_its_budget(
     truth = kubelet.running_seconds(uid) * PRICE_PER_SECOND
     assert truth > 0
 
-    def retired():
-        status = clients.get(namespace, "budgets", "team").get("status") or {}
-        entries = [r for r in status.get("retired") or [] if r["uid"] == uid]
-        return entries if entries and money(status.get("spent", -1)) == truth else None
-
-    entries = wait_until(retired, timeout=30, message="the deleted run's spending on the Budget")
-    [entry] = entries
-    cost = sum(seconds(seg["start"], seg["end"]) * seg["accelerators"] * money(seg["pricePerHour"]) / 3600
-               for seg in entry["segments"])
-    assert cost == truth, entry
+    assert_retired_once(clients, namespace, uid, truth)
 
 
 def test_a_run_whose_finalizer_is_taken_off_by_hand_still_reaches_its_budget(
@@ -354,13 +360,5 @@ def test_a_run_whose_finalizer_is_taken_off_by_hand_still_reaches_its_budget(
     truth = kubelet.running_seconds(uid) * PRICE_PER_SECOND
     assert truth > 0
 
-    def retired():
-        status = clients.get(namespace, "budgets", "team").get("status") or {}
-        entries = [r for r in status.get("retired") or [] if r["uid"] == uid]
-        return entries if entries and money(status.get("spent", -1)) == truth else None
-
-    [entry] = wait_until(retired, timeout=30, message="the bypassed run's spending on the Budget")
-    cost = sum(seconds(seg["start"], seg["end"]) * seg["accelerators"] * money(seg["pricePerHour"]) / 3600
-               for seg in entry["segments"])
-    assert cost == truth, entry
+    assert_retired_once(clients, namespace, uid, truth)
     assert not ungranted(world.recorder.records), ungranted(world.recorder.records)
